@@ -1,0 +1,143 @@
+"""The ``brainuad`` command: thin verbs over documented functions; heavy imports happen inside each verb."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from brainuad import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _add_preprocess(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "preprocess",
+        help="skull-strip, register to MNI, crop and scale raw scans",
+        description="Turn raw NIfTI scans into the model's input: one folder per scan under --out with the "
+        "preprocessed image, brain mask, transform back to the scan, and a JSON record. Finished scans are "
+        "skipped, so an interrupted batch resumes; a failing scan is reported and the others still run.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI files or folders (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--skull-strip",
+        default="auto",
+        choices=["auto", "deepbet", "hd-bet", "template", "none"],
+        help="skull stripping method (default: auto = none for skull-stripped input, else deepbet)",
+    )
+    p.add_argument(
+        "--preset",
+        default="paper",
+        choices=["paper", "whole-brain"],
+        help="crop: paper = 160x192x96 at 1 mm; whole-brain = 160x208x160 (default: paper)",
+    )
+    p.add_argument("--registration", default="rigid", choices=["rigid", "affine"], help="default: rigid")
+    p.add_argument(
+        "--template-contrast",
+        default="t1",
+        choices=["t1", "t2"],
+        help="register to the T1 template or a T2-like one built from its tissue maps (default: t1)",
+    )
+    p.add_argument("--scaling", default="percentile", choices=["percentile", "minmax"], help="default: percentile")
+    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default: 1)")
+    p.add_argument("--force", action="store_true", help="redo scans that are already finished")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_preprocess)
+
+
+def _run_preprocess(args: argparse.Namespace) -> int:
+    from brainuad.config import PreprocessConfig
+    from brainuad.preprocessing import preprocess_batch
+
+    if args.jobs < 1:
+        raise SystemExit(_usage_error("--jobs must be at least 1"))
+    config = PreprocessConfig(
+        preset=args.preset,
+        skull_strip=args.skull_strip,
+        registration=args.registration,
+        template_contrast=args.template_contrast,
+        scaling=args.scaling,
+    )
+    result = preprocess_batch(args.inputs, args.out, config, jobs=args.jobs, force=args.force, progress=not args.quiet)
+    print(
+        f"preprocess: {len(result.done)} done, {len(result.skipped)} already finished, "
+        f"{len(result.failed)} failed -> {args.out}"
+    )
+    for _path, message in result.failed:
+        print(f"  failed: {message}", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _add_download(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "download",
+        help="download a public healthy cohort (IXI)",
+        description="Download and extract a public data set, resumable and checksum-verified.",
+    )
+    p.add_argument("dataset", choices=["ixi"], help="data set to download")
+    p.add_argument("--out", required=True, help="destination folder")
+    p.add_argument("--modality", default="T2", choices=["T1", "T2", "PD"], help="default: T2 (as in the paper)")
+    p.add_argument("--base-url", default=None, help="mirror URL (default: the IXI project's server)")
+    p.add_argument("--md5", default=None, help="expected archive checksum (default: the published one)")
+    p.add_argument("--no-extract", action="store_true", help="keep the archive only")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_download)
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from brainuad.download import IXI_BASE_URL, download_ixi
+
+    target = download_ixi(
+        args.out,
+        args.modality,
+        base_url=args.base_url or IXI_BASE_URL,
+        md5=args.md5,
+        extract=not args.no_extract,
+        progress=not args.quiet,
+    )
+    print(f"download: IXI {args.modality} ready in {target}")
+    return EXIT_OK
+
+
+def _usage_error(message: str) -> int:
+    print(f"brainuad: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every verb (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="brainuad",
+        description="Unsupervised anomaly detection in brain MRI (after Luo et al.). A research tool, not a "
+        "medical device.",
+    )
+    parser.add_argument("--version", action="version", version=f"brainuad {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_preprocess(sub)
+    _add_download(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``brainuad`` console script; returns the exit code."""
+    from brainuad.errors import BrainuadError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except BrainuadError as exc:
+        print(f"brainuad {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"brainuad {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Finding scans on disk: healthy cohorts (IXI naming), BraTS-style and MS-style labelled cases, slice-label CSVs.
+
+Layouts understood:
+
+- **Healthy folder**: every NIfTI below it is a healthy scan; IXI names (``IXI002-Guys-0828-T2.nii.gz``) are parsed
+  for subject and site, and ``modality`` filters them (``-T2``); other names are taken as they are.
+- **BraTS-style**: one folder per case holding ``<case>_t2.nii.gz`` and ``<case>_seg.nii.gz``; any label > 0 is
+  lesion.
+- **MS-style**: one folder per case holding ``T2.nii.gz`` (or ``T2_*.nii.gz``) and one mask whose name contains
+  ``mask``, ``lesion``, ``gold_standard``, ``consensus`` or ``seg``.
+- **Slice-label CSV** (data labelled per slice only, like the paper's in-house sets): columns ``image,slice,label``;
+  ``image`` is a path relative to the CSV's folder, ``slice`` the 0-based index along the file's third (axial)
+  axis, ``label`` 0 (normal) or 1 (abnormal). Slices not listed are unlabelled.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from brainuad.errors import InputError
+from brainuad.io import is_nifti_path, strip_nifti_suffix
+
+IXI_NAME = re.compile(r"^(?P<subject>IXI\d{3})-(?P<site>Guys|HH|IOP)-(?P<number>\d{4})-(?P<modality>[A-Za-z0-9]+)")
+MASK_WORDS = ("mask", "lesion", "gold_standard", "consensus", "seg", "label")
+
+
+@dataclass(frozen=True)
+class HealthyScan:
+    """A healthy scan; ``subject`` and ``site`` come from IXI names when present."""
+
+    path: Path
+    subject: str
+    site: str | None = None
+
+
+@dataclass(frozen=True)
+class LabelledCase:
+    """A patient scan with voxel labels (``label_path``) and/or slice labels (``slice_labels``: index → 0/1)."""
+
+    name: str
+    image_path: Path
+    label_path: Path | None = None
+    slice_labels: dict[int, int] | None = field(default=None, hash=False)
+    layout: str = "brats"
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_nifti_path(p))
+
+
+def _require_folder(folder: Path) -> None:
+    if not folder.exists():
+        raise InputError(folder, "folder not found")
+    if not folder.is_dir():
+        raise InputError(folder, "expected a folder")
+
+
+def find_healthy_scans(folder: str | Path, modality: str | None = "T2") -> list[HealthyScan]:
+    """Healthy scans below ``folder``.
+
+    Args:
+        folder: Searched recursively.
+        modality: For IXI-named files, keep only this modality (``T2``, ``T1``, ``PD``…); ``None`` keeps all.
+            Files without IXI names are always kept.
+
+    Raises:
+        InputError: The folder is missing or holds no matching scan.
+    """
+    folder = Path(folder)
+    _require_folder(folder)
+    scans = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and is_nifti_path(p)):
+        match = IXI_NAME.match(path.name)
+        if match:
+            if modality and match["modality"].upper() != modality.upper():
+                continue
+            scans.append(HealthyScan(path, match["subject"], match["site"]))
+        else:
+            scans.append(HealthyScan(path, strip_nifti_suffix(path)))
+    if not scans:
+        raise InputError(folder, f"no healthy {modality or ''} scans (.nii/.nii.gz) found".replace("  ", " "))
+    return scans
+
+
+def find_brats_cases(folder: str | Path, modality: str = "t2") -> list[LabelledCase]:
+    """BraTS-style cases below ``folder`` (``*_<modality>.nii.gz`` + ``*_seg.nii.gz`` in one folder)."""
+    folder = Path(folder)
+    _require_folder(folder)
+    cases = []
+    suffix = f"_{modality.lower()}"
+    for seg in sorted(folder.rglob("*_seg.nii*")):
+        stem = strip_nifti_suffix(seg)[: -len("_seg")]
+        images = [p for p in _nifti_files(seg.parent) if strip_nifti_suffix(p).lower() == (stem + suffix).lower()]
+        if images:
+            cases.append(LabelledCase(stem, images[0], seg, layout="brats"))
+    return cases
+
+
+def find_ms_cases(folder: str | Path, modality: str = "T2") -> list[LabelledCase]:
+    """MS-style cases: folders holding ``<modality>.nii.gz`` (or ``<modality>_*``) and one lesion mask."""
+    folder = Path(folder)
+    _require_folder(folder)
+    cases = []
+    candidates = [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]
+    for case_dir in candidates:
+        files = _nifti_files(case_dir)
+        masks = [p for p in files if any(w in p.name.lower() for w in MASK_WORDS)]
+        images = [
+            p for p in files if p not in masks and re.match(rf"^{re.escape(modality)}([_\-.]|$)", p.name, re.IGNORECASE)
+        ]
+        if len(images) == 1 and len(masks) == 1 and not masks[0].name.lower().endswith(f"_seg{masks[0].suffix}"):
+            name = case_dir.name if case_dir != folder else strip_nifti_suffix(images[0])
+            cases.append(LabelledCase(name, images[0], masks[0], layout="ms"))
+        elif len(images) == 1 and len(masks) > 1:
+            raise InputError(case_dir, f"several lesion masks ({', '.join(m.name for m in masks)}); keep one")
+    return cases
+
+
+def read_slice_labels(csv_path: str | Path) -> list[LabelledCase]:
+    """Cases with slice-level labels from a CSV (``image,slice,label``; see module docs).
+
+    Raises:
+        InputError: Missing columns, non-integer slices, labels other than 0/1, or images that do not exist — with
+            the CSV line number.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise InputError(csv_path, "slice-label CSV not found")
+    labels: dict[Path, dict[int, int]] = {}
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"image", "slice", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise InputError(csv_path, f"missing column(s) {sorted(missing)}; expected image,slice,label")
+        for line, row in enumerate(reader, start=2):
+            try:
+                index = int(row["slice"])
+                label = int(row["label"])
+            except (TypeError, ValueError):
+                raise InputError(csv_path, f"line {line}: slice and label must be integers, got {row}") from None
+            if label not in (0, 1) or index < 0:
+                raise InputError(csv_path, f"line {line}: label must be 0/1 and slice >= 0, got {row}")
+            image = (csv_path.parent / row["image"]).resolve()
+            if not image.is_file():
+                raise InputError(csv_path, f"line {line}: image {row['image']} not found")
+            labels.setdefault(image, {})[index] = label
+    return [LabelledCase(strip_nifti_suffix(p), p, None, dict(v), layout="slice-csv") for p, v in labels.items()]
+
+
+def find_labelled_cases(source: str | Path, modality: str = "t2") -> list[LabelledCase]:
+    """Labelled cases from a folder (BraTS- and MS-style, detected) or a slice-label CSV.
+
+    Raises:
+        InputError: Nothing usable found.
+    """
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        return read_slice_labels(source)
+    cases = find_brats_cases(source, modality) + find_ms_cases(source, modality)
+    if not cases:
+        raise InputError(
+            source,
+            f"no labelled cases found (expected BraTS-style *_{modality.lower()}.nii.gz + *_seg.nii.gz, or "
+            f"MS-style {modality.upper()}.nii.gz + a lesion mask per folder, or a slice-label CSV)",
+        )
+    return cases

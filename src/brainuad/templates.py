@@ -1,0 +1,119 @@
+"""The MNI template (from nilearn's bundled ICBM152 2009c files) and the crop grids of the presets.
+
+Everything here comes from installed packages, so preprocessing works offline and never reads ``../shared``.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from brainuad.io import Volume
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A voxel grid in MNI space: ``shape`` voxels placed in the world by ``affine`` (RAS+, mm)."""
+
+    name: str
+    shape: tuple[int, int, int]
+    affine: tuple[tuple[float, ...], ...]
+
+    @property
+    def affine_array(self) -> np.ndarray:
+        return np.asarray(self.affine, dtype=np.float64)
+
+    def world_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """World coordinates (mm) of the first and last voxel centres."""
+        a = self.affine_array
+        first = a[:3, 3]
+        last = a[:3, :3] @ (np.asarray(self.shape) - 1) + a[:3, 3]
+        return np.minimum(first, last), np.maximum(first, last)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "affine": [list(r) for r in self.affine]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Grid:
+        return cls(
+            str(data["name"]), tuple(int(s) for s in data["shape"]), tuple(tuple(map(float, r)) for r in data["affine"])
+        )
+
+
+def _grid(name: str, shape: tuple[int, int, int], origin_mm: tuple[float, float, float]) -> Grid:
+    affine = np.eye(4)
+    affine[:3, 3] = origin_mm
+    return Grid(name, shape, tuple(tuple(float(v) for v in row) for row in affine))
+
+
+#: Crop grids at 1 mm, RAS+. ``paper``: the 160×192×96 crop of Luo et al.; its 96 axial slices span
+#: z = -26…+69 mm (the cerebrum around the ventricles; the cerebellum and the vertex fall outside).
+#: ``whole-brain``: 160×208×160 covers the complete MNI brain mask (x ±72, y -111…+78, z -72…+82 mm).
+#: Every side is divisible by 16 so the autoencoder's four down-sampling steps divide evenly.
+CROP_GRIDS: dict[str, Grid] = {
+    "paper": _grid("paper", (160, 192, 96), (-80.0, -114.0, -26.0)),
+    "whole-brain": _grid("whole-brain", (160, 208, 160), (-80.0, -122.0, -76.0)),
+}
+
+
+def crop_grid(preset: str) -> Grid:
+    """The MNI crop grid of a preset (``paper`` or ``whole-brain``)."""
+    try:
+        return CROP_GRIDS[preset]
+    except KeyError:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(CROP_GRIDS)}") from None
+
+
+def _nilearn_volume(loader_name: str) -> Volume:
+    import nibabel as nib
+    from nilearn import datasets
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        img = getattr(datasets, loader_name)(resolution=1)
+    canonical = nib.as_closest_canonical(img)
+    return Volume(np.asarray(canonical.get_fdata(), dtype=np.float32), canonical.affine)
+
+
+@functools.lru_cache(maxsize=4)
+def mni_template(contrast: str = "t1") -> Volume:
+    """The 1 mm MNI ICBM152 2009c brain template (skull removed), intensities in [0, 1].
+
+    Args:
+        contrast: ``t1`` (the template itself) or ``t2`` (a T2-like contrast synthesised from the template's
+            tissue maps: CSF bright, grey matter brighter than white matter).
+    """
+    if contrast == "t1":
+        template = _nilearn_volume("load_mni152_template")
+        mask = mni_brain_mask().array
+        return template.with_array(np.where(mask, template.array, 0.0).astype(np.float32))
+    if contrast == "t2":
+        return tissue_contrast_template(csf=1.0, grey=0.55, white=0.3)
+    raise ValueError(f"unknown template contrast {contrast!r}; choose 't1' or 't2'")
+
+
+@functools.lru_cache(maxsize=1)
+def mni_brain_mask() -> Volume:
+    """The template's 1 mm brain mask (bool)."""
+    mask = _nilearn_volume("load_mni152_brain_mask")
+    return mask.with_array(mask.array > 0.5)
+
+
+@functools.lru_cache(maxsize=1)
+def mni_tissue_maps() -> dict[str, Volume]:
+    """Grey matter, white matter and CSF probability maps on the template grid (CSF = brain − GM − WM)."""
+    grey = _nilearn_volume("load_mni152_gm_template")
+    white = _nilearn_volume("load_mni152_wm_template")
+    brain = mni_brain_mask().array.astype(np.float32)
+    csf = np.clip(brain - grey.array - white.array, 0.0, 1.0) * brain
+    return {"grey": grey, "white": white, "csf": grey.with_array(csf.astype(np.float32))}
+
+
+def tissue_contrast_template(csf: float, grey: float, white: float) -> Volume:
+    """A template with chosen tissue intensities, as a weighted sum of the tissue probability maps."""
+    maps = mni_tissue_maps()
+    array = csf * maps["csf"].array + grey * maps["grey"].array + white * maps["white"].array
+    return maps["grey"].with_array(array.astype(np.float32))

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny synthetic volumes written to tmp_path, and the path of the real data (if present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    """Save an array as NIfTI (identity affine unless given)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def lps_affine(shape: tuple[int, int, int], spacing: float = 2.0) -> np.ndarray:
+    """An LPS-oriented affine centred on the volume (like BraTS or DICOM-derived files)."""
+    affine = np.diag([-spacing, -spacing, spacing, 1.0])
+    affine[:3, 3] = [spacing * (shape[0] - 1) / 2, spacing * (shape[1] - 1) / 2, -spacing * (shape[2] - 1) / 2]
+    return affine
+
+
+def ellipsoid(shape: tuple[int, int, int], radii_fraction: tuple[float, float, float] = (0.35, 0.4, 0.35)) -> np.ndarray:
+    """Boolean ellipsoid centred in the volume."""
+    grid = np.meshgrid(*[np.linspace(-0.5, 0.5, s) for s in shape], indexing="ij")
+    return sum((g / r) ** 2 for g, r in zip(grid, radii_fraction)) <= 1.0
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real MRI in ../shared/data; tests using it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("real data (../shared/data) not available")
+    return SHARED_DATA
