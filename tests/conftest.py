@@ -26,7 +26,9 @@ def lps_affine(shape: tuple[int, int, int], spacing: float = 2.0) -> np.ndarray:
     return affine
 
 
-def ellipsoid(shape: tuple[int, int, int], radii_fraction: tuple[float, float, float] = (0.35, 0.4, 0.35)) -> np.ndarray:
+def ellipsoid(
+    shape: tuple[int, int, int], radii_fraction: tuple[float, float, float] = (0.35, 0.4, 0.35)
+) -> np.ndarray:
     """Boolean ellipsoid centred in the volume."""
     grid = np.meshgrid(*[np.linspace(-0.5, 0.5, s) for s in shape], indexing="ij")
     return sum((g / r) ** 2 for g, r in zip(grid, radii_fraction)) <= 1.0

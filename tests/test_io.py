@@ -4,10 +4,10 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import lps_affine, write_nifti
 
 from brainuad.errors import InputError, OutputError
 from brainuad.io import Volume, atomic_path, find_nifti_files, load_volume, save_volume, strip_nifti_suffix
+from conftest import lps_affine, write_nifti
 
 
 def test_load_reorients_to_ras_and_save_restores_source_order(tmp_path, rng):
@@ -83,7 +83,7 @@ def test_truncated_gzip_is_reported(tmp_path, rng):
     raw = good.read_bytes()
     bad = tmp_path / "cut.nii.gz"
     bad.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(InputError, match="truncated|corrupt|not a readable"):
+    with pytest.raises(InputError, match=r"truncated|corrupt|not a readable"):
         load_volume(bad)
 
 
@@ -145,7 +145,7 @@ def test_find_nifti_files_and_names(tmp_path):
     assert strip_nifti_suffix("sub-01_T2w.nii.gz") == "sub-01_T2w"
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InputError, match="no .nii"):
+    with pytest.raises(InputError, match=r"no \.nii"):
         find_nifti_files([empty])
     with pytest.raises(InputError, match="not found"):
         find_nifti_files([tmp_path / "missing.nii.gz"])

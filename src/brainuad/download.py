@@ -75,6 +75,10 @@ def download_file(
                 while chunk := response.read(CHUNK):
                     handle.write(chunk)
                     bar.update(len(chunk))
+        # A dropped connection can end the stream early without an exception: compare with Content-Length.
+        received = partial.stat().st_size
+        if total is not None and received < total:
+            raise OSError(f"connection closed after {received} of {total} bytes")
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # the partial file is already complete
             pass
