@@ -110,6 +110,28 @@ def _ants_transform_to_ras_matrix(transform_file: str) -> np.ndarray:
     return _LPS @ lps @ _LPS
 
 
+def affine_between(fixed: Volume, moving: Volume, seed: int = 0) -> np.ndarray:
+    """ANTs affine (mutual information) from ``fixed`` to ``moving``: a 4×4 RAS+ matrix taking fixed-world points
+    to moving-world points."""
+    import ants
+
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(min(os.cpu_count() or 1, 8)))
+    result = ants.registration(
+        fixed=to_ants(fixed),
+        moving=to_ants(moving),
+        type_of_transform="Affine",
+        aff_metric="mattes",
+        random_seed=seed,
+        verbose=False,
+        **_SCHEDULE,
+    )
+    matrix = _ants_transform_to_ras_matrix(result["fwdtransforms"][0])
+    for path in set(result["fwdtransforms"]) | set(result["invtransforms"]):
+        if os.path.exists(path):
+            os.unlink(path)
+    return matrix
+
+
 def rigid_part(matrix: np.ndarray, centre: np.ndarray) -> np.ndarray:
     """The rotation + translation closest to an affine map, agreeing with it at ``centre``.
 
@@ -156,26 +178,9 @@ def estimate_transform(
     Returns:
         The transform from MNI to the scan's native space.
     """
-    import ants
-
     if kind not in ("rigid", "affine"):
         raise ValueError(f"unknown registration {kind!r}; choose 'rigid' or 'affine'")
-    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(min(os.cpu_count() or 1, 8)))
-    fixed = to_ants(mni_template(contrast))
-    moving = to_ants(brain)
-    result = ants.registration(
-        fixed=fixed,
-        moving=moving,
-        type_of_transform="Affine",
-        aff_metric="mattes",
-        random_seed=seed,
-        verbose=False,
-        **_SCHEDULE,
-    )
-    matrix = _ants_transform_to_ras_matrix(result["fwdtransforms"][0])
-    for path in set(result["fwdtransforms"]) | set(result["invtransforms"]):
-        if os.path.exists(path):
-            os.unlink(path)
+    matrix = affine_between(mni_template(contrast), brain, seed=seed)
     if head:
         kind = "affine"
     if kind == "rigid":

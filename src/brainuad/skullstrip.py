@@ -150,6 +150,29 @@ def template_mask(volume: Volume, seed: int = 0) -> np.ndarray:
     return fill_holes(largest_component(mask))
 
 
+def embed_brain_in_head(brain: Volume, brain_mask: np.ndarray, head: Volume, seed: int = 0) -> Volume:
+    """Put a skull-stripped brain back into a real head, to test skull strippers where only stripped scans exist.
+
+    The donor ``head`` is affinely registered to ``brain`` (brain to brain); outside ``brain_mask`` the result takes
+    the donor's scalp and skull (intensity-matched), and where the donor's own brain would show, a dark bone-like
+    value, so the only brain in the image is the one whose reference mask is known.
+    """
+    from brainuad.registration import Transform, affine_between, mni_to_native_resample
+
+    donor_mask = deepbet_mask(head)
+    donor_brain = head.with_array(np.where(donor_mask, head.array, 0.0).astype(np.float32))
+    head_to_brain = affine_between(
+        fixed=donor_brain, moving=brain.with_array(np.where(brain_mask, brain.array, 0.0)), seed=seed
+    )
+    onto_brain = Transform(np.linalg.inv(head_to_brain), brain.affine, brain.shape, brain.source_axcodes)
+    head_on_grid = mni_to_native_resample(head.array, head.affine, onto_brain, order=1)
+    donor_on_grid = mni_to_native_resample(donor_mask.astype(np.float32), head.affine, onto_brain, order=1) > 0.5
+    brain_level = float(np.median(brain.array[brain_mask]))
+    scale = brain_level / float(np.median(head_on_grid[donor_on_grid]))
+    outside = np.where(donor_on_grid, 0.05 * brain_level, head_on_grid * scale)
+    return brain.with_array(np.where(brain_mask, brain.array, outside).astype(np.float32))
+
+
 STRIPPERS: dict[str, Callable[[Volume], np.ndarray]] = {
     "deepbet": deepbet_mask,
     "hd-bet": hdbet_mask,
