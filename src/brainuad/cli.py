@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -101,6 +102,88 @@ def _run_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the autoencoder on preprocessed healthy scans",
+        description="Train on healthy scans only (defaults: the paper's recipe). Writes a self-describing run "
+        "folder; --resume continues an interrupted run. Several GPUs: torchrun --nproc_per_node=N -m brainuad train.",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="folder of preprocessed healthy cases (repeatable)",
+    )
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
+    p.add_argument("--model", default="ae", choices=["ae", "spatial-ae"], help="dense (paper) or spatial latent")
+    p.add_argument("--latent", type=int, default=512, help="dense latent size (default: 512)")
+    p.add_argument("--spatial-channels", type=int, default=16, help="spatial latent channels (default: 16)")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-5)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument(
+        "--augment", default="auto", choices=["auto", "on", "off"], help="auto = on for cohorts under 50 training scans"
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32 on the GPU")
+    p.add_argument(
+        "--channels",
+        type=int,
+        nargs=4,
+        default=None,
+        metavar="C",
+        help="channels of the 4 down blocks (default: 32 64 128 256); smaller for quick runs",
+    )
+    p.add_argument("--stem-channels", type=int, default=16)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from brainuad.config import Config, ModelConfig, TrainConfig
+    from brainuad.errors import ConfigError
+    from brainuad.training import train
+
+    try:
+        model = ModelConfig(
+            kind=args.model,
+            latent=args.latent,
+            spatial_channels=args.spatial_channels,
+            stem_channels=args.stem_channels,
+            channels=tuple(args.channels) if args.channels else ModelConfig().channels,
+        )
+        training = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            val_fraction=args.val_fraction,
+            augment=args.augment,
+            device=args.device,
+            seed=args.seed,
+            compile=args.compile,
+            bf16=not args.no_bf16,
+        )
+    except ConfigError as exc:
+        return _usage_error(str(exc))
+    result = train(
+        args.data, args.out, Config(model=model, training=training), resume=args.resume, progress=not args.quiet
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"train: {result.epochs_done} epochs, best validation MSE {result.best_val_loss:.6f} at epoch "
+            f"{result.best_epoch} -> {result.run_dir}"
+        )
+    return EXIT_OK
+
+
 def _usage_error(message: str) -> int:
     print(f"brainuad: error: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -117,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_preprocess(sub)
     _add_download(sub)
+    _add_train(sub)
     return parser
 
 

@@ -53,11 +53,92 @@ class PreprocessConfig:
             raise ConfigError(f"preprocessing.percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
 
 
+ModelKind = Literal["ae", "spatial-ae"]
+AugmentMode = Literal["auto", "on", "off"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network (Luo et al.'s 3D residual autoencoder and its ablation variants).
+
+    Attributes:
+        kind: ``ae`` = dense latent (the paper's); ``spatial-ae`` = spatial latent at 1/16 resolution.
+        latent: Size of the dense latent z (paper: 512; ablation 128–1024).
+        spatial_channels: Channels of the spatial latent (ablation: 1–64).
+        stem_channels: Channels of the first convolution (16 in the published code).
+        channels: Output channels of the four down-sampling residual blocks.
+        input_shape: Volume shape the model is built for (the crop grid); every side divisible by 16.
+    """
+
+    kind: ModelKind = "ae"
+    latent: int = 512
+    spatial_channels: int = 16
+    stem_channels: int = 16
+    channels: tuple[int, int, int, int] = (32, 64, 128, 256)
+    input_shape: tuple[int, int, int] = (160, 192, 96)
+
+    def __post_init__(self) -> None:
+        if self.latent < 1 or self.spatial_channels < 1 or self.stem_channels < 1 or min(self.channels) < 1:
+            raise ConfigError("model sizes (latent, spatial_channels, stem_channels, channels) must be positive")
+        bad = [s for s in self.input_shape if s < 16 or s % 16]
+        if bad:
+            raise ConfigError(
+                f"model.input_shape {self.input_shape}: every side must be a positive multiple of 16 "
+                "(four stride-2 stages); use a crop preset or pad the volume"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the model is trained (defaults: the paper's recipe).
+
+    Attributes:
+        epochs: Passes over the training split (paper: 200).
+        batch_size: Volumes per step (paper: 8).
+        lr: Adam learning rate (paper: 1e-4).
+        weight_decay: Adam weight decay (paper: 1e-5).
+        seed: Seeds the split, initialisation, shuffling and augmentation.
+        val_fraction: Share of healthy scans held out for validation (paper: 0.2).
+        augment: ``auto`` = on when the training split has fewer than ``augment_below`` scans.
+        augment_below: Cohort size under which ``auto`` turns augmentation on.
+        device: ``auto`` picks CUDA when available.
+        bf16: bfloat16 autocast on CUDA (ignored on CPU).
+        channels_last: channels-last-3d memory format on CUDA.
+        compile: ``torch.compile`` the model.
+        num_workers: DataLoader worker processes.
+    """
+
+    epochs: int = 200
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    seed: int = 0
+    val_fraction: float = 0.2
+    augment: AugmentMode = "auto"
+    augment_below: int = 50
+    device: Device = "auto"
+    bf16: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("training.epochs and training.batch_size must be at least 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"training.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ConfigError("training.lr must be > 0 and training.weight_decay >= 0")
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole tree; stages read their own section."""
 
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
 
 
 T = TypeVar("T")

@@ -167,3 +167,86 @@ def find_labelled_cases(source: str | Path, modality: str = "t2") -> list[Labell
             f"MS-style {modality.upper()}.nii.gz + a lesion mask per folder, or a slice-label CSV)",
         )
     return cases
+
+
+def find_case_folders(folders: list[str | Path] | tuple[str | Path, ...]) -> list[Path]:
+    """Preprocessed case folders (from ``brainuad preprocess``) in the given folders (or given directly).
+
+    Raises:
+        InputError: A folder holds no preprocessed case (with a hint to run ``brainuad preprocess``).
+    """
+    from brainuad.preprocessing import is_case_folder
+
+    found: list[Path] = []
+    for folder in folders:
+        folder = Path(folder)
+        _require_folder(folder)
+        if is_case_folder(folder):
+            found.append(folder)
+            continue
+        cases = sorted(p for p in folder.iterdir() if p.is_dir() and is_case_folder(p))
+        if not cases:
+            hint = (
+                " (it holds raw NIfTI files: run 'brainuad preprocess' on it first)"
+                if any(is_nifti_path(p) for p in folder.rglob("*"))
+                else ""
+            )
+            raise InputError(folder, f"no preprocessed cases found{hint}")
+        found.extend(cases)
+    return found
+
+
+class VolumeCache:
+    """All training volumes in one float16 array on disk (memory-mapped), read once from NIfTI.
+
+    An epoch then reads from the page cache instead of decompressing and validating NIfTI files; cohorts larger than
+    memory still work (the OS pages volumes in and out).
+
+    Args:
+        case_folders: Preprocessed cases; all must share one crop grid.
+        cache_file: ``.npy`` file to create (or reuse, when it matches the cases).
+    """
+
+    def __init__(self, case_folders: list[Path], cache_file: str | Path):
+        import json
+
+        import numpy as np
+
+        from brainuad.io import load_volume
+        from brainuad.provenance import sha256_file
+
+        self.case_folders = [Path(p) for p in case_folders]
+        if not self.case_folders:
+            raise InputError(None, "no cases to cache")
+        cache_file = Path(cache_file)
+        index_file = cache_file.with_suffix(".json")
+        key = [sha256_file(p / "image.nii.gz") for p in self.case_folders]
+        first = load_volume(self.case_folders[0] / "image.nii.gz")
+        shape = (len(self.case_folders), *first.shape)
+        if cache_file.exists() and index_file.exists() and json.loads(index_file.read_text()).get("key") == key:
+            self.array = np.load(cache_file, mmap_mode="r")
+            return
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(cache_file.stem + ".partial.npy")
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        for i, folder in enumerate(self.case_folders):
+            volume = first if i == 0 else load_volume(folder / "image.nii.gz")
+            if volume.shape != first.shape:
+                raise InputError(
+                    folder / "image.nii.gz",
+                    f"shape {volume.shape} differs from {first.shape} of {self.case_folders[0].name}; preprocess all "
+                    "scans with the same preset",
+                )
+            array[i] = volume.array.astype(np.float16)
+        array.flush()
+        del array
+        tmp.replace(cache_file)
+        index_file.write_text(json.dumps({"key": key, "cases": [str(p) for p in self.case_folders]}))
+        self.array = np.load(cache_file, mmap_mode="r")
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def volume_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape[1:])  # type: ignore[return-value]

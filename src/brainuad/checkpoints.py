@@ -1,0 +1,143 @@
+"""Weights and optimiser state in safetensors, configs in JSON: nothing is ever unpickled.
+
+A run folder's model is ``config.json`` + ``model.safetensors``; :func:`load_model` validates the config against the
+schema and refuses weights that do not fit the network the config describes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from brainuad.config import Config, from_dict, to_dict
+from brainuad.errors import BrainuadError, ConfigError, InputError
+from brainuad.io import atomic_path, read_json, write_json
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write a model's state (parameters and BatchNorm buffers) as safetensors, atomically."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata or {})
+    return Path(path)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load safetensors weights into ``model``; a mismatch in names or shapes is a clear error."""
+    path = Path(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable safetensors file ({exc})") from exc
+    target = _unwrap(model).state_dict()
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    wrong = [k for k in target if k in state and tuple(state[k].shape) != tuple(target[k].shape)]
+    if missing or unexpected or wrong:
+        detail = []
+        if missing:
+            detail.append(f"missing {missing[:3]}{'…' if len(missing) > 3 else ''}")
+        if unexpected:
+            detail.append(f"unexpected {unexpected[:3]}{'…' if len(unexpected) > 3 else ''}")
+        if wrong:
+            k = wrong[0]
+            detail.append(f"shape of {k}: file {tuple(state[k].shape)} vs config {tuple(target[k].shape)}")
+        raise InputError(path, "weights do not match the model its config describes: " + "; ".join(detail))
+    _unwrap(model).load_state_dict(state)
+    return model
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, path: str | Path) -> Path:
+    """Optimiser state as safetensors: tensors flattened by name, the rest as JSON metadata."""
+    state_dict = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in state_dict["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    metadata = {"param_groups": json.dumps(state_dict["param_groups"]), "scalars": json.dumps(scalars)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, path: str | Path) -> None:
+    """Restore optimiser state written by :func:`save_optimizer`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable safetensors file ({exc})") from exc
+    try:
+        param_groups = json.loads(metadata["param_groups"])
+        scalars = json.loads(metadata.get("scalars", "{}"))
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise InputError(path, "optimizer file lacks its param_groups metadata") from exc
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = tensor
+    for index, values in scalars.items():
+        state.setdefault(int(index), {}).update(values)
+    device = next((p.device for g in optimizer.param_groups for p in g["params"]), torch.device("cpu"))
+    for entry in state.values():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor) and key != "step":
+                entry[key] = value.to(device)
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def save_config(config: Config, path: str | Path) -> Path:
+    """The config tree as JSON."""
+    return write_json(path, to_dict(config))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config JSON (unknown keys and wrong types are errors naming the file)."""
+    path = Path(path)
+    try:
+        return from_dict(Config, read_json(path))
+    except ConfigError as exc:
+        raise InputError(path, f"invalid config: {exc}") from exc
+
+
+def load_model(run_dir: str | Path, weights: str = "model.safetensors", device: str | torch.device = "cpu"):
+    """The trained model of a run folder, in eval mode (BatchNorm uses its learned statistics).
+
+    Raises:
+        InputError: Missing files, an invalid config, or weights that do not fit the config.
+    """
+    from brainuad.models import build_model
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(run_dir, "model folder not found")
+    config = load_config(run_dir / "config.json")
+    weights_path = run_dir / weights
+    if not weights_path.is_file():
+        raise InputError(weights_path, "weights file not found (was training finished?)")
+    try:
+        model = build_model(config.model)
+    except (ValueError, RuntimeError) as exc:
+        raise BrainuadError(f"{run_dir / 'config.json'}: cannot build the model ({exc})") from exc
+    load_weights(model, weights_path)
+    return model.to(device).eval(), config

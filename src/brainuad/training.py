@@ -1,0 +1,356 @@
+"""Training on healthy scans only: a plain loop, resumable, bf16/channels-last/compile on GPU, DDP via torchrun.
+
+A run folder describes itself::
+
+    config.json          the whole config tree (model built for the data's crop grid)
+    split.json           train/validation case folders and the seed that drew them (written once)
+    model.safetensors    best weights by validation loss;  last.safetensors + last_optimizer.safetensors + state.json
+                         the latest epoch, for --resume
+    log.csv              one row per epoch;  loss_curve.png;  tensorboard/ (when tensorboard is installed)
+    provenance.json      library versions, git hash, platform;  summary.json at the end
+    cache/               the training volumes as one memory-mapped float16 array
+
+Determinism: the shuffling and every augmentation draw are seeded from (seed, epoch, index), and checkpoints are
+taken at epoch ends, so on CPU an interrupted run resumed with ``--resume`` ends with the same weights bit for bit.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainuad.augmentation import Augmenter, batch_seed
+from brainuad.checkpoints import (
+    load_config,
+    load_optimizer,
+    load_weights,
+    save_config,
+    save_optimizer,
+    save_weights,
+)
+from brainuad.config import Config, TrainConfig, replace
+from brainuad.data import VolumeCache, find_case_folders
+from brainuad.errors import BrainuadError, InputError
+from brainuad.io import read_json, write_json
+from brainuad.models import build_model, count_parameters
+from brainuad.provenance import provenance
+
+LOG_FIELDS = ("epoch", "train_loss", "val_loss", "seconds", "volumes_per_s", "lr")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_dir: Path
+    epochs_done: int
+    best_val_loss: float
+    best_epoch: int
+    history: list[dict]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BrainuadError("--device cuda was asked for, but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def make_split(cases: list[Path], val_fraction: float, seed: int) -> dict:
+    """Random train/validation split of case folders (validation gets at least one case when there are two)."""
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_val = round(len(cases) * val_fraction) if len(cases) > 1 else 0
+    if val_fraction > 0 and len(cases) > 1:
+        n_val = max(1, n_val)
+    val = sorted(str(cases[i]) for i in order[:n_val])
+    train = sorted(str(cases[i]) for i in order[n_val:])
+    note = None
+    if not val:
+        note = "one healthy case only: validation uses the training case (no held-out estimate)"
+        val = list(train)
+    return {"seed": seed, "val_fraction": val_fraction, "train": train, "val": val, "note": note}
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; initialises the process group when needed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def _weights_digest(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _batches(indices: list[int], batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """This rank's shuffled batches for an epoch (the same permutation on every rank, split round-robin)."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+    per_rank = math.ceil(len(order) / world)
+    order = (order * world)[: per_rank * world]  # pad so every rank takes the same number of steps
+    mine = order[rank::world]
+    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+def _load_batch(cache: VolumeCache, ids: list[int], augmenter: Augmenter | None, seed: int, epoch: int) -> torch.Tensor:
+    volumes = []
+    for index in ids:
+        volume = torch.from_numpy(np.asarray(cache.array[index], dtype=np.float32))[None]
+        if augmenter is not None:
+            volume = augmenter(volume, batch_seed(seed, epoch, index))
+        volumes.append(volume)
+    return torch.stack(volumes)
+
+
+def _prepare_run(case_folders: list[Path], run_dir: Path, config: Config, resume: bool) -> tuple[Config, dict]:
+    config_path = run_dir / "config.json"
+    if resume:
+        if not config_path.is_file():
+            raise InputError(run_dir, "nothing to resume: no config.json in this run folder")
+        saved = load_config(config_path)
+        # Only the epoch budget may change on resume; everything else must match what the weights were made with.
+        config = replace(saved, training=replace(saved.training, epochs=config.training.epochs))
+        return config, read_json(run_dir / "split.json")
+    if config_path.exists():
+        raise BrainuadError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
+    split = make_split(case_folders, config.training.val_fraction, config.training.seed)
+    return config, split
+
+
+def train(
+    data: list[str | Path],
+    run_dir: str | Path,
+    config: Config | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the autoencoder on preprocessed healthy scans.
+
+    Args:
+        data: Folders of preprocessed cases (``brainuad preprocess`` output) or case folders themselves.
+        run_dir: Run folder to create (or to continue with ``resume``).
+        config: Model and training settings; the model's ``input_shape`` is taken from the data.
+        resume: Continue from the last completed epoch.
+        progress: Show a progress bar.
+
+    Raises:
+        InputError: No cases, mismatched shapes, nothing to resume.
+        BrainuadError: Out of memory (with advice), a run folder that already holds a run.
+    """
+    from tqdm import tqdm
+
+    config = config or Config()
+    run_dir = Path(run_dir)
+    rank, world = _distributed()
+    case_folders = find_case_folders(list(data))
+    config, split = _prepare_run(case_folders, run_dir, config, resume)
+    cache_dir = run_dir / "cache"
+    all_cases = sorted(set(split["train"]) | set(split["val"]))
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cache = VolumeCache([Path(p) for p in all_cases], cache_dir / "volumes.npy")
+    if world > 1:
+        torch.distributed.barrier()
+    if rank != 0:
+        cache = VolumeCache([Path(p) for p in all_cases], cache_dir / "volumes.npy")
+    position = {p: i for i, p in enumerate(all_cases)}
+    train_ids = [position[p] for p in split["train"]]
+    val_ids = [position[p] for p in split["val"]]
+
+    tc: TrainConfig = config.training
+    if not resume:
+        config = replace(config, model=replace(config.model, input_shape=cache.volume_shape))
+    augment = tc.augment == "on" or (tc.augment == "auto" and len(set(split["train"])) < tc.augment_below)
+    augmenter = Augmenter() if augment else None
+    if rank == 0 and not resume:
+        save_config(config, run_dir / "config.json")
+        write_json(run_dir / "split.json", split)
+        write_json(
+            run_dir / "provenance.json",
+            {**provenance(), "augmentation": augmenter.description if augmenter else "off", "world_size": world},
+        )
+
+    device = resolve_device(tc.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    torch.manual_seed(tc.seed)
+    model = build_model(config.model).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0}
+    if resume and (run_dir / "state.json").is_file():
+        state = read_json(run_dir / "state.json")
+        load_weights(model, run_dir / "last.safetensors")
+        load_optimizer(optimizer, run_dir / "last_optimizer.safetensors")
+    use_cuda = device.type == "cuda"
+    if use_cuda and tc.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    step_model: nn.Module = model
+    if world > 1:
+        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
+    if tc.compile:
+        step_model = torch.compile(step_model)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda and tc.bf16)
+
+    writer = _tensorboard(run_dir) if rank == 0 else None
+    history = _read_log(run_dir / "log.csv") if resume else []
+    total_epochs = tc.epochs
+    bar = tqdm(total=total_epochs, initial=state["epoch"], desc="train", unit="epoch", disable=not progress or rank)
+    try:
+        for epoch in range(state["epoch"] + 1, total_epochs + 1):
+            start = time.perf_counter()
+            model.train()
+            losses = []
+            for ids in _batches(train_ids, tc.batch_size, tc.seed, epoch, rank, world):
+                batch = _load_batch(cache, ids, augmenter, tc.seed, epoch).to(device, non_blocking=True)
+                if use_cuda and tc.channels_last:
+                    batch = batch.contiguous(memory_format=torch.channels_last_3d)
+                with autocast:
+                    loss = torch.nn.functional.mse_loss(step_model(batch).float(), batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.detach())
+            if world > 1:
+                # DDP keeps parameters identical; BatchNorm running statistics drift per rank: take rank 0's.
+                for buffer in model.buffers():
+                    torch.distributed.broadcast(buffer, 0)
+            train_loss = float(torch.stack(losses).mean())
+            val_loss = evaluate_loss(model, cache, val_ids, device, tc.batch_size, autocast)
+            seconds = time.perf_counter() - start
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "seconds": round(seconds, 3),
+                "volumes_per_s": round(len(train_ids) / seconds, 3),
+                "lr": tc.lr,
+            }
+            history.append(row)
+            if rank == 0:
+                if val_loss < state["best_val_loss"]:
+                    state.update(best_val_loss=val_loss, best_epoch=epoch)
+                    save_weights(model, run_dir / "model.safetensors")
+                save_weights(model, run_dir / "last.safetensors")
+                save_optimizer(optimizer, run_dir / "last_optimizer.safetensors")
+                state["epoch"] = epoch
+                write_json(run_dir / "state.json", state)  # last: marks the epoch as complete
+                _append_log(run_dir / "log.csv", row)
+                if writer is not None:
+                    writer.add_scalars("loss", {"train": train_loss, "val": val_loss}, epoch)
+            state["epoch"] = epoch
+            bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
+            bar.update(1)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise BrainuadError(
+            f"out of GPU memory at batch size {tc.batch_size}; try --batch-size {max(1, tc.batch_size // 2)}"
+        ) from exc
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower() or "not enough memory" in str(exc).lower():
+            raise BrainuadError(
+                f"out of memory at batch size {tc.batch_size}; try --batch-size {max(1, tc.batch_size // 2)}"
+            ) from exc
+        raise
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    in_sync = _check_ranks_in_sync(model, world)
+    if rank == 0:
+        _finish(run_dir, model, state, history, world, in_sync)
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return TrainResult(run_dir, state["epoch"], state["best_val_loss"], state["best_epoch"], history)
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module, cache: VolumeCache, ids: list[int], device: torch.device, batch_size: int, autocast=None
+) -> float:
+    """Mean squared reconstruction error over volumes, in eval mode (no augmentation)."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(ids), batch_size):
+        batch = _load_batch(cache, ids[i : i + batch_size], None, 0, 0).to(device)
+        with autocast or torch.autocast("cpu", enabled=False):
+            error = torch.nn.functional.mse_loss(model(batch).float(), batch, reduction="sum")
+        total += float(error)
+        count += batch.numel()
+    return total / max(1, count)
+
+
+def _check_ranks_in_sync(model: nn.Module, world: int) -> bool | None:
+    """Whether every rank holds the same weights (DDP only)."""
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+
+    digests: list[str | None] = [None] * world
+    dist.all_gather_object(digests, _weights_digest(model))
+    return len(set(digests)) == 1
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional (pip install brainuad[tensorboard])
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _append_log(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _finish(
+    run_dir: Path, model: nn.Module, state: dict, history: list[dict], world: int, in_sync: bool | None
+) -> None:
+    from brainuad.figures import plot_loss_curve
+
+    if history:
+        plot_loss_curve(history, run_dir / "loss_curve.png")
+    write_json(
+        run_dir / "summary.json",
+        {
+            "epochs_done": state["epoch"],
+            "best_epoch": state["best_epoch"],
+            "best_val_loss": state["best_val_loss"],
+            "last_train_loss": history[-1]["train_loss"] if history else None,
+            "parameters": count_parameters(model),
+            "train_seconds": round(sum(r["seconds"] for r in history), 2),
+            "world_size": world,
+            "ddp_ranks_in_sync": in_sync,
+        },
+    )

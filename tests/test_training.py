@@ -1,0 +1,221 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from brainuad.checkpoints import load_config, load_model, load_weights, save_weights
+from brainuad.cli import main
+from brainuad.config import Config, ModelConfig, TrainConfig
+from brainuad.errors import BrainuadError, InputError
+from brainuad.io import Volume
+from brainuad.models import build_model
+from brainuad.preprocessing import PreprocessedCase, save_case
+from brainuad.registration import Transform
+from brainuad.templates import Grid
+from brainuad.training import make_split, train
+
+SHAPE = (32, 32, 16)
+TINY_MODEL = ModelConfig(stem_channels=4, channels=(4, 8, 8, 8), latent=16)
+
+
+def write_cases(folder, n, shape=SHAPE, seed=0):
+    """Tiny preprocessed 'healthy' cases: a smooth ellipsoidal brain with random contrast."""
+    rng = np.random.default_rng(seed)
+    grid = Grid("tiny", shape, tuple(tuple(map(float, r)) for r in np.eye(4)))
+    coords = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    brain = (coords[0] ** 2 / 0.7 + coords[1] ** 2 / 0.8 + coords[2] ** 2 / 0.7) < 1
+    for i in range(n):
+        image = np.where(brain, 0.5 + 0.2 * rng.random() * np.cos(3 * coords[0] + rng.random()), 0).astype(np.float32)
+        case = PreprocessedCase(
+            f"case{i}",
+            Volume(image, np.eye(4)),
+            Volume(brain, np.eye(4)),
+            Transform(np.eye(4), np.eye(4), shape, ("R", "A", "S")),
+            grid,
+            {"name": f"case{i}"},
+        )
+        save_case(case, folder / f"case{i}")
+    return folder
+
+
+def tiny_config(**training) -> Config:
+    return Config(
+        model=TINY_MODEL,
+        training=TrainConfig(**{"epochs": 2, "batch_size": 2, "device": "cpu", "augment": "off", **training}),
+    )
+
+
+def test_split_is_seeded_and_disjoint(tmp_path):
+    cases = [tmp_path / f"c{i}" for i in range(10)]
+    a, b = make_split(cases, 0.2, seed=1), make_split(cases, 0.2, seed=1)
+    assert a == b and len(a["val"]) == 2 and not set(a["train"]) & set(a["val"])
+    one = make_split(cases[:1], 0.2, seed=0)
+    assert one["train"] == one["val"] and one["note"]
+
+
+def test_train_writes_a_self_describing_run(tmp_path):
+    data = write_cases(tmp_path / "data", 5)
+    result = train([data], tmp_path / "run", tiny_config(), progress=False)
+    run = tmp_path / "run"
+    for name in (
+        "config.json",
+        "split.json",
+        "model.safetensors",
+        "last.safetensors",
+        "last_optimizer.safetensors",
+        "state.json",
+        "log.csv",
+        "loss_curve.png",
+        "provenance.json",
+        "summary.json",
+    ):
+        assert (run / name).is_file(), name
+    assert result.epochs_done == 2 and len(result.history) == 2
+    config = load_config(run / "config.json")
+    assert config.model.input_shape == SHAPE  # taken from the data
+    assert len(json.loads((run / "split.json").read_text())["val"]) == 1
+    model, _ = load_model(run)
+    assert not model.training  # inference always in eval mode
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_done"] == 2 and summary["parameters"] > 0
+    with pytest.raises(BrainuadError, match="--resume"):
+        train([data], run, tiny_config(), progress=False)
+
+
+def test_resume_is_bit_identical(tmp_path):
+    data = write_cases(tmp_path / "data", 4)
+    config = tiny_config(epochs=3, augment="on")
+    train([data], tmp_path / "straight", config, progress=False)
+    train([data], tmp_path / "resumed", tiny_config(epochs=1, augment="on"), progress=False)
+    train([data], tmp_path / "resumed", config, resume=True, progress=False)
+    a = load_file(str(tmp_path / "straight" / "last.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log = (tmp_path / "resumed" / "log.csv").read_text().strip().splitlines()
+    assert len(log) == 4  # header + 3 epochs
+
+
+def test_weights_round_trip_and_mismatch(tmp_path):
+    model = build_model(TINY_MODEL.__class__(**{**TINY_MODEL.__dict__, "input_shape": SHAPE}))
+    path = save_weights(model, tmp_path / "w.safetensors")
+    other = build_model(ModelConfig(**{**TINY_MODEL.__dict__, "input_shape": SHAPE}))
+    load_weights(other, path)
+    for (ka, va), (kb, vb) in zip(model.state_dict().items(), other.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    wrong = build_model(ModelConfig(**{**TINY_MODEL.__dict__, "input_shape": SHAPE, "latent": 8}))
+    with pytest.raises(InputError, match="do not match"):
+        load_weights(wrong, path)
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(InputError, match="safetensors"):
+        load_weights(other, tmp_path / "junk.safetensors")
+
+
+def test_config_mismatching_weights_is_refused(tmp_path):
+    data = write_cases(tmp_path / "data", 3)
+    train([data], tmp_path / "run", tiny_config(epochs=1), progress=False)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config["model"]["latent"] = 32
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="do not match"):
+        load_model(tmp_path / "run")
+    config["model"]["surprise"] = 1
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="unknown key"):
+        load_model(tmp_path / "run")
+
+
+def test_training_input_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no preprocessed cases"):
+        train([tmp_path / "empty"], tmp_path / "run", tiny_config(), progress=False)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "scan.nii.gz").write_bytes(b"x")
+    with pytest.raises(InputError, match="brainuad preprocess"):
+        train([raw], tmp_path / "run", tiny_config(), progress=False)
+    mixed = tmp_path / "mixed"
+    write_cases(mixed, 2)
+    write_cases(tmp_path / "other", 1, shape=(32, 32, 32))
+    (tmp_path / "other" / "case0").rename(mixed / "odd")
+    with pytest.raises(InputError, match="same preset"):
+        train([mixed], tmp_path / "run2", tiny_config(), progress=False)
+
+
+def test_cli_train_and_resume(tmp_path, capsys):
+    data = write_cases(tmp_path / "data", 3)
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--channels",
+        "4",
+        "8",
+        "8",
+        "8",
+        "--stem-channels",
+        "4",
+        "--latent",
+        "16",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    assert "best validation MSE" in capsys.readouterr().out
+    assert main([*args[:-1], "--epochs", "2", "--resume", "--quiet"]) == 0
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["epoch"] == 2
+    assert main([*args[:5], "--latent", "0"]) == 2
+
+
+def test_ddp_two_processes_gloo_keep_identical_weights(tmp_path):
+    data = write_cases(tmp_path / "data", 5)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "brainuad",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "1",
+        "--device",
+        "cpu",
+        "--channels",
+        "4",
+        "8",
+        "8",
+        "8",
+        "--stem-channels",
+        "4",
+        "--latent",
+        "16",
+        "--quiet",
+        "--augment",
+        "off",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ddp_ranks_in_sync"] is True
