@@ -64,6 +64,6 @@ class Augmenter:
         return torch.where(brain, changed.clamp(0, 1), torch.zeros_like(changed))
 
 
-def batch_seed(seed: int, epoch: int, index: int) -> int:
-    """A reproducible per-volume seed from the run seed, the epoch and the volume's index."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+def batch_seed(*keys: int) -> int:
+    """A reproducible per-volume seed from integers (run seed, epoch, step, position, volume index)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])

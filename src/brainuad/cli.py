@@ -31,8 +31,9 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset",
         default="paper",
-        choices=["paper", "whole-brain"],
-        help="crop: paper = 160x192x96 at 1 mm; whole-brain = 160x208x160 (default: paper)",
+        choices=["paper", "whole-brain", "paper-2mm"],
+        help="crop: paper = 160x192x96 at 1 mm; whole-brain = 160x208x160; paper-2mm = 80x96x48 at 2 mm "
+        "(default: paper)",
     )
     p.add_argument("--registration", default="rigid", choices=["rigid", "affine"], help="default: rigid")
     p.add_argument(
@@ -125,6 +126,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=1e-5)
     p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=0,
+        help="0 = one pass over the training scans per epoch; N = N random batches (small cohorts)",
+    )
     p.add_argument(
         "--augment", default="auto", choices=["auto", "on", "off"], help="auto = on for cohorts under 50 training scans"
     )

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 from brainuad.errors import ConfigError
 
 SkullStripMethod = Literal["auto", "deepbet", "hd-bet", "template", "none"]
-CropPreset = Literal["paper", "whole-brain"]
+CropPreset = Literal["paper", "whole-brain", "paper-2mm"]
 RegistrationType = Literal["rigid", "affine"]
 TemplateContrast = Literal["t1", "t2"]
 IntensityScaling = Literal["percentile", "minmax"]
@@ -28,7 +28,8 @@ class PreprocessConfig:
 
     Attributes:
         preset: ``paper`` = 160×192×96 at 1 mm as in Luo et al. (96 axial slices do not cover the whole brain);
-            ``whole-brain`` = 160×192×160 at 1 mm, covering the entire MNI brain.
+            ``whole-brain`` = 160×208×160 at 1 mm, covering the entire MNI brain; ``paper-2mm`` = the paper's field
+            of view at 2 mm (80×96×48) for quick CPU runs.
         skull_strip: ``auto`` picks ``none`` for scans whose background is already zero and the default stripper
             (``deepbet``) otherwise.
         registration: ``rigid`` (6 dof, the paper's) or ``affine`` (12 dof).
@@ -107,6 +108,8 @@ class TrainConfig:
         channels_last: channels-last-3d memory format on CUDA.
         compile: ``torch.compile`` the model.
         num_workers: DataLoader worker processes.
+        steps_per_epoch: 0 = one pass over the training split per epoch; otherwise this many steps, each drawing
+            a batch at random (with replacement) — for small cohorts with augmentation, as nnU-Net does.
     """
 
     epochs: int = 200
@@ -122,8 +125,11 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     num_workers: int = 0
+    steps_per_epoch: int = 0
 
     def __post_init__(self) -> None:
+        if self.steps_per_epoch < 0:
+            raise ConfigError("training.steps_per_epoch must be >= 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("training.epochs and training.batch_size must be at least 1")
         if not 0.0 <= self.val_fraction < 1.0:

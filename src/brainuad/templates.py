@@ -43,8 +43,8 @@ class Grid:
         )
 
 
-def _grid(name: str, shape: tuple[int, int, int], origin_mm: tuple[float, float, float]) -> Grid:
-    affine = np.eye(4)
+def _grid(name: str, shape: tuple[int, int, int], origin_mm: tuple[float, float, float], spacing: float = 1.0) -> Grid:
+    affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = origin_mm
     return Grid(name, shape, tuple(tuple(float(v) for v in row) for row in affine))
 
@@ -52,10 +52,12 @@ def _grid(name: str, shape: tuple[int, int, int], origin_mm: tuple[float, float,
 #: Crop grids at 1 mm, RAS+. ``paper``: the 160×192×96 crop of Luo et al.; its 96 axial slices span
 #: z = -26…+69 mm (the cerebrum around the ventricles; the cerebellum and the vertex fall outside).
 #: ``whole-brain``: 160×208×160 covers the complete MNI brain mask (x ±72, y -111…+78, z -72…+82 mm).
+#: ``paper-2mm``: the paper's field of view at 2 mm (80×96×48), for quick CPU runs and tests.
 #: Every side is divisible by 16 so the autoencoder's four down-sampling steps divide evenly.
 CROP_GRIDS: dict[str, Grid] = {
     "paper": _grid("paper", (160, 192, 96), (-80.0, -114.0, -26.0)),
     "whole-brain": _grid("whole-brain", (160, 208, 160), (-80.0, -122.0, -76.0)),
+    "paper-2mm": _grid("paper-2mm", (80, 96, 48), (-79.5, -113.5, -25.5), spacing=2.0),
 }
 
 

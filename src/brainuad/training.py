@@ -101,22 +101,31 @@ def _weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _batches(indices: list[int], batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
-    """This rank's shuffled batches for an epoch (the same permutation on every rank, split round-robin)."""
+def _batches(
+    indices: list[int], batch_size: int, seed: int, epoch: int, rank: int, world: int, steps: int = 0
+) -> list[list[int]]:
+    """This rank's batches for an epoch: a shuffled pass (the same permutation on every rank, split round-robin),
+    or ``steps`` batches drawn with replacement."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
-    per_rank = math.ceil(len(order) / world)
-    order = (order * world)[: per_rank * world]  # pad so every rank takes the same number of steps
+    if steps:
+        draws = torch.randint(len(indices), (steps * batch_size * world,), generator=generator).tolist()
+        order = [indices[i] for i in draws]
+    else:
+        order = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
+        per_rank = math.ceil(len(order) / world)
+        order = (order * world)[: per_rank * world]  # pad so every rank takes the same number of steps
     mine = order[rank::world]
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
-def _load_batch(cache: VolumeCache, ids: list[int], augmenter: Augmenter | None, seed: int, epoch: int) -> torch.Tensor:
+def _load_batch(
+    cache: VolumeCache, ids: list[int], augmenter: Augmenter | None, seed: int, epoch: int, step: int
+) -> torch.Tensor:
     volumes = []
-    for index in ids:
+    for position, index in enumerate(ids):
         volume = torch.from_numpy(np.asarray(cache.array[index], dtype=np.float32))[None]
         if augmenter is not None:
-            volume = augmenter(volume, batch_seed(seed, epoch, index))
+            volume = augmenter(volume, batch_seed(seed, epoch, step, position, index))
         volumes.append(volume)
     return torch.stack(volumes)
 
@@ -220,8 +229,9 @@ def train(
             start = time.perf_counter()
             model.train()
             losses = []
-            for ids in _batches(train_ids, tc.batch_size, tc.seed, epoch, rank, world):
-                batch = _load_batch(cache, ids, augmenter, tc.seed, epoch).to(device, non_blocking=True)
+            batches = _batches(train_ids, tc.batch_size, tc.seed, epoch, rank, world, tc.steps_per_epoch)
+            for step, ids in enumerate(batches):
+                batch = _load_batch(cache, ids, augmenter, tc.seed, epoch, step).to(device)
                 if use_cuda and tc.channels_last:
                     batch = batch.contiguous(memory_format=torch.channels_last_3d)
                 with autocast:
@@ -242,7 +252,7 @@ def train(
                 "train_loss": train_loss,
                 "val_loss": val_loss,
                 "seconds": round(seconds, 3),
-                "volumes_per_s": round(len(train_ids) / seconds, 3),
+                "volumes_per_s": round(sum(map(len, batches)) * world / seconds, 3),
                 "lr": tc.lr,
             }
             history.append(row)
@@ -291,7 +301,7 @@ def evaluate_loss(
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(ids), batch_size):
-        batch = _load_batch(cache, ids[i : i + batch_size], None, 0, 0).to(device)
+        batch = _load_batch(cache, ids[i : i + batch_size], None, 0, 0, 0).to(device)
         with autocast or torch.autocast("cpu", enabled=False):
             error = torch.nn.functional.mse_loss(model(batch).float(), batch, reduction="sum")
         total += float(error)
