@@ -37,7 +37,7 @@ class PreprocessConfig:
             template synthesised from its tissue maps (``t2``).
         scaling: ``percentile`` (robust, inside the brain mask) or ``minmax`` (the paper's).
         percentiles: Lower/upper percentiles inside the brain mapped to 0 and 1 by ``percentile`` scaling.
-        registration_seed: Seed for ANTs' metric sampling, for repeatable transforms.
+        registration_seed: Seed passed to ANTs' metric sampling (ANTs stays reproducible to ~1 mm only).
     """
 
     preset: CropPreset = "paper"

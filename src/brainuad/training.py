@@ -44,6 +44,7 @@ from brainuad.io import read_json, write_json
 from brainuad.models import build_model, count_parameters
 from brainuad.provenance import provenance
 
+CPU = torch.device("cpu")
 LOG_FIELDS = ("epoch", "train_loss", "val_loss", "seconds", "volumes_per_s", "lr")
 
 
@@ -119,11 +120,20 @@ def _batches(
 
 
 def _load_batch(
-    cache: VolumeCache, ids: list[int], augmenter: Augmenter | None, seed: int, epoch: int, step: int
+    cache: VolumeCache,
+    ids: list[int],
+    augmenter: Augmenter | None,
+    seed: int,
+    epoch: int,
+    step: int,
+    device: torch.device = CPU,
 ) -> torch.Tensor:
+    """Volumes from the cache, on ``device``; augmentation runs there too (MONAI transforms work on GPU tensors)."""
     volumes = []
     for position, index in enumerate(ids):
         volume = torch.from_numpy(np.asarray(cache.array[index], dtype=np.float32))[None]
+        if device.type == "cuda":
+            volume = volume.pin_memory().to(device, non_blocking=True)
         if augmenter is not None:
             volume = augmenter(volume, batch_seed(seed, epoch, step, position, index))
         volumes.append(volume)
@@ -165,6 +175,7 @@ def train(
         InputError: No cases, mismatched shapes, nothing to resume.
         BrainuadError: Out of memory (with advice), a run folder that already holds a run.
     """
+    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     config = config or Config()
@@ -220,7 +231,7 @@ def train(
         step_model = torch.compile(step_model)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda and tc.bf16)
 
-    writer = _tensorboard(run_dir) if rank == 0 else None
+    writer = SummaryWriter(str(run_dir / "tensorboard")) if rank == 0 else None
     history = _read_log(run_dir / "log.csv") if resume else []
     total_epochs = tc.epochs
     bar = tqdm(total=total_epochs, initial=state["epoch"], desc="train", unit="epoch", disable=not progress or rank)
@@ -231,7 +242,7 @@ def train(
             losses = []
             batches = _batches(train_ids, tc.batch_size, tc.seed, epoch, rank, world, tc.steps_per_epoch)
             for step, ids in enumerate(batches):
-                batch = _load_batch(cache, ids, augmenter, tc.seed, epoch, step).to(device)
+                batch = _load_batch(cache, ids, augmenter, tc.seed, epoch, step, device)
                 if use_cuda and tc.channels_last:
                     batch = batch.contiguous(memory_format=torch.channels_last_3d)
                 with autocast:
@@ -301,7 +312,7 @@ def evaluate_loss(
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(ids), batch_size):
-        batch = _load_batch(cache, ids[i : i + batch_size], None, 0, 0, 0).to(device)
+        batch = _load_batch(cache, ids[i : i + batch_size], None, 0, 0, 0, device)
         with autocast or torch.autocast("cpu", enabled=False):
             error = torch.nn.functional.mse_loss(model(batch).float(), batch, reduction="sum")
         total += float(error)
@@ -318,14 +329,6 @@ def _check_ranks_in_sync(model: nn.Module, world: int) -> bool | None:
     digests: list[str | None] = [None] * world
     dist.all_gather_object(digests, _weights_digest(model))
     return len(set(digests)) == 1
-
-
-def _tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional (pip install brainuad[tensorboard])
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def _read_log(path: Path) -> list[dict]:
