@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from brainuad.postprocessing import (
+    anomaly_map,
+    calibrated_slice_scores,
+    erode_mask,
+    median_filter_3d,
+    normality_scores,
+    segment,
+    slice_errors,
+)
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_median_filter_matches_scipy(rng, size):
+    volume = rng.random((20, 24, 16)).astype(np.float32)
+    expected = ndimage.median_filter(volume, size=size, mode="nearest")
+    np.testing.assert_array_equal(median_filter_3d(volume, size), expected)
+    mask = rng.random(volume.shape) > 0.5
+    masked = median_filter_3d(volume, size, mask=mask)
+    np.testing.assert_array_equal(masked[mask], expected[mask])
+    assert not masked[~mask].any()
+
+
+def test_median_filter_removes_speckle_keeps_blobs():
+    volume = np.zeros((20, 20, 20), np.float32)
+    volume[3, 3, 3] = 1.0  # isolated voxel: noise
+    volume[8:16, 8:16, 8:16] = 1.0  # 8³ blob: a lesion
+    filtered = median_filter_3d(volume, 5)
+    assert filtered[3, 3, 3] == 0.0 and filtered[12, 12, 12] == 1.0
+    with pytest.raises(ValueError, match="odd"):
+        median_filter_3d(volume, 4)
+
+
+def test_normality_scores_known_answers():
+    np.testing.assert_array_equal(normality_scores(np.full(10, 3.0)), np.ones(10))  # constant error: none stands out
+    errors = np.ones(10)
+    errors[4] = 11.0  # one bright slice
+    scores = normality_scores(errors)
+    assert scores[4] == 0.0 and np.all(scores[np.arange(10) != 4] == 1.0)
+    np.testing.assert_allclose(normality_scores(np.array([0.0, 5.0, 10.0])), [1.0, 0.5, 0.0])
+
+
+def test_slice_errors_and_calibration():
+    anomaly = np.zeros((4, 4, 3))
+    anomaly[..., 1] = 0.5
+    np.testing.assert_allclose(slice_errors(anomaly), [0.0, 8.0, 0.0])
+    z = calibrated_slice_scores(np.array([1.0, 3.0]), np.array([1.0, 1.0]), np.array([1.0, 0.5]))
+    np.testing.assert_allclose(z, [0.0, 4.0])
+    with pytest.raises(ValueError):
+        calibrated_slice_scores(np.ones(3), np.ones(2), np.ones(2))
+
+
+def test_segment_drops_small_components():
+    anomaly = np.zeros((30, 30, 30), np.float32)
+    anomaly[5:10, 5:10, 5:10] = 1.0  # 125 voxels
+    anomaly[20, 20, 20] = 1.0  # 1 voxel
+    anomaly[20:22, 25:27, 25:27] = 0.4  # below threshold
+    labels, count = segment(anomaly, threshold=0.5, min_voxels=20)
+    assert count == 1 and (labels > 0).sum() == 125
+
+
+def test_anomaly_map_pipeline():
+    image = np.zeros((24, 24, 24), np.float32)
+    brain = np.zeros_like(image, bool)
+    brain[2:22, 2:22, 2:22] = True
+    image[brain] = 0.5
+    image[9:15, 9:15, 9:15] = 1.0  # a bright lesion the "model" does not reproduce
+    reconstruction = np.where(brain, 0.5, 0.0).astype(np.float32)
+    result = anomaly_map(image, reconstruction, brain, median_size=5, erosion=2)
+    assert result[12, 12, 12] == pytest.approx(0.5)
+    assert not result[~erode_mask(brain, 2)].any()
+    assert result[4, 4, 4] == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        anomaly_map(image, reconstruction[:-1], brain)
