@@ -17,8 +17,6 @@ from brainuad.preprocessing import (
     preprocess_file,
     scale_intensity,
 )
-from brainuad.registration import Transform, to_native
-from brainuad.templates import Grid, mni_template
 from conftest import write_nifti
 
 
@@ -48,28 +46,6 @@ def test_case_names_disambiguate_by_folder(tmp_path):
     names = case_names(paths)
     assert names[paths[0]] == "patient07_T2" and names[paths[1]] == "patient08_T2"
     assert names[paths[2]] == "IXI002-T2"
-
-
-@pytest.fixture(scope="module")
-def skull_stripped_scan(tmp_path_factory):
-    """A skull-stripped 'scan': the MNI template moved by a known rigid transform onto a 2 mm LPS grid."""
-    template = mni_template("t1")
-    shape = (84, 100, 78)
-    ras = np.diag([2.0, 2.0, 2.0, 1.0])
-    ras[:3, 3] = -2.0 * (np.asarray(shape) - 1) / 2
-    truth = np.eye(4)
-    truth[:3, 3] = [4.0, -6.0, 3.0]
-    grid = Grid("t", template.shape, tuple(map(tuple, template.affine)))
-    native = to_native(template.array, Transform(truth, ras, shape, ("R", "A", "S")), grid).array * 800.0
-    native[native < 8] = 0.0
-    # Store it in LPS voxel order, as many scanners write.
-    lps = ras.copy()
-    lps[:3, 0] *= -1
-    lps[:3, 1] *= -1
-    lps[:3, 3] = ras[:3, :3] @ [shape[0] - 1, shape[1] - 1, 0] + ras[:3, 3]
-    path = tmp_path_factory.mktemp("scan") / "sub-01_T2w.nii.gz"
-    write_nifti(path, native[::-1, ::-1, :].astype(np.float32), lps)
-    return path
 
 
 def test_preprocess_file_writes_a_complete_case(skull_stripped_scan, tmp_path):

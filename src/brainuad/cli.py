@@ -191,6 +191,83 @@ def _run_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="fit the detection threshold on healthy validation scans",
+        description="Fit the anomaly threshold (a voxel false-positive rate on healthy scans) and the "
+        "healthy slice/scan references; saved as calibration.json in the model folder.",
+    )
+    p.add_argument("--model", required=True, metavar="RUN_DIR")
+    p.add_argument(
+        "--healthy",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="preprocessed healthy scans the model was not trained on (repeatable)",
+    )
+    p.add_argument("--fpr", type=float, default=1e-3, help="healthy voxel false-positive rate (default: 0.001)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from brainuad.inference import calibrate
+    from brainuad.training import resolve_device
+
+    if not 0 < args.fpr < 1:
+        return _usage_error("--fpr must be between 0 and 1")
+    result = calibrate(args.model, args.healthy, args.fpr, device=resolve_device(args.device))
+    print(
+        f"calibrate: threshold {result['threshold']:.5g} at healthy voxel FPR {args.fpr} "
+        f"({len(result['healthy_cases'])} scans) -> {args.model}/calibration.json"
+    )
+    return EXIT_OK
+
+
+def _add_detect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "detect",
+        help="find anomalies in raw scans with a trained model",
+        description="Anomaly maps, reconstructions and segmentations in each scan's own space and in "
+        "MNI crop space, per-slice scores and a summary. Finished scans are skipped; one bad scan does "
+        "not stop the batch.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI files or folders")
+    p.add_argument("--model", required=True, metavar="RUN_DIR")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--threshold", default="auto", help="'auto' (the calibrated one) or a value")
+    p.add_argument(
+        "--skull-strip",
+        default=None,
+        choices=["auto", "deepbet", "hd-bet", "template", "none"],
+        help="override the model's preprocessing setting",
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--force", action="store_true", help="redo scans whose outputs are complete")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_detect)
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    from brainuad.detect import detect_batch
+
+    try:
+        threshold = None if args.threshold == "auto" else float(args.threshold)
+    except ValueError:
+        return _usage_error(f"--threshold must be 'auto' or a number, got {args.threshold!r}")
+    result = detect_batch(
+        args.inputs, args.model, args.out, threshold, args.skull_strip, args.device, args.force, progress=not args.quiet
+    )
+    print(
+        f"detect: {len(result.done)} done, {len(result.skipped)} already finished, {len(result.failed)} failed "
+        f"-> {args.out}"
+    )
+    for _path, message in result.failed:
+        print(f"  failed: {message}", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
 def _usage_error(message: str) -> int:
     print(f"brainuad: error: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -208,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preprocess(sub)
     _add_download(sub)
     _add_train(sub)
+    _add_calibrate(sub)
+    _add_detect(sub)
     return parser
 
 

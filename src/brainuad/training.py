@@ -37,7 +37,7 @@ from brainuad.checkpoints import (
     save_optimizer,
     save_weights,
 )
-from brainuad.config import Config, TrainConfig, replace
+from brainuad.config import Config, PreprocessConfig, TrainConfig, from_dict, replace
 from brainuad.data import VolumeCache, find_case_folders
 from brainuad.errors import BrainuadError, InputError
 from brainuad.io import read_json, write_json
@@ -198,6 +198,10 @@ def train(
 
     tc: TrainConfig = config.training
     if not resume:
+        # The model is built for the data's crop, and detection must preprocess new scans the same way.
+        record = read_json(Path(all_cases[0]) / "record.json")
+        if "preprocessing" in record:
+            config = replace(config, preprocessing=from_dict(PreprocessConfig, record["preprocessing"]))
         config = replace(config, model=replace(config.model, input_shape=cache.volume_shape))
     augment = tc.augment == "on" or (tc.augment == "auto" and len(set(split["train"])) < tc.augment_below)
     augmenter = Augmenter() if augment else None

@@ -1,0 +1,170 @@
+"""``brainuad detect``: raw scans in, findings out — in the scan's own space and in MNI crop space.
+
+For each scan ``DIR/<name>/`` holds ``anomaly_map``, ``reconstruction`` and ``segmentation`` (``.nii.gz``) on the
+input's grid (same shape, affine and voxel order, so they overlay in ITK-SNAP or 3D Slicer), the same three under
+``mni/``, ``slice_scores.csv`` and ``summary.json``. Each folder is built under a temporary name and renamed into
+place when complete, so a killed batch never leaves a folder that a re-run would trust.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from brainuad.config import PreprocessConfig, replace
+from brainuad.errors import BrainuadError, InputError, OutputError
+from brainuad.inference import Detection, detect_case, load_calibration
+from brainuad.io import Volume, find_nifti_files, load_volume, save_volume, write_json
+from brainuad.preprocessing import BatchResult, case_names, preprocess_volume
+from brainuad.provenance import provenance, sha256_file
+
+OUTPUTS = ("anomaly_map.nii.gz", "reconstruction.nii.gz", "segmentation.nii.gz", "slice_scores.csv", "summary.json")
+
+
+def nearest_native_slices(detection: Detection) -> list[int]:
+    """For each axial MNI slice, the nearest slice index along the input file's own most-superior axis."""
+    case = detection.case
+    transform, grid = case.transform, case.grid
+    native_axcodes = transform.native_axcodes
+    axis = next(i for i, c in enumerate(native_axcodes) if c in ("S", "I"))
+    ras_axis = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+    ras_index = ras_axis[native_axcodes[axis]]
+    flip = native_axcodes[axis] == "I"
+    size = transform.native_shape[ras_index]
+    centre = (np.asarray(grid.shape) - 1) / 2
+    to_native_voxel = np.linalg.inv(transform.native_affine) @ transform.mni_to_native @ grid.affine_array
+    indices = []
+    for u in range(grid.shape[2]):
+        voxel = to_native_voxel @ np.array([centre[0], centre[1], u, 1.0])
+        index = int(np.clip(np.rint(voxel[ras_index]), 0, size - 1))
+        indices.append(size - 1 - index if flip else index)
+    return indices
+
+
+def _write_slice_table(path: Path, detection: Detection) -> None:
+    native = nearest_native_slices(detection)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["mni_slice", "native_slice", "summed_error", "normality_score", "calibrated_z"])
+        for u, (e, s) in enumerate(zip(detection.slice_errors, detection.normality)):
+            z = "" if detection.calibrated is None else f"{detection.calibrated[u]:.4f}"
+            writer.writerow([u, native[u], f"{e:.6g}", f"{s:.6f}", z])
+
+
+def write_detection(detection: Detection, folder: Path, input_volume: Volume, run_dir: Path) -> Path:
+    """Write one scan's outputs (native and MNI) into ``folder`` atomically."""
+    case = detection.case
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder.parent, os.W_OK):
+        raise OutputError(folder.parent, "output folder is not writable")
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        (staging / "mni").mkdir()
+        low, high = case.record.get("intensity_range", [0.0, 1.0])
+        # Reconstruction back in the input's intensity units, so it can be compared with the scan directly.
+        reconstruction_units = (low + detection.reconstruction * (high - low)) * case.brain_mask.array
+        maps = {
+            "anomaly_map.nii.gz": (detection.anomaly, 1, np.float32),
+            "reconstruction.nii.gz": (reconstruction_units.astype(np.float32), 1, np.float32),
+            "segmentation.nii.gz": ((detection.segmentation > 0).astype(np.uint8), 0, np.uint8),
+        }
+        protect = (input_volume.path,) if input_volume.path else ()
+        for name, (array, order, dtype) in maps.items():
+            save_volume(Volume(array, case.grid.affine_array), staging / "mni" / name, dtype=dtype)
+            native = case.to_native(array, order=order)
+            # Same geometry as the input file: its header, affine and voxel order.
+            native = Volume(native.array, input_volume.affine, input_volume.source_axcodes, input_volume.header)
+            save_volume(native, staging / name, dtype=dtype, protect=protect)
+        _write_slice_table(staging / "slice_scores.csv", detection)
+        voxel_ml = float(abs(np.linalg.det(case.grid.affine_array[:3, :3])) / 1000)
+        sizes = np.bincount(detection.segmentation.ravel())[1:]
+        write_json(
+            staging / "summary.json",
+            {
+                "input": case.record.get("input"),
+                "scan_score": detection.scan_score,
+                "scan_score_definition": "99.9th percentile of the post-processed anomaly map inside the brain",
+                "scan_score_percentile_vs_healthy": detection.scan_percentile,
+                "threshold": detection.threshold,
+                "lesions": {
+                    "count": detection.components,
+                    "volume_ml": float(sizes.sum() * voxel_ml),
+                    "component_volumes_ml": sorted((float(s * voxel_ml) for s in sizes), reverse=True),
+                },
+                "most_abnormal_mni_slices": [int(u) for u in np.argsort(detection.normality)[:5]],
+                "model": {"run_dir": str(run_dir), "weights_sha256": sha256_file(run_dir / "model.safetensors")},
+                "preprocessing": {k: case.record.get(k) for k in ("preprocessing", "skull_strip_method", "qc", "grid")},
+                "provenance": provenance(),
+            },
+        )
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(folder, f"could not write outputs ({exc.strerror or exc})") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def detect_batch(
+    inputs: list[str | Path],
+    run_dir: str | Path,
+    out_dir: str | Path,
+    threshold: float | None = None,
+    skull_strip: str | None = None,
+    device: str = "auto",
+    force: bool = False,
+    progress: bool = True,
+) -> BatchResult:
+    """Detect anomalies in raw scans (files or folders); finished scans are skipped, failures do not stop the batch.
+
+    Args:
+        inputs: NIfTI files or folders.
+        run_dir: Trained model folder (``brainuad train`` output, calibrated or not).
+        out_dir: Output folder (one sub-folder per scan).
+        threshold: Segmentation threshold; ``None`` = the calibrated one.
+        skull_strip: Override the model's skull-strip setting (e.g. ``none`` for BraTS).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        force: Redo scans whose outputs are complete.
+        progress: Show a progress bar.
+    """
+    from tqdm import tqdm
+
+    from brainuad.checkpoints import load_model
+    from brainuad.training import resolve_device
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    torch_device = resolve_device(device)
+    model, config = load_model(run_dir, device=torch_device)
+    calibration = load_calibration(run_dir)
+    if threshold is None and calibration is None:
+        raise BrainuadError(f"{run_dir}: model not calibrated; run 'brainuad calibrate' or pass --threshold VALUE")
+    preprocess_config: PreprocessConfig = config.preprocessing
+    if skull_strip:
+        preprocess_config = replace(preprocess_config, skull_strip=skull_strip)
+    paths = find_nifti_files(inputs)
+    names = case_names(paths)
+    result = BatchResult()
+    for path in tqdm(paths, desc="detect", unit="scan", disable=not progress):
+        folder = out_dir / names[path]
+        if not force and all((folder / n).is_file() for n in OUTPUTS):
+            result.skipped.append(folder)
+            continue
+        try:
+            volume = load_volume(path, "image")
+            case = preprocess_volume(volume, preprocess_config, name=names[path])
+            if case.grid.shape != tuple(config.model.input_shape):
+                raise InputError(path, f"crop {case.grid.shape} does not match the model's {config.model.input_shape}")
+            detection = detect_case(model, case, threshold, calibration, torch_device)
+            result.done.append(write_detection(detection, folder, volume, run_dir))
+        except BrainuadError as exc:
+            result.failed.append((path, str(exc)))
+    return result

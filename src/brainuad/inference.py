@@ -1,0 +1,167 @@
+"""Model + preprocessed case → reconstruction, anomaly map, segmentation, slice scores; and calibration on healthy
+scans (the threshold and the healthy slice-error reference are model state, saved beside the weights)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainuad.errors import BrainuadError, InputError
+from brainuad.io import read_json, write_json
+from brainuad.postprocessing import (
+    anomaly_map,
+    calibrated_slice_scores,
+    normality_scores,
+    segment,
+    slice_errors,
+)
+from brainuad.preprocessing import PreprocessedCase, load_case
+
+CALIBRATION_FILE = "calibration.json"
+MEDIAN_SIZE = 5
+EROSION = 2
+MIN_COMPONENT_VOXELS = 20
+
+
+@torch.no_grad()
+def reconstruct(model: nn.Module, image: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
+    """The model's reconstruction of one volume, always in eval mode (BatchNorm uses its learned statistics)."""
+    model.eval()
+    device = torch.device(device)
+    x = torch.as_tensor(image, dtype=torch.float32, device=device)[None, None]
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out = model(x)
+    return out.float()[0, 0].cpu().numpy()
+
+
+@dataclass
+class Detection:
+    """Everything detection produces for one case, on the MNI crop grid."""
+
+    case: PreprocessedCase
+    reconstruction: np.ndarray
+    anomaly: np.ndarray
+    segmentation: np.ndarray
+    components: int
+    threshold: float
+    slice_errors: np.ndarray
+    normality: np.ndarray
+    calibrated: np.ndarray | None
+    scan_score: float
+    scan_percentile: float | None
+
+
+def load_calibration(run_dir: str | Path) -> dict | None:
+    """The run's calibration (``calibration.json``), or ``None`` if it was never calibrated."""
+    path = Path(run_dir) / CALIBRATION_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def scan_score(anomaly: np.ndarray, brain_mask: np.ndarray) -> float:
+    """Scan-level anomaly score: the 99.9th percentile of the anomaly map inside the brain (robust to a few voxels)."""
+    inside = anomaly[brain_mask]
+    return float(np.percentile(inside, 99.9)) if inside.size else 0.0
+
+
+def detect_case(
+    model: nn.Module,
+    case: PreprocessedCase,
+    threshold: float | None = None,
+    calibration: dict | None = None,
+    device: str | torch.device = "cpu",
+) -> Detection:
+    """Run the model and the paper's post-processing on a preprocessed case.
+
+    Args:
+        model: Trained autoencoder.
+        case: Preprocessed scan.
+        threshold: Anomaly threshold for segmentation; ``None`` takes the calibrated one.
+        calibration: The run's calibration (threshold, healthy slice-error reference, healthy scan scores).
+        device: Where to run the network and the median filter.
+
+    Raises:
+        BrainuadError: No threshold given and the model was never calibrated.
+    """
+    if threshold is None:
+        if calibration is None:
+            raise BrainuadError("no threshold: run 'brainuad calibrate' on the model, or pass --threshold VALUE")
+        threshold = float(calibration["threshold"])
+    image, brain = case.image.array, case.brain_mask.array
+    reconstruction = reconstruct(model, image, device)
+    anomaly = anomaly_map(image, reconstruction, brain, MEDIAN_SIZE, EROSION, device=device)
+    labels, count = segment(anomaly, threshold, MIN_COMPONENT_VOXELS)
+    errors = slice_errors(anomaly)
+    calibrated = None
+    score = scan_score(anomaly, brain)
+    percentile = None
+    if calibration is not None:
+        reference = calibration["slice_errors"]
+        if len(reference["mean"]) == errors.size:
+            calibrated = calibrated_slice_scores(errors, np.asarray(reference["mean"]), np.asarray(reference["std"]))
+        healthy = np.asarray(calibration["healthy_scan_scores"])
+        percentile = float((healthy < score).mean() * 100) if healthy.size else None
+    return Detection(
+        case,
+        reconstruction,
+        anomaly,
+        labels,
+        count,
+        threshold,
+        errors,
+        normality_scores(errors),
+        calibrated,
+        score,
+        percentile,
+    )
+
+
+def calibrate(
+    run_dir: str | Path,
+    healthy: list[str | Path],
+    false_positive_rate: float = 1e-3,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Fit the detection threshold and the healthy references on healthy validation scans; save them in the run.
+
+    The threshold is the anomaly value exceeded by ``false_positive_rate`` of brain voxels in healthy scans; the
+    slice reference is the mean and standard deviation of e(u) per axial slice; the scan scores place a new scan's
+    score among healthy ones. Use scans the model was not trained on (the run's validation split).
+
+    Returns:
+        The calibration written to ``RUN_DIR/calibration.json``.
+    """
+    from brainuad.checkpoints import load_model
+    from brainuad.data import find_case_folders
+
+    model, _ = load_model(run_dir, device=device)
+    folders = find_case_folders(list(healthy))
+    values, errors, scores = [], [], []
+    for folder in folders:
+        case = load_case(folder)
+        detection = detect_case(model, case, threshold=np.inf, device=device)
+        values.append(detection.anomaly[case.brain_mask.array])
+        errors.append(detection.slice_errors)
+        scores.append(detection.scan_score)
+    if len({e.size for e in errors}) != 1:
+        raise InputError(None, "healthy scans lie on different crop grids; preprocess them with one preset")
+    pooled = np.concatenate(values)
+    stack = np.stack(errors)
+    calibration = {
+        "method": "healthy voxel false-positive rate",
+        "false_positive_rate": false_positive_rate,
+        "threshold": float(np.quantile(pooled, 1.0 - false_positive_rate)),
+        "healthy_cases": [str(f) for f in folders],
+        "slice_errors": {"mean": stack.mean(0).tolist(), "std": stack.std(0).tolist()},
+        "healthy_scan_scores": scores,
+        "postprocessing": {
+            "median_size": MEDIAN_SIZE,
+            "erosion_voxels": EROSION,
+            "min_component_voxels": MIN_COMPONENT_VOXELS,
+        },
+    }
+    write_json(Path(run_dir) / CALIBRATION_FILE, calibration)
+    return calibration

@@ -1,0 +1,88 @@
+"""Detection end to end on a synthetic scan: preprocess → train (tiny) → calibrate → detect, all through the CLI."""
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from brainuad.cli import main
+
+TINY = ["--channels", "4", "8", "8", "8", "--stem-channels", "4", "--latent", "16", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(skull_stripped_scan, tmp_path_factory):
+    root = tmp_path_factory.mktemp("detect")
+    assert (
+        main(["preprocess", str(skull_stripped_scan), "--out", str(root / "prep"), "--preset", "paper-2mm", "--quiet"])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(root / "prep"),
+                "--out",
+                str(root / "run"),
+                "--epochs",
+                "2",
+                "--batch-size",
+                "1",
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    return root
+
+
+def test_detect_requires_calibration_or_threshold(trained, skull_stripped_scan, capsys):
+    code = main(
+        [
+            "detect",
+            str(skull_stripped_scan),
+            "--model",
+            str(trained / "run"),
+            "--out",
+            str(trained / "nocal"),
+            "--quiet",
+        ]
+    )
+    assert code == 1 and "calibrate" in capsys.readouterr().err
+
+
+def test_calibrate_then_detect_writes_aligned_outputs(trained, skull_stripped_scan):
+    run = trained / "run"
+    assert main(["calibrate", "--model", str(run), "--healthy", str(trained / "prep"), "--device", "cpu"]) == 0
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration["threshold"] > 0 and len(calibration["slice_errors"]["mean"]) == 48
+
+    out = trained / "det"
+    assert (
+        main(["detect", str(skull_stripped_scan), "--model", str(run), "--out", str(out), "--device", "cpu", "--quiet"])
+        == 0
+    )
+    folder = out / "sub-01_T2w"
+    source = nib.load(str(skull_stripped_scan))
+    for name in ("anomaly_map.nii.gz", "reconstruction.nii.gz", "segmentation.nii.gz"):
+        native = nib.load(str(folder / name))
+        assert native.shape == source.shape
+        np.testing.assert_allclose(native.affine, source.affine, atol=1e-5)
+        assert nib.load(str(folder / "mni" / name)).shape == (80, 96, 48)
+    with open(folder / "slice_scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 48 and {"summed_error", "normality_score", "calibrated_z", "native_slice"} <= set(rows[0])
+    scores = [float(r["normality_score"]) for r in rows]
+    assert min(scores) == 0.0 and max(scores) == 1.0
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["threshold"] == pytest.approx(calibration["threshold"])
+    assert summary["scan_score_percentile_vs_healthy"] is not None
+    # Re-running skips the finished scan.
+    assert (
+        main(["detect", str(skull_stripped_scan), "--model", str(run), "--out", str(out), "--device", "cpu", "--quiet"])
+        == 0
+    )
+    assert not list(out.glob(".*partial*"))
