@@ -9,17 +9,14 @@ place when complete, so a killed batch never leaves a folder that a re-run would
 from __future__ import annotations
 
 import csv
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from brainuad.config import PreprocessConfig, replace
-from brainuad.errors import BrainuadError, InputError, OutputError
+from brainuad.errors import BrainuadError, InputError
 from brainuad.inference import Detection, detect_case, load_calibration
-from brainuad.io import Volume, find_nifti_files, load_volume, save_volume, write_json
+from brainuad.io import Volume, atomic_folder, find_nifti_files, load_volume, save_volume, write_json
 from brainuad.preprocessing import BatchResult, case_names, preprocess_volume
 from brainuad.provenance import provenance, sha256_file
 
@@ -59,11 +56,7 @@ def _write_slice_table(path: Path, detection: Detection) -> None:
 def write_detection(detection: Detection, folder: Path, input_volume: Volume, run_dir: Path) -> Path:
     """Write one scan's outputs (native and MNI) into ``folder`` atomically."""
     case = detection.case
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(folder.parent, os.W_OK):
-        raise OutputError(folder.parent, "output folder is not writable")
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as staging:
         (staging / "mni").mkdir()
         low, high = case.record.get("intensity_range", [0.0, 1.0])
         # Reconstruction back in the input's intensity units, so it can be compared with the scan directly.
@@ -102,15 +95,6 @@ def write_detection(detection: Detection, folder: Path, input_volume: Volume, ru
                 "provenance": provenance(),
             },
         )
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(folder, f"could not write outputs ({exc.strerror or exc})") from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from brainuad.errors import BrainuadError, OutputError
+from brainuad.errors import BrainuadError
+from brainuad.io import atomic_folder
 
 IXI_BASE_URL = "http://biomedic.doc.ic.ac.uk/brain-development/downloads/IXI/"
 #: MD5 of the IXI archives as published (the same values TorchIO's IXI dataset checks).
@@ -120,23 +119,13 @@ def extract_tar(archive_path: str | Path, target: str | Path) -> Path:
     archive_path, target = Path(archive_path), Path(target)
     if target.is_dir() and (target / ".complete").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        with tarfile.open(archive_path) as archive:
-            members = _safe_members(archive, staging)
-            for member in members:
+        with atomic_folder(target) as staging, tarfile.open(archive_path) as archive:
+            for member in _safe_members(archive, staging):
                 archive.extract(member, staging, set_attrs=False)
-        (staging / ".complete").write_text(str(archive_path.name) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+            (staging / ".complete").write_text(str(archive_path.name) + "\n")
     except tarfile.TarError as exc:
         raise DownloadError(f"{archive_path}: not a readable tar archive ({exc})") from exc
-    except OSError as exc:
-        raise OutputError(target, f"could not extract ({exc.strerror or exc})") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -12,6 +12,7 @@ import errno
 import gzip
 import json
 import os
+import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -239,6 +240,40 @@ def _array_in_source_order(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     return array, affine
 
 
+def ensure_writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed; a clear :class:`OutputError` if that fails or it is not writable."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(folder, f"cannot create output folder ({exc.strerror or exc})") from exc
+    if not os.access(folder, os.W_OK):
+        raise OutputError(folder, "output folder is not writable")
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | Path) -> Iterator[Path]:
+    """Yield a staging folder beside ``folder``; on success it replaces ``folder``, on failure it is deleted.
+
+    A killed process leaves only a hidden ``.<name>.partial-*`` folder, never a half-written ``folder``.
+    """
+    folder = Path(folder)
+    ensure_writable_folder(folder.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        yield staging
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise OutputError(folder, "disk full while writing") from exc
+        raise OutputError(folder, f"could not write ({exc.strerror or exc})") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, on failure delete it.
@@ -247,12 +282,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(parent, f"cannot create output folder ({exc.strerror or exc})") from exc
-    if not os.access(parent, os.W_OK):
-        raise OutputError(parent, "output folder is not writable")
+    ensure_writable_folder(parent)
     # Keep the full suffix (.nii.gz) so libraries that look at the name pick the right format.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=parent)
     os.close(fd)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -26,8 +25,17 @@ from pathlib import Path
 import numpy as np
 
 from brainuad.config import PreprocessConfig, from_dict, to_dict
-from brainuad.errors import BrainuadError, InputError, OutputError
-from brainuad.io import Volume, find_nifti_files, load_volume, read_json, save_volume, strip_nifti_suffix, write_json
+from brainuad.errors import BrainuadError, InputError
+from brainuad.io import (
+    Volume,
+    atomic_folder,
+    find_nifti_files,
+    load_volume,
+    read_json,
+    save_volume,
+    strip_nifti_suffix,
+    write_json,
+)
 from brainuad.provenance import provenance, sha256_file
 from brainuad.registration import (
     Transform,
@@ -186,30 +194,13 @@ CASE_FILES = ("image.nii.gz", "brain_mask.nii.gz", "transform.json", "record.jso
 def save_case(case: PreprocessedCase, folder: str | Path) -> Path:
     """Write a case folder atomically (built beside it under a temporary name, then renamed into place)."""
     folder = Path(folder)
-    parent = folder.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(parent, f"cannot create output folder ({exc.strerror or exc})") from exc
-    if not os.access(parent, os.W_OK):
-        raise OutputError(parent, "output folder is not writable")
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=parent))
-    try:
+    with atomic_folder(folder) as staging:
         save_volume(case.image, staging / "image.nii.gz", dtype=np.float32)
         save_volume(case.brain_mask, staging / "brain_mask.nii.gz", dtype=np.uint8)
         if case.brain_mask_native is not None:
             save_volume(case.brain_mask_native, staging / "brain_mask_native.nii.gz", dtype=np.uint8)
         write_json(staging / "transform.json", {"grid": case.grid.to_dict(), **case.transform.to_dict()})
         write_json(staging / "record.json", case.record)  # last: its presence marks a complete case
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(folder, f"could not write case folder ({exc.strerror or exc})") from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 

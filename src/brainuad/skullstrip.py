@@ -47,38 +47,21 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return fill_voids.fill(mask, in_place=False)
 
 
+def border_values(array: np.ndarray) -> np.ndarray:
+    """All voxel values on the six faces of the volume."""
+    faces = [array[0], array[-1], array[:, 0], array[:, -1], array[:, :, 0], array[:, :, -1]]
+    return np.concatenate([face.ravel() for face in faces])
+
+
 def nonzero_brain_mask(volume: Volume) -> np.ndarray:
     """Mask of an already skull-stripped scan: non-zero voxels, largest component, holes filled."""
-    array = volume.array
-    background = np.median(
-        np.concatenate(
-            [
-                array[0].ravel(),
-                array[-1].ravel(),
-                array[:, 0].ravel(),
-                array[:, -1].ravel(),
-                array[:, :, 0].ravel(),
-                array[:, :, -1].ravel(),
-            ]
-        )
-    )
-    mask = array != background
+    mask = volume.array != np.median(border_values(volume.array))
     return fill_holes(largest_component(mask))
 
 
 def looks_skull_stripped(volume: Volume) -> bool:
     """Whether the scan's background is already constant and its foreground has a brain's volume, not a head's."""
-    array = volume.array
-    faces = np.concatenate(
-        [
-            array[0].ravel(),
-            array[-1].ravel(),
-            array[:, 0].ravel(),
-            array[:, -1].ravel(),
-            array[:, :, 0].ravel(),
-            array[:, :, -1].ravel(),
-        ]
-    )
+    faces = border_values(volume.array)
     background = np.median(faces)
     if np.mean(faces == background) < 0.95:
         return False  # noisy background: a raw head scan
