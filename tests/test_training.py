@@ -20,6 +20,7 @@ from brainuad.templates import Grid
 from brainuad.training import make_split, train
 
 SHAPE = (32, 32, 16)
+TINY_CLI = ["--device", "cpu", "--channels", "4", "8", "8", "8", "--stem-channels", "4", "--latent", "16", "--quiet"]
 TINY_MODEL = ModelConfig(stem_channels=4, channels=(4, 8, 8, 8), latent=16)
 
 
@@ -160,22 +161,11 @@ def test_cli_train_and_resume(tmp_path, capsys):
         "1",
         "--batch-size",
         "2",
-        "--device",
-        "cpu",
-        "--channels",
-        "4",
-        "8",
-        "8",
-        "8",
-        "--stem-channels",
-        "4",
-        "--latent",
-        "16",
-        "--quiet",
+        *TINY_CLI,
     ]
     assert main(args) == 0
     assert "best validation MSE" in capsys.readouterr().out
-    assert main([*args[:-1], "--epochs", "2", "--resume", "--quiet"]) == 0
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
     assert json.loads((tmp_path / "run" / "state.json").read_text())["epoch"] == 2
     assert main([*args[:5], "--latent", "0"]) == 2
 
@@ -200,18 +190,7 @@ def test_ddp_two_processes_gloo_keep_identical_weights(tmp_path):
         "1",
         "--batch-size",
         "1",
-        "--device",
-        "cpu",
-        "--channels",
-        "4",
-        "8",
-        "8",
-        "8",
-        "--stem-channels",
-        "4",
-        "--latent",
-        "16",
-        "--quiet",
+        *TINY_CLI,
         "--augment",
         "off",
     ]
