@@ -77,6 +77,9 @@ def test_calibrate_then_detect_writes_aligned_outputs(trained, skull_stripped_sc
     assert len(rows) == 48 and {"summed_error", "normality_score", "calibrated_z", "native_slice"} <= set(rows[0])
     scores = [float(r["normality_score"]) for r in rows]
     assert min(scores) == 0.0 and max(scores) == 1.0
+    report = (folder / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 2 and "src='http" not in report  # self-contained
+    assert (folder / "figure_rows.png").stat().st_size > 1000
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["threshold"] == pytest.approx(calibration["threshold"])
     assert summary["scan_score_percentile_vs_healthy"] is not None

@@ -20,7 +20,14 @@ from brainuad.io import Volume, atomic_folder, find_nifti_files, load_volume, sa
 from brainuad.preprocessing import BatchResult, case_names, preprocess_volume
 from brainuad.provenance import provenance, sha256_file
 
-OUTPUTS = ("anomaly_map.nii.gz", "reconstruction.nii.gz", "segmentation.nii.gz", "slice_scores.csv", "summary.json")
+OUTPUTS = (
+    "anomaly_map.nii.gz",
+    "reconstruction.nii.gz",
+    "segmentation.nii.gz",
+    "slice_scores.csv",
+    "summary.json",
+    "report.html",
+)
 
 
 def nearest_native_slices(detection: Detection) -> list[int]:
@@ -53,6 +60,23 @@ def _write_slice_table(path: Path, detection: Detection) -> None:
             writer.writerow([u, native[u], f"{e:.6g}", f"{s:.6f}", z])
 
 
+def _write_figures(staging: Path, detection: Detection) -> None:
+    from brainuad.figures import plot_detection_rows, plot_slice_scores
+
+    # The three most abnormal slices that hold brain (lowest normality score first).
+    brain_slices = np.flatnonzero(detection.case.brain_mask.array.any(axis=(0, 1)))
+    ranked = [int(u) for u in np.argsort(detection.normality) if u in set(brain_slices)][:3]
+    plot_detection_rows(
+        detection.case.image.array,
+        detection.reconstruction,
+        detection.anomaly,
+        detection.segmentation,
+        sorted(ranked),
+        staging / "figure_rows.png",
+    )
+    plot_slice_scores(detection.normality, staging / "figure_slice_scores.png", detection.calibrated)
+
+
 def write_detection(detection: Detection, folder: Path, input_volume: Volume, run_dir: Path) -> Path:
     """Write one scan's outputs (native and MNI) into ``folder`` atomically."""
     case = detection.case
@@ -74,6 +98,7 @@ def write_detection(detection: Detection, folder: Path, input_volume: Volume, ru
             native = Volume(native.array, input_volume.affine, input_volume.source_axcodes, input_volume.header)
             save_volume(native, staging / name, dtype=dtype, protect=protect)
         _write_slice_table(staging / "slice_scores.csv", detection)
+        _write_figures(staging, detection)
         voxel_ml = float(abs(np.linalg.det(case.grid.affine_array[:3, :3])) / 1000)
         sizes = np.bincount(detection.segmentation.ravel())[1:]
         write_json(
@@ -94,6 +119,20 @@ def write_detection(detection: Detection, folder: Path, input_volume: Volume, ru
                 "preprocessing": {k: case.record.get(k) for k in ("preprocessing", "skull_strip_method", "qc", "grid")},
                 "provenance": provenance(),
             },
+        )
+        from brainuad.figures import html_report
+        from brainuad.io import read_json
+
+        html_report(
+            f"brainuad findings: {folder.name}",
+            read_json(staging / "summary.json"),
+            {
+                "Most abnormal axial slices: input, reconstruction, anomaly heatmap, segmentation (MNI crop)": staging
+                / "figure_rows.png",
+                "Normality score s(u) per axial slice (0 = most abnormal) and calibrated z vs healthy scans": staging
+                / "figure_slice_scores.png",
+            },
+            staging / "report.html",
         )
     return folder
 

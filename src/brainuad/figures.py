@@ -1,4 +1,4 @@
-"""Figures (PNG, matplotlib's non-interactive backend): loss curves now; heatmaps and ROC/PR curves later."""
+"""Figures (PNG, matplotlib's non-interactive backend) and the self-contained HTML report."""
 
 from __future__ import annotations
 
@@ -9,11 +9,7 @@ from brainuad.io import atomic_path
 
 def plot_loss_curve(history: list[dict], path: str | Path) -> Path:
     """Training and validation loss per epoch (log scale), written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [row["train_loss"] for row in history], label="train")
@@ -24,7 +20,94 @@ def plot_loss_curve(history: list[dict], path: str | Path) -> Path:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    plt = _pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+    return Path(path)
+
+
+def plot_detection_rows(image, reconstruction, anomaly, segmentation, slices, path: str | Path) -> Path:
+    """The paper's Figure 3 layout: one row per axial slice — input, reconstruction, heatmap, segmentation."""
+    import numpy as np
+
+    plt = _pyplot()
+    slices = list(slices)
+    fig, axes = plt.subplots(len(slices), 4, figsize=(10, 2.6 * len(slices)), squeeze=False)
+    vmax = float(np.percentile(anomaly[anomaly > 0], 99.5)) if (anomaly > 0).any() else 1.0
+    titles = ("input", "reconstruction", "anomaly heatmap |x − x̂|", "segmentation")
+    for row, u in enumerate(slices):
+        panels = (image[:, :, u], reconstruction[:, :, u], anomaly[:, :, u], segmentation[:, :, u])
+        for col, panel in enumerate(panels):
+            ax = axes[row, col]
+            if col == 2:
+                ax.imshow(image[:, :, u].T, origin="lower", cmap="gray", vmin=0, vmax=1)
+                ax.imshow(np.ma.masked_equal(panel.T, 0), origin="lower", cmap="inferno", vmin=0, vmax=vmax, alpha=0.8)
+            elif col == 3:
+                ax.imshow(image[:, :, u].T, origin="lower", cmap="gray", vmin=0, vmax=1)
+                ax.imshow(np.ma.masked_equal(panel.T > 0, False), origin="lower", cmap="autumn", alpha=0.6)
+            else:
+                ax.imshow(panel.T, origin="lower", cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(titles[col], fontsize=9)
+        axes[row, 0].set_ylabel(f"axial slice {u}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_slice_scores(normality, path: str | Path, calibrated=None) -> Path:
+    """The paper's Figure 2: normality score s(u) per axial slice (and the calibrated z-score when available)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(range(len(normality)), normality, color="tab:blue", label="normality s(u)")
+    ax.set_xlabel("axial slice (MNI crop, inferior → superior)")
+    ax.set_ylabel("s(u)  (0 = most abnormal)")
+    ax.set_ylim(-0.05, 1.05)
+    if calibrated is not None:
+        twin = ax.twinx()
+        twin.plot(range(len(calibrated)), calibrated, color="tab:red", alpha=0.7, label="calibrated z")
+        twin.set_ylabel("z vs healthy", color="tab:red")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def html_report(title: str, summary: dict, images: dict[str, Path], path: str | Path) -> Path:
+    """A self-contained HTML page (images embedded as base64, no network) with the summary and figures."""
+    import base64
+    import html
+    import json
+
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%}"
+        "pre{background:#f4f4f4;padding:1em;overflow:auto}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<p><b>Research tool, not a medical device.</b> Findings are unsupervised anomalies, not diagnoses.</p>",
+    ]
+    for caption, image_path in images.items():
+        data = base64.b64encode(Path(image_path).read_bytes()).decode("ascii")
+        parts.append(
+            f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    parts.append(f"<h2>Summary</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre></body></html>")
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(parts))
     return Path(path)
