@@ -86,3 +86,42 @@ def test_tiny_model_overfits_one_volume():
         optimizer.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+@pytest.mark.parametrize("kind", ["vae", "dae", "intensity"])
+def test_baselines_share_the_interface(kind):
+    model = build_model(ModelConfig(kind=kind, **TINY))
+    x = torch.rand(2, 1, 32, 32, 16)
+    model.train()
+    assert model(model.training_input(x)).shape == x.shape
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == x.shape
+    if kind == "intensity":
+        assert count_parameters(model) == 0 and not out.any()  # residual = the image itself
+
+
+def test_vae_samples_in_training_and_uses_the_mean_in_eval():
+    model = build_model(ModelConfig(kind="vae", **TINY))
+    x = torch.rand(1, 1, 32, 32, 16)
+    model.train()
+    model(x)
+    kl = model.regulariser()
+    assert kl is not None and kl.item() >= 0 and model.regulariser() is None  # consumed once
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))  # deterministic: decodes the posterior mean
+
+
+def test_dae_noise_is_coarse_and_stays_in_the_foreground():
+    model = build_model(ModelConfig(kind="dae", noise_std=0.2, noise_scale=8, **TINY))
+    x = torch.zeros(1, 1, 32, 32, 16)
+    x[..., 8:24, 8:24, 4:12] = 0.5
+    noisy = model.training_input(x)
+    noise = noisy - x
+    assert torch.all(noise[x == 0] == 0)
+    inside = noise[0, 0, 8:24, 8:24, 4:12]
+    assert 0.02 < inside.std().item() < 0.4
+    # Coarse: neighbouring voxels are strongly correlated.
+    assert torch.corrcoef(torch.stack([inside[:-1].flatten(), inside[1:].flatten()]))[0, 1] > 0.9

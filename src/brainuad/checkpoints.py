@@ -30,7 +30,8 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
     """Write a model's state (parameters and BatchNorm buffers) as safetensors, atomically."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata or {})
+        # An empty metadata dict makes an unreadable file when there are no tensors (safetensors bug): pass None.
+        save_file(state, str(tmp), metadata=metadata or None)
     return Path(path)
 
 

@@ -118,9 +118,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="folder of preprocessed healthy cases (repeatable)",
     )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
-    p.add_argument("--model", default="ae", choices=["ae", "spatial-ae"], help="dense (paper) or spatial latent")
+    p.add_argument(
+        "--model",
+        default="ae",
+        choices=["ae", "spatial-ae", "vae", "dae", "intensity"],
+        help="ae = dense latent (the paper's), spatial-ae = spatial latent; baselines: vae, dae (denoising U-Net), "
+        "intensity (no training: the scaled image is the anomaly map)",
+    )
     p.add_argument("--latent", type=int, default=512, help="dense latent size (default: 512)")
     p.add_argument("--spatial-channels", type=int, default=16, help="spatial latent channels (default: 16)")
+    p.add_argument("--kl-weight", type=float, default=1.0, help="vae: weight of the per-voxel KL term")
+    p.add_argument("--noise-std", type=float, default=0.2, help="dae: standard deviation of the coarse noise")
+    p.add_argument("--noise-scale", type=int, default=8, help="dae: noise grid is this many times coarser")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -165,6 +174,9 @@ def _run_train(args: argparse.Namespace) -> int:
             spatial_channels=args.spatial_channels,
             stem_channels=args.stem_channels,
             channels=tuple(args.channels) if args.channels else ModelConfig().channels,
+            kl_weight=args.kl_weight,
+            noise_std=args.noise_std,
+            noise_scale=args.noise_scale,
         )
         training = TrainConfig(
             epochs=args.epochs,
@@ -172,6 +184,7 @@ def _run_train(args: argparse.Namespace) -> int:
             lr=args.lr,
             weight_decay=args.weight_decay,
             val_fraction=args.val_fraction,
+            steps_per_epoch=args.steps_per_epoch,
             augment=args.augment,
             device=args.device,
             seed=args.seed,
@@ -268,6 +281,59 @@ def _run_detect(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="slice- and voxel-level metrics on labelled cases",
+        description="Evaluate a model on labelled cases (BraTS-style, MS-style or a slice-label CSV): slice AUROC and "
+        "average precision, sensitivity, Dice at a threshold tuned on --tune-cases (never on the reported cases) or "
+        "the calibrated one, best-achievable Dice as an upper bound, bootstrap intervals; summary.json, "
+        "per_case.csv, table.md, roc.png, pr.png.",
+    )
+    p.add_argument("--model", required=True, metavar="RUN_DIR")
+    p.add_argument(
+        "--cases", action="append", required=True, metavar="DIR", help="labelled cases to report (repeatable)"
+    )
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--tune-cases",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="labelled cases used only to pick the threshold",
+    )
+    p.add_argument("--modality", default="t2", help="image modality in the case files (default: t2)")
+    p.add_argument("--cache", default=None, metavar="DIR", help="keep preprocessed cases here to reuse them")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from brainuad.evaluation import evaluate
+
+    summary = evaluate(
+        args.model,
+        args.cases,
+        args.out,
+        tune_sources=args.tune_cases,
+        modality=args.modality,
+        cache_dir=args.cache,
+        device=args.device,
+        progress=not args.quiet,
+        seed=args.seed,
+    )
+    slices = summary["slices"]
+    line = (
+        f"evaluate: {summary['cases']} cases, slice AUROC {slices['auroc']:.3f}, AP {slices['ap_abnormal_class']:.3f}"
+    )
+    if "voxels" in summary:
+        line += f", Dice {summary['voxels']['dice_mean']:.3f}"
+    print(f"{line} -> {args.out}")
+    return EXIT_OK
+
+
 def _usage_error(message: str) -> int:
     print(f"brainuad: error: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -287,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_calibrate(sub)
     _add_detect(sub)
+    _add_evaluate(sub)
     return parser
 
 

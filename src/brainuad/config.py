@@ -54,7 +54,7 @@ class PreprocessConfig:
             raise ConfigError(f"preprocessing.percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
 
 
-ModelKind = Literal["ae", "spatial-ae"]
+ModelKind = Literal["ae", "spatial-ae", "vae", "dae", "intensity"]
 AugmentMode = Literal["auto", "on", "off"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -64,12 +64,17 @@ class ModelConfig:
     """The network (Luo et al.'s 3D residual autoencoder and its ablation variants).
 
     Attributes:
-        kind: ``ae`` = dense latent (the paper's); ``spatial-ae`` = spatial latent at 1/16 resolution.
+        kind: ``ae`` = dense latent (the paper's); ``spatial-ae`` = spatial latent at 1/16 resolution; baselines:
+            ``vae`` = variational AE with a dense latent (Baur et al.), ``dae`` = denoising U-Net trained to remove
+            coarse noise (Kascenas et al.), ``intensity`` = no network, the scaled image itself is the anomaly map.
         latent: Size of the dense latent z (paper: 512; ablation 128–1024).
         spatial_channels: Channels of the spatial latent (ablation: 1–64).
         stem_channels: Channels of the first convolution (16 in the published code).
         channels: Output channels of the four down-sampling residual blocks.
         input_shape: Volume shape the model is built for (the crop grid); every side divisible by 16.
+        kl_weight: ``vae``: weight of the KL term, per voxel (the loss is MSE + kl_weight × KL / voxels).
+        noise_std: ``dae``: standard deviation of the coarse training noise (on the 0…1 intensity scale).
+        noise_scale: ``dae``: the noise is drawn on a grid this many times coarser per side, then upsampled.
     """
 
     kind: ModelKind = "ae"
@@ -78,8 +83,13 @@ class ModelConfig:
     stem_channels: int = 16
     channels: tuple[int, int, int, int] = (32, 64, 128, 256)
     input_shape: tuple[int, int, int] = (160, 192, 96)
+    kl_weight: float = 1.0
+    noise_std: float = 0.2
+    noise_scale: int = 8
 
     def __post_init__(self) -> None:
+        if self.kl_weight < 0 or self.noise_std < 0 or self.noise_scale < 1:
+            raise ConfigError("model.kl_weight and model.noise_std must be >= 0 and model.noise_scale >= 1")
         if self.latent < 1 or self.spatial_channels < 1 or self.stem_channels < 1 or min(self.channels) < 1:
             raise ConfigError("model sizes (latent, spatial_channels, stem_channels, channels) must be positive")
         bad = [s for s in self.input_shape if s < 16 or s % 16]

@@ -111,3 +111,45 @@ def html_report(title: str, summary: dict, images: dict[str, Path], path: str | 
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(parts))
     return Path(path)
+
+
+def _plot_curves(curves: dict, path: str | Path, title: str, kind: str) -> Path:
+    import numpy as np
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for label, (truth, scores) in curves.items():
+        truth = np.asarray(truth, bool)
+        if truth.all() or not truth.any():
+            continue  # a curve needs both classes
+        if kind == "roc":
+            x, y, _ = roc_curve(truth, scores)
+        else:
+            y, x, _ = precision_recall_curve(truth, scores)
+        ax.plot(x, y, label=label)
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("false-positive rate")
+        ax.set_ylabel("true-positive rate")
+    else:
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8, loc="lower right" if kind == "roc" else "lower left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_roc_curves(curves: dict, path: str | Path, title: str = "ROC") -> Path:
+    """ROC curves, one per method: ``curves`` maps a label to (binary truth, scores)."""
+    return _plot_curves(curves, path, title, "roc")
+
+
+def plot_pr_curves(curves: dict, path: str | Path, title: str = "precision-recall") -> Path:
+    """Precision-recall curves (positive = abnormal), one per method: label → (binary truth, scores)."""
+    return _plot_curves(curves, path, title, "pr")

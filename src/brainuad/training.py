@@ -41,7 +41,7 @@ from brainuad.config import Config, PreprocessConfig, TrainConfig, from_dict, re
 from brainuad.data import VolumeCache, find_case_folders
 from brainuad.errors import BrainuadError, InputError
 from brainuad.io import read_json, write_json
-from brainuad.models import build_model, count_parameters
+from brainuad.models import TRAINABLE_KINDS, build_model, count_parameters
 from brainuad.provenance import provenance
 
 CPU = torch.device("cpu")
@@ -219,6 +219,13 @@ def train(
         torch.cuda.set_device(device)
     torch.manual_seed(tc.seed)
     model = build_model(config.model).to(device)
+    if config.model.kind not in TRAINABLE_KINDS:
+        # The intensity baseline has nothing to learn: its run folder holds the config, split and empty weights,
+        # so calibrate, detect and evaluate treat it like any model.
+        if rank == 0:
+            save_weights(model, run_dir / "model.safetensors")
+            _finish(run_dir, model, {"epoch": 0, "best_val_loss": math.nan, "best_epoch": 0}, [], world, None)
+        return TrainResult(run_dir, 0, math.nan, 0, [])
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0}
     if resume and (run_dir / "state.json").is_file():
@@ -249,8 +256,15 @@ def train(
                 batch = _load_batch(cache, ids, augmenter, tc.seed, epoch, step, device)
                 if use_cuda and tc.channels_last:
                     batch = batch.contiguous(memory_format=torch.channels_last_3d)
+                # Seeded per step (not carried in the RNG state), so the DAE's noise and the VAE's sampling
+                # replay identically after --resume.
+                torch.manual_seed(batch_seed(tc.seed, epoch, step, rank, 1))
+                inputs = model.training_input(batch)
                 with autocast:
-                    loss = torch.nn.functional.mse_loss(step_model(batch).float(), batch)
+                    loss = torch.nn.functional.mse_loss(step_model(inputs).float(), batch)
+                    extra = model.regulariser()
+                    if extra is not None:
+                        loss = loss + extra
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -1,5 +1,36 @@
 """Network definitions: ``nn.Module``s only (no paths, optimisers or data)."""
 
-from brainuad.models.ae import ResidualAutoencoder3D, build_model, count_parameters
+from __future__ import annotations
 
-__all__ = ["ResidualAutoencoder3D", "build_model", "count_parameters"]
+from torch import nn
+
+from brainuad.config import ModelConfig
+from brainuad.models.ae import ResidualAutoencoder3D, count_parameters
+from brainuad.models.baselines import DenoisingUNet3D, IntensityBaseline, VariationalAutoencoder3D
+
+#: Kinds that have weights to learn (``intensity`` has none).
+TRAINABLE_KINDS = ("ae", "spatial-ae", "vae", "dae")
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The network a model config describes (randomly initialised)."""
+    if config.kind in ("ae", "spatial-ae"):
+        return ResidualAutoencoder3D(config)
+    if config.kind == "vae":
+        return VariationalAutoencoder3D(config)
+    if config.kind == "dae":
+        return DenoisingUNet3D(config)
+    if config.kind == "intensity":
+        return IntensityBaseline(config)
+    raise ValueError(f"unknown model kind {config.kind!r}")
+
+
+__all__ = [
+    "TRAINABLE_KINDS",
+    "DenoisingUNet3D",
+    "IntensityBaseline",
+    "ResidualAutoencoder3D",
+    "VariationalAutoencoder3D",
+    "build_model",
+    "count_parameters",
+]

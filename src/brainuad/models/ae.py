@@ -77,7 +77,7 @@ class ResidualAutoencoder3D(nn.Module):
         self.encoder = nn.Sequential(*[ResidualDown(a, b) for a, b in itertools.pairwise(channels)])
         deepest = channels[-1]
         flat = deepest * math.prod(self.bottleneck_shape)
-        if config.kind == "ae":
+        if config.kind in ("ae", "vae"):
             self.to_latent: nn.Module = nn.Linear(flat, config.latent)
             self.from_latent: nn.Module = nn.Linear(config.latent, flat)
         elif config.kind == "spatial-ae":
@@ -98,14 +98,14 @@ class ResidualAutoencoder3D(nn.Module):
         """Volume → latent code (``(batch, latent)`` dense, ``(batch, C, *bottleneck)`` spatial)."""
         self._check_input(x)
         features = self.encoder(self.stem(x))
-        if self.config.kind == "ae":
+        if self.config.kind != "spatial-ae":
             return self.to_latent(features.flatten(1))
         return self.to_latent(features)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent code → reconstructed volume."""
         features = self.from_latent(z)
-        if self.config.kind == "ae":
+        if self.config.kind != "spatial-ae":
             features = features.view(z.shape[0], -1, *self.bottleneck_shape)
             features = features.contiguous(memory_format=torch.channels_last_3d) if z.is_cuda else features
         return self.head(self.decoder(features))
@@ -113,10 +113,13 @@ class ResidualAutoencoder3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
+    def training_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the network sees in a training step (the target is always ``x``); the denoising AE corrupts it."""
+        return x
 
-def build_model(config: ModelConfig) -> ResidualAutoencoder3D:
-    """The network a model config describes (randomly initialised)."""
-    return ResidualAutoencoder3D(config)
+    def regulariser(self) -> torch.Tensor | None:
+        """An extra loss term from the last training forward pass (the VAE's KL divergence), or ``None``."""
+        return None
 
 
 def count_parameters(model: nn.Module) -> int:

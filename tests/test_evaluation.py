@@ -1,0 +1,93 @@
+"""``brainuad evaluate`` end to end on synthetic BraTS-style cases with planted bright lesions."""
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from brainuad.cli import main
+from conftest import write_nifti
+
+
+def _plant_lesion(scan_path, centre, radius, out_dir, name):
+    """A BraTS-style case: the scan with a bright sphere, and its label file (label 2, as BraTS uses)."""
+    img = nib.load(str(scan_path))
+    data = np.asarray(img.dataobj, dtype=np.float32).copy()
+    grid = np.indices(data.shape)
+    sphere = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+    sphere &= data > 0
+    data[sphere] = float(np.percentile(data[data > 0], 99.9)) * 1.4
+    folder = out_dir / name
+    write_nifti(folder / f"{name}_t2.nii.gz", data, img.affine)
+    write_nifti(folder / f"{name}_seg.nii.gz", sphere.astype(np.uint8) * 2, img.affine)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(skull_stripped_scan, tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    assert (
+        main(["preprocess", str(skull_stripped_scan), "--out", str(root / "prep"), "--preset", "paper-2mm", "--quiet"])
+        == 0
+    )
+    run = root / "intensity"
+    assert main(["train", "--data", str(root / "prep"), "--out", str(run), "--model", "intensity", "--quiet"]) == 0
+    _plant_lesion(skull_stripped_scan, (40, 55, 45), 6, root / "tune", "tune01")
+    _plant_lesion(skull_stripped_scan, (30, 45, 40), 5, root / "cases", "case01")
+    _plant_lesion(skull_stripped_scan, (50, 60, 35), 7, root / "cases", "case02")
+    return root
+
+
+def test_evaluate_intensity_baseline_with_tuned_threshold(setup):
+    out = setup / "eval"
+    args = ["evaluate", "--model", str(setup / "intensity"), "--cases", str(setup / "cases")]
+    args += ["--tune-cases", str(setup / "tune"), "--out", str(out), "--cache", str(setup / "cache"), "--quiet"]
+    assert main([*args, "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"] == 2 and summary["tuning_cases"] == ["tune01"]
+    assert "tuning cases" in summary["threshold"]["source"]
+    slices = summary["slices"]
+    # Planted lesions are the brightest thing in the brain: the intensity baseline must find them — at the voxel
+    # level. Its slice score e(u) mostly measures brain area (the image is the map), so slice AUROC is only > chance.
+    assert slices["auroc"] > 0.5
+    assert 0 < slices["abnormal"] < slices["counted"]
+    assert slices["sensitivity"] > 0.5
+    voxels = summary["voxels"]
+    assert voxels["dice_mean"] > 0.5 and voxels["ap_pooled"] > 0.5
+    assert voxels["best_achievable_dice_pooled"] >= voxels["dice_pooled"] - 1e-9  # an upper bound
+    low, high = slices["auroc_ci95"]
+    assert low <= high
+    with open(out / "per_case.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["case"] for r in rows] == ["case01", "case02"]
+    assert all(float(r["lesion_ml_in_crop"]) > 0 for r in rows)
+    assert "| intensity" in (out / "table.md").read_text()
+    assert (out / "roc.png").stat().st_size > 1000 and (out / "pr.png").stat().st_size > 1000
+
+
+def test_evaluate_refuses_tuning_on_reported_cases(setup, capsys):
+    args = ["evaluate", "--model", str(setup / "intensity"), "--cases", str(setup / "cases")]
+    args += ["--tune-cases", str(setup / "cases"), "--out", str(setup / "bad"), "--quiet"]
+    assert main(args) == 1
+    assert "keep them apart" in capsys.readouterr().err
+
+
+def test_evaluate_needs_a_threshold(setup, capsys):
+    args = ["evaluate", "--model", str(setup / "intensity"), "--cases", str(setup / "cases"), "--out", str(setup / "x")]
+    assert main([*args, "--quiet"]) == 1
+    assert "no threshold" in capsys.readouterr().err
+
+
+def test_label_on_another_grid_is_a_clear_error(setup, capsys):
+    folder = setup / "mismatch" / "case09"
+    image = next((setup / "cases" / "case01").glob("*_t2.nii.gz"))
+    folder.mkdir(parents=True)
+    (folder / "case09_t2.nii.gz").write_bytes(image.read_bytes())
+    write_nifti(folder / "case09_seg.nii.gz", np.zeros((10, 10, 10), np.uint8))
+    args = ["evaluate", "--model", str(setup / "intensity"), "--cases", str(setup / "mismatch")]
+    args += ["--tune-cases", str(setup / "tune"), "--out", str(setup / "y"), "--cache", str(setup / "cache"), "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "case09_seg.nii.gz" in err and "does not match its image" in err
