@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from brainuad.checkpoints import load_config, load_model, load_weights, save_weights
 from brainuad.cli import main
-from brainuad.config import Config, ModelConfig, TrainConfig
+from brainuad.config import Config, ModelConfig, TrainConfig, replace
 from brainuad.errors import BrainuadError, InputError
 from brainuad.io import Volume
 from brainuad.models import build_model
@@ -198,3 +198,27 @@ def test_ddp_two_processes_gloo_keep_identical_weights(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ddp_ranks_in_sync"] is True
+
+
+@pytest.mark.parametrize("kind", ["vae", "dae"])
+def test_baseline_models_train_and_resume_bit_identically(tmp_path, kind):
+    # Their randomness (VAE sampling, DAE noise) is seeded per step, so --resume replays it exactly.
+    data = write_cases(tmp_path / "data", 3)
+    config = replace(tiny_config(epochs=2, batch_size=1), model=replace(TINY_MODEL, kind=kind))
+    train([data], tmp_path / "full", config, progress=False)
+    train([data], tmp_path / "part", replace(config, training=replace(config.training, epochs=1)), progress=False)
+    train([data], tmp_path / "part", config, resume=True, progress=False)
+    full, part = load_file(str(tmp_path / "full/last.safetensors")), load_file(str(tmp_path / "part/last.safetensors"))
+    assert all(torch.equal(full[k], part[k]) for k in full)
+    _model, loaded = load_model(tmp_path / "full")
+    assert loaded.model.kind == kind and np.isfinite(
+        json.loads((tmp_path / "full/summary.json").read_text())["best_val_loss"]
+    )
+
+
+def test_intensity_baseline_needs_no_training(tmp_path):
+    data = write_cases(tmp_path / "data", 2)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--model", "intensity", "--quiet"]) == 0
+    model, config = load_model(tmp_path / "run")
+    assert config.model.kind == "intensity" and not list(model.parameters())
+    assert (tmp_path / "run/split.json").is_file() and not (tmp_path / "run/log.csv").exists()
