@@ -2,8 +2,9 @@
 
 Layouts understood:
 
-- **Healthy folder**: every NIfTI below it is a healthy scan; IXI names (``IXI002-Guys-0828-T2.nii.gz``) are parsed
-  for subject and site, and ``modality`` filters them (``-T2``); other names are taken as they are.
+- **Healthy folder**: every NIfTI below it is a healthy scan (except masks: names with ``mask``, ``seg``…); IXI
+  names (``IXI002-Guys-0828-T2.nii.gz``) are parsed for subject and site, and ``modality`` filters them
+  (``-T2``); other names are taken as they are.
 - **BraTS-style**: one folder per case holding ``<case>_t2.nii.gz`` and ``<case>_seg.nii.gz``; any label > 0 is
   lesion.
 - **MS-style**: one folder per case holding ``T2.nii.gz`` (or ``T2_*.nii.gz``) and one mask whose name contains
@@ -73,6 +74,8 @@ def find_healthy_scans(folder: str | Path, modality: str | None = "T2") -> list[
     _require_folder(folder)
     scans = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and is_nifti_path(p)):
+        if any(word in path.name.lower() for word in MASK_WORDS):
+            continue  # brain or lesion masks stored beside the scans are not scans
         match = IXI_NAME.match(path.name)
         if match:
             if modality and match["modality"].upper() != modality.upper():

@@ -87,8 +87,36 @@ def plot_slice_scores(normality, path: str | Path, calibrated=None) -> Path:
     return _save(fig, path)
 
 
-def html_report(title: str, summary: dict, images: dict[str, Path], path: str | Path) -> Path:
-    """A self-contained HTML page (images embedded as base64, no network) with the summary and figures."""
+def _markdown_table_html(table: str) -> str:
+    import html
+
+    rows = [r.strip().strip("|").split("|") for r in table.strip().splitlines() if not set(r) <= set("|-: ")]
+    head, body = rows[0], rows[1:]
+    cells = "".join(f"<th>{html.escape(c.strip())}</th>" for c in head)
+    lines = [f"<table><tr>{cells}</tr>"]
+    for row in body:
+        lines.append("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in row) + "</tr>")
+    return "".join(lines) + "</table>"
+
+
+def html_report(
+    title: str,
+    summary: dict,
+    images: dict[str, Path],
+    path: str | Path,
+    notes: list[str] | None = None,
+    table: str | None = None,
+) -> Path:
+    """A self-contained HTML page (images embedded as base64, no network) with the summary and figures.
+
+    Args:
+        title: Page title.
+        summary: Shown as JSON at the end.
+        images: Caption → PNG file.
+        path: Where to write the page.
+        notes: Paragraphs (trusted HTML written by brainuad itself) shown under the title.
+        table: A Markdown table shown as an HTML table.
+    """
     import base64
     import html
     import json
@@ -97,10 +125,14 @@ def html_report(title: str, summary: dict, images: dict[str, Path], path: str | 
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%}"
-        "pre{background:#f4f4f4;padding:1em;overflow:auto}</style></head><body>",
+        "pre{background:#f4f4f4;padding:1em;overflow:auto}table{border-collapse:collapse;font-size:90%}"
+        "td,th{border:1px solid #ccc;padding:4px 6px}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<p><b>Research tool, not a medical device.</b> Findings are unsupervised anomalies, not diagnoses.</p>",
+        *(f"<p>{note}</p>" for note in notes or []),
     ]
+    if table:
+        parts.append("<h2>Results</h2>" + _markdown_table_html(table))
     for caption, image_path in images.items():
         data = base64.b64encode(Path(image_path).read_bytes()).decode("ascii")
         parts.append(

@@ -134,7 +134,15 @@ def preprocess_volume(
 
     start = time.perf_counter()
     brain = volume.with_array(np.where(mask_native, volume.array, 0.0).astype(np.float32))
-    transform = estimate_transform(brain, config.registration, config.template_contrast, config.registration_seed)
+    # Registering at the crop's own resolution (2 mm for paper-2mm) is much faster and the crop keeps no finer detail.
+    template_spacing = max(1, round(float(np.linalg.norm(grid.affine_array[:3, 0]))))
+    transform = estimate_transform(
+        brain,
+        config.registration,
+        config.template_contrast,
+        config.registration_seed,
+        template_spacing=template_spacing,
+    )
     timings["registration_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -166,6 +174,7 @@ def preprocess_volume(
         "preprocessing": to_dict(config),
         "skull_strip_method": method,
         "template": f"MNI ICBM152 2009c ({config.template_contrast} contrast, nilearn)",
+        "template_spacing_mm": template_spacing,
         "grid": grid.to_dict(),
         "intensity_range": [low, high],
         "qc": {

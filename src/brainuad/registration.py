@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from brainuad.errors import InputError
 from brainuad.io import Volume
-from brainuad.templates import Grid, mni_brain_mask, mni_template
+from brainuad.templates import Grid, mni_brain_mask, mni_template_at
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS ↔ LPS (ITK/ANTs world convention); its own inverse
 
@@ -157,7 +157,12 @@ def template_brain_centre() -> np.ndarray:
 
 
 def estimate_transform(
-    brain: Volume, kind: str = "rigid", contrast: str = "t1", seed: int = 0, head: bool = False
+    brain: Volume,
+    kind: str = "rigid",
+    contrast: str = "t1",
+    seed: int = 0,
+    head: bool = False,
+    template_spacing: int = 1,
 ) -> Transform:
     """Register a (skull-stripped) scan to the MNI template with mutual information.
 
@@ -178,13 +183,14 @@ def estimate_transform(
         contrast: Template contrast, ``t1`` or ``t2`` (see :func:`brainuad.templates.mni_template`).
         seed: ANTs' random seed for metric sampling.
         head: The scan still has its skull (used by template-based skull stripping; always affine).
+        template_spacing: Register to the template block-averaged to this many mm (2 for 2 mm crops: ~10× faster).
 
     Returns:
         The transform from MNI to the scan's native space.
     """
     if kind not in ("rigid", "affine"):
         raise ValueError(f"unknown registration {kind!r}; choose 'rigid' or 'affine'")
-    matrix = affine_between(mni_template(contrast), brain, seed=seed)
+    matrix = affine_between(mni_template_at(contrast, template_spacing), brain, seed=seed)
     if head:
         kind = "affine"
     if kind == "rigid":

@@ -97,6 +97,24 @@ def mni_template(contrast: str = "t1") -> Volume:
     raise ValueError(f"unknown template contrast {contrast!r}; choose 't1' or 't2'")
 
 
+@functools.lru_cache(maxsize=4)
+def mni_template_at(contrast: str = "t1", spacing: int = 1) -> Volume:
+    """The template averaged over blocks of ``spacing``³ voxels (e.g. 2 mm for the ``paper-2mm`` preset).
+
+    Registering to a template at the crop's resolution is ~10× faster and loses nothing the crop would keep.
+    """
+    template = mni_template(contrast)
+    if spacing == 1:
+        return template
+    shape = np.asarray(template.shape) // spacing * spacing
+    trimmed = template.array[: shape[0], : shape[1], : shape[2]]
+    blocks = trimmed.reshape(shape[0] // spacing, spacing, shape[1] // spacing, spacing, shape[2] // spacing, spacing)
+    # New voxel i covers old voxels spacing*i … spacing*i + spacing − 1: its centre is half a block further on.
+    scale = np.diag([spacing, spacing, spacing, 1.0])
+    scale[:3, 3] = (spacing - 1) / 2
+    return Volume(blocks.mean(axis=(1, 3, 5)).astype(np.float32), template.affine @ scale)
+
+
 @functools.lru_cache(maxsize=1)
 def mni_brain_mask() -> Volume:
     """The template's 1 mm brain mask (bool)."""
