@@ -91,3 +91,19 @@ def test_label_on_another_grid_is_a_clear_error(setup, capsys):
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "case09_seg.nii.gz" in err and "does not match its image" in err
+
+
+def test_calibrate_on_labelled_cases_then_evaluate_uses_it(setup, tmp_path):
+    run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(setup / "intensity", run)
+    assert main(["calibrate", "--model", str(run), "--labelled", str(setup / "tune"), "--device", "cpu"]) == 0
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration["method"].startswith("best pooled Dice") and calibration["tuning_dice"] > 0.5
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(run), "--cases", str(setup / "cases"), "--out", str(out)]
+    assert main([*args, "--cache", str(setup / "cache"), "--quiet", "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["threshold"]["value"] == pytest.approx(calibration["threshold"])
+    assert "calibration.json" in summary["threshold"]["source"]

@@ -215,10 +215,19 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--healthy",
         action="append",
-        required=True,
+        default=None,
         metavar="DIR",
         help="preprocessed healthy scans the model was not trained on (repeatable)",
     )
+    p.add_argument(
+        "--labelled",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="labelled tuning cases (BraTS-/MS-style): threshold = best pooled Dice on them, the paper's way; "
+        "never the cases you will report (repeatable)",
+    )
+    p.add_argument("--modality", default="t2", help="modality of the --labelled case files (default: t2)")
     p.add_argument("--fpr", type=float, default=1e-3, help="healthy voxel false-positive rate (default: 0.001)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_run_calibrate)
@@ -230,11 +239,22 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
     if not 0 < args.fpr < 1:
         return _usage_error("--fpr must be between 0 and 1")
-    result = calibrate(args.model, args.healthy, args.fpr, device=resolve_device(args.device))
-    print(
-        f"calibrate: threshold {result['threshold']:.5g} at healthy voxel FPR {args.fpr} "
-        f"({len(result['healthy_cases'])} scans) -> {args.model}/calibration.json"
-    )
+    if not args.healthy and not args.labelled:
+        return _usage_error("give --healthy DIR (healthy validation scans) and/or --labelled DIR (tuning cases)")
+    if args.healthy:
+        result = calibrate(args.model, args.healthy, args.fpr, device=resolve_device(args.device))
+        print(
+            f"calibrate: threshold {result['threshold']:.5g} at healthy voxel FPR {args.fpr} "
+            f"({len(result['healthy_cases'])} scans) -> {args.model}/calibration.json"
+        )
+    if args.labelled:
+        from brainuad.evaluation import calibrate_on_labelled
+
+        result = calibrate_on_labelled(args.model, args.labelled, args.modality, device=args.device, progress=False)
+        print(
+            f"calibrate: threshold {result['threshold']:.5g} = best pooled Dice {result['tuning_dice']:.3f} on "
+            f"{len(result['tuning_cases'])} labelled tuning cases -> {args.model}/calibration.json"
+        )
     return EXIT_OK
 
 

@@ -417,3 +417,55 @@ def evaluate(
         np.savez(handle, **{f"{k}": v for k, v in _slice_arrays(evaluations).items()})
     _write_curves(evaluations, out_dir, config.model.kind)
     return summary
+
+
+def calibrate_on_labelled(
+    run_dir: str | Path,
+    sources: list[str | Path],
+    modality: str = "t2",
+    cache_dir: str | Path | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Fit the threshold the paper's way: best pooled Dice on labelled tuning cases; saved in ``calibration.json``.
+
+    Healthy references already in the calibration (slice errors, scan scores) are kept. Never tune on the cases you
+    will report.
+    """
+    from tqdm import tqdm
+
+    from brainuad.checkpoints import load_model
+    from brainuad.inference import CALIBRATION_FILE, EROSION, MEDIAN_SIZE
+    from brainuad.training import resolve_device
+
+    run_dir = Path(run_dir)
+    torch_device = resolve_device(device)
+    model, config = load_model(run_dir, device=torch_device)
+    calibration = load_calibration(run_dir) or {}
+    cases = [c for source in sources for c in find_labelled_cases(source, modality)]
+    temporary = None if cache_dir else tempfile.TemporaryDirectory(prefix="brainuad-calibrate-")
+    cache = Path(cache_dir) if cache_dir else Path(temporary.name)
+    try:
+        evaluations = [
+            evaluate_case(model, case, config, cache, calibration or None, torch_device)
+            for case in tqdm(cases, desc="calibrate", unit="case", disable=not progress)
+        ]
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+    sweep = tune_threshold(evaluations)
+    calibration.update(
+        {
+            "method": "best pooled Dice on labelled tuning cases",
+            "threshold": sweep.threshold,
+            "tuning_dice": sweep.dice,
+            "tuning_cases": [str(c.image_path) for c in cases],
+            "postprocessing": {
+                "median_size": MEDIAN_SIZE,
+                "erosion_voxels": EROSION,
+                "min_component_voxels": MIN_COMPONENT_VOXELS,
+            },
+        }
+    )
+    write_json(run_dir / CALIBRATION_FILE, calibration)
+    return calibration

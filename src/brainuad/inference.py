@@ -99,10 +99,11 @@ def detect_case(
     score = scan_score(anomaly, brain)
     percentile = None
     if calibration is not None:
-        reference = calibration["slice_errors"]
-        if len(reference["mean"]) == errors.size:
+        # A calibration fitted on labelled cases only has no healthy references.
+        reference = calibration.get("slice_errors")
+        if reference is not None and len(reference["mean"]) == errors.size:
             calibrated = calibrated_slice_scores(errors, np.asarray(reference["mean"]), np.asarray(reference["std"]))
-        healthy = np.asarray(calibration["healthy_scan_scores"])
+        healthy = np.asarray(calibration.get("healthy_scan_scores", []))
         percentile = float((healthy < score).mean() * 100) if healthy.size else None
     return Detection(
         case,
