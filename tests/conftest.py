@@ -70,3 +70,37 @@ def skull_stripped_scan(tmp_path_factory):
     path = tmp_path_factory.mktemp("scan") / "sub-01_T2w.nii.gz"
     write_nifti(path, native[::-1, ::-1, :].astype(np.float32), lps)
     return path
+
+
+def render_in_chromium(html_path: Path, png_path: Path, height: int = 3000) -> np.ndarray:
+    """Screenshot a page in headless Chromium (skips when Chromium is absent); returns the RGB pixels."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("headless Chromium not installed (apt-get install chromium)")
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--screenshot={png_path}",
+            f"--window-size=1200,{height}",
+            html_path.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    import matplotlib.image
+
+    return matplotlib.image.imread(str(png_path))[..., :3]
+
+
+def coloured_fraction(pixels: np.ndarray) -> float:
+    """Share of pixels that are clearly coloured (figures: heatmaps, curves), not grey text on white."""
+    spread = pixels.max(axis=-1) - pixels.min(axis=-1)
+    return float((spread > 0.25).mean())

@@ -2,12 +2,14 @@
 
 import csv
 import json
+import re
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from brainuad.cli import main
+from conftest import coloured_fraction, render_in_chromium
 
 TINY = ["--channels", "4", "8", "8", "8", "--stem-channels", "4", "--latent", "16", "--device", "cpu", "--quiet"]
 
@@ -89,3 +91,17 @@ def test_calibrate_then_detect_writes_aligned_outputs(trained, skull_stripped_sc
         == 0
     )
     assert not list(out.glob(".*partial*"))
+
+
+def test_report_shows_its_figures_in_headless_chromium(trained, skull_stripped_scan, tmp_path):
+    run = trained / "run"
+    out = tmp_path / "det"
+    args = ["detect", str(skull_stripped_scan), "--model", str(run), "--out", str(out), "--threshold", "0.05"]
+    assert main([*args, "--device", "cpu", "--quiet"]) == 0
+    report = out / "sub-01_T2w" / "report.html"
+    with_figures = coloured_fraction(render_in_chromium(report, tmp_path / "page.png"))
+    # The same page without its images: what remains is text, so the figures are what the browser showed.
+    bare = tmp_path / "bare.html"
+    bare.write_text(re.sub(r"src='data:image/png;base64,[^']*'", "src=''", report.read_text()))
+    without = coloured_fraction(render_in_chromium(bare, tmp_path / "bare.png"))
+    assert with_figures > 0.01 and with_figures > 10 * without
