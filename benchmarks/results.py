@@ -10,8 +10,8 @@ Protocol:
   ``--synthetic N`` adds N synthetic healthy scans (brainuad.synthetic) to the training set.
 - Tuning (thresholds only): the first two BraTS cases by name. Reported: the other four BraTS cases and the stroke
   case (T2), and the MS case (FLAIR; thresholds tuned on the same two BraTS cases' FLAIR).
-- Methods: ae (the paper's network, reduced channels), spatial-ae, vae, dae, intensity (no training). f-AnoGAN is
-  not implemented yet.
+- Methods: ae (the paper's network, reduced channels), spatial-ae, vae, dae, fanogan (each of its two stages gets
+  the epoch budget), intensity (no training).
 Writes docs/results.md (tables, per-case Dice, runtimes, the exact command) and ROC/PR figures next to it.
 """
 
@@ -31,7 +31,7 @@ HEALTHY_T2 = [
     "templates/MNI152_T2_1mm_brain.nii.gz",
     "templates/avg152T2.nii.gz",
 ]
-METHODS = ("ae", "spatial-ae", "vae", "dae", "intensity")
+METHODS = ("ae", "spatial-ae", "vae", "dae", "fanogan", "intensity")
 
 
 def _brats_split() -> tuple[list[Path], list[Path]]:

@@ -125,3 +125,16 @@ def test_dae_noise_is_coarse_and_stays_in_the_foreground():
     assert 0.02 < inside.std().item() < 0.4
     # Coarse: neighbouring voxels are strongly correlated.
     assert torch.corrcoef(torch.stack([inside[:-1].flatten(), inside[1:].flatten()]))[0, 1] > 0.9
+
+
+def test_fanogan_parts_and_gradient_penalty():
+    from brainuad.gan_training import gradient_penalty
+
+    model = build_model(ModelConfig(kind="fanogan", **TINY))
+    x = torch.rand(2, 1, 32, 32, 16)
+    assert model.generate(torch.randn(2, 16)).shape == x.shape
+    assert model.critique(x).shape == (2,)
+    assert model(x).shape == x.shape
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in model.critic.modules())  # WGAN-GP: no BatchNorm
+    penalty = gradient_penalty(model, x, torch.rand_like(x))
+    assert penalty.item() >= 0 and penalty.requires_grad

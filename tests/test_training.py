@@ -222,3 +222,17 @@ def test_intensity_baseline_needs_no_training(tmp_path):
     model, config = load_model(tmp_path / "run")
     assert config.model.kind == "intensity" and not list(model.parameters())
     assert (tmp_path / "run/split.json").is_file() and not (tmp_path / "run/log.csv").exists()
+
+
+def test_fanogan_trains_in_two_stages(tmp_path):
+    data = write_cases(tmp_path / "data", 3)
+    config = replace(tiny_config(epochs=2, batch_size=1), model=replace(TINY_MODEL, kind="fanogan"))
+    result = train([data], tmp_path / "run", config, progress=False)
+    assert result.epochs_done == 4 and np.isfinite(result.best_val_loss) and result.best_epoch > 2
+    model, loaded = load_model(tmp_path / "run")
+    assert loaded.model.kind == "fanogan"
+    x = torch.rand(1, 1, *SHAPE)
+    with torch.no_grad():
+        assert model(x).shape == x.shape
+    with pytest.raises(BrainuadError, match="cannot be resumed"):
+        train([data], tmp_path / "run", config, resume=True, progress=False)

@@ -121,9 +121,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default="ae",
-        choices=["ae", "spatial-ae", "vae", "dae", "intensity"],
+        choices=["ae", "spatial-ae", "vae", "dae", "fanogan", "intensity"],
         help="ae = dense latent (the paper's), spatial-ae = spatial latent; baselines: vae, dae (denoising U-Net), "
-        "intensity (no training: the scaled image is the anomaly map)",
+        "fanogan (f-AnoGAN, two-stage), intensity (no training: the scaled image is the anomaly map)",
     )
     p.add_argument("--latent", type=int, default=512, help="dense latent size (default: 512)")
     p.add_argument("--spatial-channels", type=int, default=16, help="spatial latent channels (default: 16)")

@@ -54,7 +54,7 @@ class PreprocessConfig:
             raise ConfigError(f"preprocessing.percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
 
 
-ModelKind = Literal["ae", "spatial-ae", "vae", "dae", "intensity"]
+ModelKind = Literal["ae", "spatial-ae", "vae", "dae", "fanogan", "intensity"]
 AugmentMode = Literal["auto", "on", "off"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -66,7 +66,8 @@ class ModelConfig:
     Attributes:
         kind: ``ae`` = dense latent (the paper's); ``spatial-ae`` = spatial latent at 1/16 resolution; baselines:
             ``vae`` = variational AE with a dense latent (Baur et al.), ``dae`` = denoising U-Net trained to remove
-            coarse noise (Kascenas et al.), ``intensity`` = no network, the scaled image itself is the anomaly map.
+            coarse noise (Kascenas et al.), ``fanogan`` = f-AnoGAN in 3D (Schlegl et al., two-stage WGAN-GP + encoder),
+            ``intensity`` = no network, the scaled image itself is the anomaly map.
         latent: Size of the dense latent z (paper: 512; ablation 128–1024).
         spatial_channels: Channels of the spatial latent (ablation: 1–64).
         stem_channels: Channels of the first convolution (16 in the published code).

@@ -226,6 +226,15 @@ def train(
             save_weights(model, run_dir / "model.safetensors")
             _finish(run_dir, model, {"epoch": 0, "best_val_loss": math.nan, "best_epoch": 0}, [], world, None)
         return TrainResult(run_dir, 0, math.nan, 0, [])
+    if config.model.kind == "fanogan":
+        if resume or world > 1:
+            raise BrainuadError("f-AnoGAN training runs on one device and cannot be resumed; start a new run")
+        from brainuad.gan_training import train_fanogan
+
+        outcome = train_fanogan(model, cache, train_ids, val_ids, config, run_dir, device, augmenter, progress)
+        state, history = outcome["state"], outcome["history"]
+        _finish(run_dir, model, state, history, world, None)
+        return TrainResult(run_dir, state["epoch"], state["best_val_loss"], state["best_epoch"], history)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0}
     if resume and (run_dir / "state.json").is_file():

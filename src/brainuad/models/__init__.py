@@ -7,9 +7,10 @@ from torch import nn
 from brainuad.config import ModelConfig
 from brainuad.models.ae import ResidualAutoencoder3D, count_parameters
 from brainuad.models.baselines import DenoisingUNet3D, IntensityBaseline, VariationalAutoencoder3D
+from brainuad.models.fanogan import FAnoGAN3D
 
 #: Kinds that have weights to learn (``intensity`` has none).
-TRAINABLE_KINDS = ("ae", "spatial-ae", "vae", "dae")
+TRAINABLE_KINDS = ("ae", "spatial-ae", "vae", "dae", "fanogan")
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -20,6 +21,8 @@ def build_model(config: ModelConfig) -> nn.Module:
         return VariationalAutoencoder3D(config)
     if config.kind == "dae":
         return DenoisingUNet3D(config)
+    if config.kind == "fanogan":
+        return FAnoGAN3D(config)
     if config.kind == "intensity":
         return IntensityBaseline(config)
     raise ValueError(f"unknown model kind {config.kind!r}")
@@ -28,6 +31,7 @@ def build_model(config: ModelConfig) -> nn.Module:
 __all__ = [
     "TRAINABLE_KINDS",
     "DenoisingUNet3D",
+    "FAnoGAN3D",
     "IntensityBaseline",
     "ResidualAutoencoder3D",
     "VariationalAutoencoder3D",
