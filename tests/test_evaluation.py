@@ -107,3 +107,25 @@ def test_calibrate_on_labelled_cases_then_evaluate_uses_it(setup, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["threshold"]["value"] == pytest.approx(calibration["threshold"])
     assert "calibration.json" in summary["threshold"]["source"]
+
+
+def test_ablate_writes_table_and_figures(setup):
+    out = setup / "ablation"
+    tiny = ["--channels", "4", "8", "8", "8", "--stem-channels", "4", "--epochs", "1", "--batch-size", "1"]
+    args = [
+        "ablate",
+        "--data",
+        str(setup / "prep"),
+        "--cases",
+        str(setup / "cases"),
+        "--tune-cases",
+        str(setup / "tune"),
+    ]
+    args += ["--out", str(out), "--latents", "16", "--spatial-variants", "2", "--device", "cpu", "--quiet", *tiny]
+    assert main(args) == 0
+    table = (out / "table.md").read_text()
+    assert "| dense-z16 " in table and "| spatial-c2 " in table
+    for figure in ("figure4_roc.png", "figure4_pr.png", "figure5_reconstructions.png"):
+        assert (out / figure).stat().st_size > 1000
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"dense-z16", "spatial-c2"}

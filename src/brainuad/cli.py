@@ -103,21 +103,8 @@ def _run_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train the autoencoder on preprocessed healthy scans",
-        description="Train on healthy scans only (defaults: the paper's recipe). Writes a self-describing run "
-        "folder; --resume continues an interrupted run. Several GPUs: torchrun --nproc_per_node=N -m brainuad train.",
-    )
-    p.add_argument(
-        "--data",
-        action="append",
-        required=True,
-        metavar="DIR",
-        help="folder of preprocessed healthy cases (repeatable)",
-    )
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
+def _add_model_and_training_options(p: argparse.ArgumentParser) -> None:
+    """The model and training flags shared by ``train`` and ``ablate``."""
     p.add_argument(
         "--model",
         default="ae",
@@ -157,45 +144,68 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="channels of the 4 down blocks (default: 32 64 128 256); smaller for quick runs",
     )
     p.add_argument("--stem-channels", type=int, default=16)
+
+
+def _config_from_args(args: argparse.Namespace):
+    """The config tree the model and training flags describe (raises ConfigError on bad values)."""
+    from brainuad.config import Config, ModelConfig, TrainConfig
+
+    model = ModelConfig(
+        kind=args.model,
+        latent=args.latent,
+        spatial_channels=args.spatial_channels,
+        stem_channels=args.stem_channels,
+        channels=tuple(args.channels) if args.channels else ModelConfig().channels,
+        kl_weight=args.kl_weight,
+        noise_std=args.noise_std,
+        noise_scale=args.noise_scale,
+    )
+    training = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        val_fraction=args.val_fraction,
+        steps_per_epoch=args.steps_per_epoch,
+        augment=args.augment,
+        device=args.device,
+        seed=args.seed,
+        compile=args.compile,
+        bf16=not args.no_bf16,
+    )
+    return Config(model=model, training=training)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the autoencoder on preprocessed healthy scans",
+        description="Train on healthy scans only (defaults: the paper's recipe). Writes a self-describing run "
+        "folder; --resume continues an interrupted run. Several GPUs: torchrun --nproc_per_node=N -m brainuad train.",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="folder of preprocessed healthy cases (repeatable)",
+    )
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
+    _add_model_and_training_options(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from brainuad.config import Config, ModelConfig, TrainConfig
     from brainuad.errors import ConfigError
     from brainuad.training import train
 
     try:
-        model = ModelConfig(
-            kind=args.model,
-            latent=args.latent,
-            spatial_channels=args.spatial_channels,
-            stem_channels=args.stem_channels,
-            channels=tuple(args.channels) if args.channels else ModelConfig().channels,
-            kl_weight=args.kl_weight,
-            noise_std=args.noise_std,
-            noise_scale=args.noise_scale,
-        )
-        training = TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            val_fraction=args.val_fraction,
-            steps_per_epoch=args.steps_per_epoch,
-            augment=args.augment,
-            device=args.device,
-            seed=args.seed,
-            compile=args.compile,
-            bf16=not args.no_bf16,
-        )
+        config = _config_from_args(args)
     except ConfigError as exc:
         return _usage_error(str(exc))
-    result = train(
-        args.data, args.out, Config(model=model, training=training), resume=args.resume, progress=not args.quiet
-    )
+    result = train(args.data, args.out, config, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"train: {result.epochs_done} epochs, best validation MSE {result.best_val_loss:.6f} at epoch "
@@ -354,6 +364,43 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_ablate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ablate",
+        help="the paper's latent ablation: dense 128-1024 and spatial 1-64 channels, Figures 4 and 5",
+        description="Train, calibrate and evaluate every latent variant with the same settings; writes table.md, "
+        "Figure 4 (ROC/PR curves of all variants) and Figure 5 (reconstructions). Finished variants are reused.",
+    )
+    p.add_argument("--data", action="append", required=True, metavar="DIR", help="preprocessed healthy cases")
+    p.add_argument("--cases", action="append", required=True, metavar="DIR", help="labelled cases to report")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--tune-cases", action="append", default=None, metavar="DIR", help="labelled tuning cases")
+    p.add_argument("--latents", type=int, nargs="+", default=[128, 256, 512, 1024], metavar="Z")
+    p.add_argument("--spatial-variants", type=int, nargs="+", default=[1, 4, 16, 64], metavar="C")
+    p.add_argument("--modality", default="t2")
+    _add_model_and_training_options(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_ablate)
+
+
+def _run_ablate(args: argparse.Namespace) -> int:
+    from brainuad.ablation import ablate
+    from brainuad.errors import ConfigError
+
+    try:
+        base = _config_from_args(args)
+    except ConfigError as exc:
+        return _usage_error(str(exc))
+    summaries = ablate(
+        args.data, args.cases, args.out, base, args.tune_cases, args.latents, args.spatial_variants,
+        args.modality, args.device, progress=not args.quiet,
+    )  # fmt: skip
+    for name, summary in summaries.items():
+        print(f"ablate: {name:14s} slice AUROC {summary['slices']['auroc']:.3f}")
+    print(f"ablate: table and Figures 4-5 -> {args.out}")
+    return EXIT_OK
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
@@ -410,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibrate(sub)
     _add_detect(sub)
     _add_evaluate(sub)
+    _add_ablate(sub)
     _add_demo(sub)
     return parser
 

@@ -185,3 +185,19 @@ def plot_roc_curves(curves: dict, path: str | Path, title: str = "ROC") -> Path:
 def plot_pr_curves(curves: dict, path: str | Path, title: str = "precision-recall") -> Path:
     """Precision-recall curves (positive = abnormal), one per method: label → (binary truth, scores)."""
     return _plot_curves(curves, path, title, "pr")
+
+
+def plot_reconstruction_panel(image_slice, reconstructions: dict, path: str | Path, title: str = "") -> Path:
+    """The paper's Figure 5: one input slice and each model's reconstruction of it, side by side."""
+    plt = _pyplot()
+    panels = {"input": image_slice, **reconstructions}
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.8), squeeze=False)
+    for ax, (label, panel) in zip(axes[0], panels.items()):
+        ax.imshow(panel.T, origin="lower", cmap="gray", vmin=0, vmax=1)
+        ax.set_title(label, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
