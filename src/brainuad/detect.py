@@ -16,7 +16,15 @@ import numpy as np
 from brainuad.config import PreprocessConfig, replace
 from brainuad.errors import BrainuadError, InputError
 from brainuad.inference import Detection, detect_case, load_calibration
-from brainuad.io import Volume, atomic_folder, find_nifti_files, load_volume, save_volume, write_json
+from brainuad.io import (
+    Volume,
+    atomic_folder,
+    ensure_writable_folder,
+    find_nifti_files,
+    load_volume,
+    save_volume,
+    write_json,
+)
 from brainuad.preprocessing import BatchResult, case_names, preprocess_volume
 from brainuad.provenance import provenance, sha256_file
 
@@ -116,7 +124,9 @@ def write_detection(detection: Detection, folder: Path, input_volume: Volume, ru
                 },
                 "most_abnormal_mni_slices": [int(u) for u in np.argsort(detection.normality)[:5]],
                 "model": {"run_dir": str(run_dir), "weights_sha256": sha256_file(run_dir / "model.safetensors")},
-                "preprocessing": {k: case.record.get(k) for k in ("preprocessing", "skull_strip_method", "qc", "grid")},
+                "preprocessing": {
+                    k: case.record.get(k) for k in ("preprocessing", "skull_strip_method", "qc", "grid", "warnings")
+                },
                 "provenance": provenance(),
             },
         )
@@ -165,6 +175,7 @@ def detect_batch(
     from brainuad.training import resolve_device
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    ensure_writable_folder(out_dir)  # fail before loading anything, naming the folder
     torch_device = resolve_device(device)
     model, config = load_model(run_dir, device=torch_device)
     calibration = load_calibration(run_dir)

@@ -23,7 +23,7 @@ from brainuad import metrics
 from brainuad.data import LabelledCase, find_labelled_cases
 from brainuad.errors import BrainuadError, InputError
 from brainuad.inference import MIN_COMPONENT_VOXELS, detect_case, load_calibration
-from brainuad.io import atomic_path, load_volume, write_json
+from brainuad.io import atomic_path, ensure_writable_folder, load_volume, write_json
 from brainuad.postprocessing import segment
 from brainuad.preprocessing import PreprocessedCase, load_case, preprocess_file
 from brainuad.registration import fraction_outside_grid, native_to_mni
@@ -352,6 +352,7 @@ def evaluate(
 
     start = time.perf_counter()
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    ensure_writable_folder(out_dir)  # fail before the work, not after it
     torch_device = resolve_device(device)
     model, config = load_model(run_dir, device=torch_device)
     calibration = load_calibration(run_dir)
@@ -404,7 +405,6 @@ def evaluate(
             "provenance": provenance(),
         }
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "summary.json", summary)
     rows = per_case_rows(evaluations)
     with atomic_path(out_dir / "per_case.csv") as tmp, open(tmp, "w", newline="") as handle:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from brainuad.errors import BrainuadError, InputError
 from brainuad.io import (
     Volume,
     atomic_folder,
+    ensure_writable_folder,
     find_nifti_files,
     load_volume,
     read_json,
@@ -108,6 +110,28 @@ def scale_intensity(array: np.ndarray, mask: np.ndarray, low: float, high: float
     return scaled
 
 
+class DegradedInputWarning(UserWarning):
+    """The scan is usable, but the result will be worse than usual (the message says why)."""
+
+
+#: Slices thicker than this lose detail the 1 mm crop cannot restore (clinical 2D scans: 5–7 mm).
+THICK_SLICE_MM = 3.0
+
+
+def degraded_input_warnings(volume: Volume) -> list[str]:
+    """What about a usable scan will degrade its result (thick slices, few slices), in words."""
+    found = []
+    thickest = max(volume.spacing)
+    if thickest > THICK_SLICE_MM:
+        found.append(
+            f"voxels are {thickest:.1f} mm along one axis (thick slices): the crop interpolates between slices, "
+            f"so lesions thinner than that may be missed and slice scores are smoother"
+        )
+    if min(volume.shape) < 24:
+        found.append(f"only {min(volume.shape)} slices along one axis: little through-plane coverage")
+    return found
+
+
 def preprocess_volume(
     volume: Volume, config: PreprocessConfig | None = None, name: str | None = None
 ) -> PreprocessedCase:
@@ -160,8 +184,12 @@ def preprocess_volume(
     scaled = scale_intensity(image_mni, mask_mni, low, high)
     timings["resample_scale_s"] = time.perf_counter() - start
 
+    warnings_found = degraded_input_warnings(volume)
+    for message in warnings_found:
+        warnings.warn(f"{volume.path or 'volume'}: {message}", DegradedInputWarning, stacklevel=2)
     grid_affine = grid.affine_array
     record = {
+        "warnings": warnings_found,
         "record_version": RECORD_VERSION,
         "name": name or (strip_nifti_suffix(volume.path) if volume.path else "case"),
         "input": {
@@ -357,7 +385,7 @@ def preprocess_batch(
     out_dir = Path(out_dir)
     paths = find_nifti_files(list(inputs))
     names = case_names(paths)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_folder(out_dir)  # fail before any work, naming the folder
     _remove_stale_partials(out_dir)
     result = BatchResult()
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))

@@ -40,7 +40,7 @@ from brainuad.checkpoints import (
 from brainuad.config import Config, PreprocessConfig, TrainConfig, from_dict, replace
 from brainuad.data import VolumeCache, find_case_folders
 from brainuad.errors import BrainuadError, InputError
-from brainuad.io import read_json, write_json
+from brainuad.io import ensure_writable_folder, read_json, write_json
 from brainuad.models import TRAINABLE_KINDS, build_model, count_parameters
 from brainuad.provenance import provenance
 
@@ -186,7 +186,7 @@ def train(
     cache_dir = run_dir / "cache"
     all_cases = sorted(set(split["train"]) | set(split["val"]))
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_writable_folder(run_dir)
         cache = VolumeCache([Path(p) for p in all_cases], cache_dir / "volumes.npy")
     if world > 1:
         torch.distributed.barrier()
