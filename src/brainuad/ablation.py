@@ -88,11 +88,12 @@ def _figure5(out: Path, names: list[str], cases: list[str | Path], modality: str
     from brainuad.evaluation import _lesion_on_crop
     from brainuad.figures import plot_reconstruction_panel
     from brainuad.inference import reconstruct
+    from brainuad.io import safe_name
     from brainuad.preprocessing import load_case
     from brainuad.training import resolve_device
 
     case = find_labelled_cases(cases[0], modality)[0]
-    pre = load_case(out / "cache" / "cases" / case.name)
+    pre = load_case(out / "cache" / "cases" / safe_name(case.name))
     if case.label_path is not None:
         lesion, _ = _lesion_on_crop(case, pre)
         u = int(np.argmax(lesion.sum(axis=(0, 1))))

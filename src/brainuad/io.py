@@ -12,6 +12,7 @@ import errno
 import gzip
 import json
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -84,6 +85,16 @@ def is_nifti_path(path: str | Path) -> bool:
     """Whether the file name ends in ``.nii`` or ``.nii.gz``."""
     name = str(path).lower()
     return name.endswith(NIFTI_SUFFIXES)
+
+
+def safe_name(name: str) -> str:
+    """A folder name that stays inside its parent: letters, digits and ``._+-`` only, no leading dots.
+
+    Output folders are named after input files and CSV entries; a name like ``..`` or ``a/../../b`` must never
+    reach the file system as a path.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]", "_", name).lstrip(".")
+    return cleaned or "scan"
 
 
 def strip_nifti_suffix(path: str | Path) -> str:
@@ -257,13 +268,22 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     A killed process leaves only a hidden ``.<name>.partial-*`` folder, never a half-written ``folder``.
     """
     folder = Path(folder)
+    if folder.name in ("", ".", "..") or folder.name != safe_name(folder.name):
+        raise OutputError(folder, "unsafe output folder name (it could point outside its parent folder)")
     ensure_writable_folder(folder.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
     try:
         yield staging
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        for attempt in range(5):
+            # Another process may write the same case at the same time: the last complete one wins, whole.
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+            try:
+                os.replace(staging, folder)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 4:
+                    raise
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if exc.errno == errno.ENOSPC:

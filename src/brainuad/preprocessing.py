@@ -34,6 +34,7 @@ from brainuad.io import (
     find_nifti_files,
     load_volume,
     read_json,
+    safe_name,
     save_volume,
     strip_nifti_suffix,
     write_json,
@@ -291,7 +292,7 @@ def case_names(paths: list[Path]) -> dict[Path, str]:
         return "_".join(part.strip("/") for part in parts if part not in ("", "/"))
 
     for _ in range(8):
-        names = {p: name_of(p) for p in paths}
+        names = {p: safe_name(name_of(p)) for p in paths}
         counts: dict[str, int] = {}
         for n in names.values():
             counts[n] = counts.get(n, 0) + 1
@@ -329,7 +330,7 @@ def preprocess_file(
     """
     path = Path(path)
     config = config or PreprocessConfig()
-    name = name or strip_nifti_suffix(path)
+    name = safe_name(name or strip_nifti_suffix(path))
     folder = Path(out_dir) / name
     if not force and _already_done(folder, path, config):
         return "skipped", folder
