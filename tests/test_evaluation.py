@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -129,3 +130,24 @@ def test_ablate_writes_table_and_figures(setup):
         assert (out / figure).stat().st_size > 1000
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"dense-z16", "spatial-c2"}
+
+
+def test_evaluate_slice_label_csv(setup):
+    # Slice labels only (the paper's in-house format): slice metrics, no voxel metrics.
+    image = next((setup / "cases" / "case01").glob("*_t2.nii.gz"))
+    label = nib.load(str(next((setup / "cases" / "case01").glob("*_seg.nii.gz")))).get_fdata() > 0
+    abnormal = label.any(axis=(0, 1))
+    folder = setup / "csv"
+    folder.mkdir()
+    shutil.copy(image, folder / "scan.nii.gz")
+    rows = ["image,slice,label", *(f"scan.nii.gz,{k},{int(a)}" for k, a in enumerate(abnormal))]
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = setup / "eval-csv"
+    args = ["evaluate", "--model", str(setup / "intensity"), "--cases", str(folder / "labels.csv")]
+    args += ["--tune-cases", str(setup / "tune"), "--out", str(out), "--cache", str(setup / "cache"), "--quiet"]
+    assert main([*args, "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "voxels" not in summary and summary["cases"] == 1
+    assert 0 < summary["slices"]["abnormal"] < summary["slices"]["counted"]
+    # The lesion's slices map onto MNI slices near the lesion's own: the labels survive the registration.
+    assert summary["slices"]["abnormal"] <= abnormal.sum() * 2 + 2
