@@ -63,9 +63,13 @@ def _run_preprocess(args: argparse.Namespace) -> int:
         scaling=args.scaling,
     )
     result = preprocess_batch(args.inputs, args.out, config, jobs=args.jobs, force=args.force, progress=not args.quiet)
+    return _report_batch("preprocess", result, args.out)
+
+
+def _report_batch(verb: str, result, out: str) -> int:
+    """Print a batch's counts and each failure (with its file); exit code 1 if any scan failed."""
     print(
-        f"preprocess: {len(result.done)} done, {len(result.skipped)} already finished, "
-        f"{len(result.failed)} failed -> {args.out}"
+        f"{verb}: {len(result.done)} done, {len(result.skipped)} already finished, {len(result.failed)} failed -> {out}"
     )
     for _path, message in result.failed:
         print(f"  failed: {message}", file=sys.stderr)
@@ -302,13 +306,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     result = detect_batch(
         args.inputs, args.model, args.out, threshold, args.skull_strip, args.device, args.force, progress=not args.quiet
     )
-    print(
-        f"detect: {len(result.done)} done, {len(result.skipped)} already finished, {len(result.failed)} failed "
-        f"-> {args.out}"
-    )
-    for _path, message in result.failed:
-        print(f"  failed: {message}", file=sys.stderr)
-    return EXIT_OK if result.ok else EXIT_FAILED
+    return _report_batch("detect", result, args.out)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:

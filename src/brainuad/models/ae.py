@@ -59,7 +59,19 @@ class ResidualUp(nn.Module):
         return self.main(x) + self.shortcut(x)
 
 
-class ResidualAutoencoder3D(nn.Module):
+class TrainingHooks:
+    """What the training loop asks of every model; the defaults suit a plain autoencoder."""
+
+    def training_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the network sees in a training step (the target is always ``x``); the denoising AE corrupts it."""
+        return x
+
+    def regulariser(self) -> torch.Tensor | None:
+        """An extra loss term from the last training forward pass (the VAE's KL divergence), or ``None``."""
+        return None
+
+
+class ResidualAutoencoder3D(TrainingHooks, nn.Module):
     """The 3D residual autoencoder, with a dense or a spatial latent.
 
     Args:
@@ -112,14 +124,6 @@ class ResidualAutoencoder3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
-
-    def training_input(self, x: torch.Tensor) -> torch.Tensor:
-        """What the network sees in a training step (the target is always ``x``); the denoising AE corrupts it."""
-        return x
-
-    def regulariser(self) -> torch.Tensor | None:
-        """An extra loss term from the last training forward pass (the VAE's KL divergence), or ``None``."""
-        return None
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from brainuad.config import ModelConfig
-from brainuad.models.ae import ResidualAutoencoder3D, ResidualDown, ResidualUp, conv_act_norm
+from brainuad.models.ae import ResidualAutoencoder3D, ResidualDown, ResidualUp, TrainingHooks, conv_act_norm
 
 #: log-variance is clamped to keep exp() finite in bf16 and early training.
 LOGVAR_RANGE = (-10.0, 10.0)
@@ -58,7 +58,7 @@ class VariationalAutoencoder3D(ResidualAutoencoder3D):
         return None if kl is None else self.config.kl_weight * kl
 
 
-class DenoisingUNet3D(nn.Module):
+class DenoisingUNet3D(TrainingHooks, nn.Module):
     """A 3D U-Net built from the autoencoder's residual blocks, trained on coarse-noise-corrupted input."""
 
     def __init__(self, config: ModelConfig):
@@ -93,11 +93,8 @@ class DenoisingUNet3D(nn.Module):
         noise = nn.functional.interpolate(noise, size=x.shape[2:], mode="trilinear", align_corners=False)
         return x + self.config.noise_std * noise.to(x.dtype) * (x > 0)
 
-    def regulariser(self) -> torch.Tensor | None:
-        return None
 
-
-class IntensityBaseline(nn.Module):
+class IntensityBaseline(TrainingHooks, nn.Module):
     """No learning: reconstructs every volume as zeros, so the anomaly map is the scaled image itself."""
 
     def __init__(self, config: ModelConfig):
@@ -106,9 +103,3 @@ class IntensityBaseline(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(x)
-
-    def training_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def regulariser(self) -> torch.Tensor | None:
-        return None

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from brainuad.config import ModelConfig
-from brainuad.models.ae import ResidualDown, ResidualUp, conv_act_norm
+from brainuad.models.ae import ResidualDown, ResidualUp, TrainingHooks, conv_act_norm
 
 
 class _CriticBlock(nn.Module):
@@ -36,7 +36,7 @@ class _CriticBlock(nn.Module):
         return self.main(x) + self.shortcut(x)
 
 
-class FAnoGAN3D(nn.Module):
+class FAnoGAN3D(TrainingHooks, nn.Module):
     """Generator, critic and encoder; ``forward(x)`` = G(E(x))."""
 
     def __init__(self, config: ModelConfig):
@@ -95,9 +95,3 @@ class FAnoGAN3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.generate(self.encode(x))
-
-    def training_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def regulariser(self) -> torch.Tensor | None:
-        return None
