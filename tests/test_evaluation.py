@@ -151,3 +151,22 @@ def test_evaluate_slice_label_csv(setup):
     assert 0 < summary["slices"]["abnormal"] < summary["slices"]["counted"]
     # The lesion's slices map onto MNI slices near the lesion's own: the labels survive the registration.
     assert summary["slices"]["abnormal"] <= abnormal.sum() * 2 + 2
+
+
+def test_lesion_outside_the_crop_counts_as_missed(setup, skull_stripped_scan):
+    # A lesion low in the posterior fossa: the paper crop (z >= -26 mm) cannot see it; it must count against Dice.
+    data = nib.load(str(skull_stripped_scan)).get_fdata()
+    z = 14
+    x, y = np.argwhere(data[:, :, z] > 0).mean(axis=0).round().astype(int)
+    _plant_lesion(skull_stripped_scan, (x, y, z), 4, setup / "outside", "low01")
+    assert nib.load(str(setup / "outside" / "low01" / "low01_seg.nii.gz")).get_fdata().sum() > 50
+    out = setup / "eval-outside"
+    args = ["evaluate", "--model", str(setup / "intensity"), "--cases", str(setup / "outside")]
+    args += ["--tune-cases", str(setup / "tune"), "--out", str(out), "--cache", str(setup / "cache"), "--quiet"]
+    assert main([*args, "--device", "cpu"]) == 0
+    with open(out / "per_case.csv") as handle:
+        row = next(csv.DictReader(handle))
+    assert float(row["lesion_ml_outside_crop"]) > 0.3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["voxels"]["lesion_outside_crop_ml"] > 0.3
+    assert float(row["dice"]) < 0.5 or float(row["lesion_ml_in_crop"]) > float(row["lesion_ml_outside_crop"])

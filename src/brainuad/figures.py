@@ -151,6 +151,7 @@ def _plot_curves(curves: dict, path: str | Path, title: str, kind: str) -> Path:
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
+    plotted = 0
     for label, (truth, scores) in curves.items():
         truth = np.asarray(truth, bool)
         if truth.all() or not truth.any():
@@ -160,6 +161,7 @@ def _plot_curves(curves: dict, path: str | Path, title: str, kind: str) -> Path:
         else:
             y, x, _ = precision_recall_curve(truth, scores)
         ax.plot(x, y, label=label)
+        plotted += 1
     if kind == "roc":
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("false-positive rate")
@@ -171,7 +173,7 @@ def _plot_curves(curves: dict, path: str | Path, title: str, kind: str) -> Path:
     ax.set_ylim(0, 1.02)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    if curves:
+    if plotted:
         ax.legend(fontsize=8, loc="lower right" if kind == "roc" else "lower left")
     fig.tight_layout()
     return _save(fig, path)
