@@ -75,3 +75,13 @@ def test_anomaly_map_pipeline():
     assert result[4, 4, 4] == 0.0
     with pytest.raises(ValueError, match="shapes differ"):
         anomaly_map(image, reconstruction[:-1], brain)
+
+
+def test_postprocessing_sizes_are_kept_in_millimetres():
+    from brainuad.inference import postprocessing_sizes
+
+    paper = postprocessing_sizes(1.0)
+    assert (paper.median_size, paper.erosion_voxels, paper.min_component_voxels) == (5, 2, 20)
+    coarse = postprocessing_sizes(2.0)
+    assert (coarse.median_size, coarse.erosion_voxels, coarse.min_component_voxels) == (3, 1, 3)
+    assert postprocessing_sizes(1.5).median_size % 2 == 1

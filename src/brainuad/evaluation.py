@@ -22,7 +22,7 @@ import numpy as np
 from brainuad import metrics
 from brainuad.data import LabelledCase, find_labelled_cases
 from brainuad.errors import BrainuadError, InputError
-from brainuad.inference import MIN_COMPONENT_VOXELS, detect_case, load_calibration
+from brainuad.inference import detect_case, load_calibration, postprocessing_sizes
 from brainuad.io import atomic_path, ensure_writable_folder, load_volume, write_json
 from brainuad.postprocessing import segment
 from brainuad.preprocessing import PreprocessedCase, load_case, preprocess_file
@@ -145,7 +145,8 @@ def evaluate_case(
 
 def apply_threshold(evaluation: CaseEvaluation, threshold: float) -> None:
     """Segment at ``threshold`` (small components dropped): slice flags, Dice, predicted volume; frees the map."""
-    labels, _ = segment(evaluation.anomaly, threshold, MIN_COMPONENT_VOXELS)
+    min_voxels = postprocessing_sizes((evaluation.voxel_ml * 1000) ** (1 / 3)).min_component_voxels
+    labels, _ = segment(evaluation.anomaly, threshold, min_voxels)
     predicted = labels > 0
     evaluation.flagged = predicted.any(axis=(0, 1))
     evaluation.predicted_voxels = int(predicted.sum())
@@ -435,7 +436,7 @@ def calibrate_on_labelled(
     from tqdm import tqdm
 
     from brainuad.checkpoints import load_model
-    from brainuad.inference import CALIBRATION_FILE, EROSION, MEDIAN_SIZE
+    from brainuad.inference import CALIBRATION_FILE
     from brainuad.training import resolve_device
 
     run_dir = Path(run_dir)
@@ -454,17 +455,14 @@ def calibrate_on_labelled(
         if temporary is not None:
             temporary.cleanup()
     sweep = tune_threshold(evaluations)
+    voxel_ml = evaluations[0].voxel_ml
     calibration.update(
         {
             "method": "best pooled Dice on labelled tuning cases",
             "threshold": sweep.threshold,
             "tuning_dice": sweep.dice,
             "tuning_cases": [str(c.image_path) for c in cases],
-            "postprocessing": {
-                "median_size": MEDIAN_SIZE,
-                "erosion_voxels": EROSION,
-                "min_component_voxels": MIN_COMPONENT_VOXELS,
-            },
+            "postprocessing": postprocessing_sizes((voxel_ml * 1000) ** (1 / 3)).to_dict(),
         }
     )
     write_json(run_dir / CALIBRATION_FILE, calibration)

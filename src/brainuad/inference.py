@@ -3,6 +3,7 @@ scans (the threshold and the healthy slice-error reference are model state, save
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +23,42 @@ from brainuad.postprocessing import (
 from brainuad.preprocessing import PreprocessedCase, load_case
 
 CALIBRATION_FILE = "calibration.json"
-MEDIAN_SIZE = 5
-EROSION = 2
-MIN_COMPONENT_VOXELS = 20
+#: The paper's post-processing at 1 mm — 5³ median filter, brain mask eroded by 2 voxels, components under 20 voxels
+#: dropped — kept in millimetres, so a coarser grid (``paper-2mm``) filters the same physical extent: a 5-voxel
+#: median at 2 mm would span 10 mm and erase MS-sized lesions.
+MEDIAN_MM = 5.0
+EROSION_MM = 2.0
+MIN_COMPONENT_MM3 = 20.0
+
+
+@dataclass(frozen=True)
+class PostprocessingSizes:
+    """The post-processing sizes in voxels for one grid spacing."""
+
+    median_size: int
+    erosion_voxels: int
+    min_component_voxels: int
+
+    def to_dict(self) -> dict:
+        return {
+            "median_size": self.median_size,
+            "erosion_voxels": self.erosion_voxels,
+            "min_component_voxels": self.min_component_voxels,
+        }
+
+
+def postprocessing_sizes(spacing_mm: float) -> PostprocessingSizes:
+    """Voxel sizes of the paper's post-processing on a ``spacing_mm`` grid: 5 / 2 / 20 at 1 mm, 3 / 1 / 3 at 2 mm."""
+    median = max(1, round(MEDIAN_MM / spacing_mm))
+    median += 1 - median % 2  # odd
+    return PostprocessingSizes(
+        median, max(0, round(EROSION_MM / spacing_mm)), max(1, math.ceil(MIN_COMPONENT_MM3 / spacing_mm**3))
+    )
+
+
+def grid_spacing(affine: np.ndarray) -> float:
+    """The (isotropic) voxel size of a crop grid in mm."""
+    return float(abs(np.linalg.det(np.asarray(affine)[:3, :3])) ** (1 / 3))
 
 
 @torch.no_grad()
@@ -92,8 +126,9 @@ def detect_case(
         threshold = float(calibration["threshold"])
     image, brain = case.image.array, case.brain_mask.array
     reconstruction = reconstruct(model, image, device)
-    anomaly = anomaly_map(image, reconstruction, brain, MEDIAN_SIZE, EROSION, device=device)
-    labels, count = segment(anomaly, threshold, MIN_COMPONENT_VOXELS)
+    sizes = postprocessing_sizes(grid_spacing(case.grid.affine_array))
+    anomaly = anomaly_map(image, reconstruction, brain, sizes.median_size, sizes.erosion_voxels, device=device)
+    labels, count = segment(anomaly, threshold, sizes.min_component_voxels)
     errors = slice_errors(anomaly)
     calibrated = None
     score = scan_score(anomaly, brain)
@@ -158,11 +193,7 @@ def calibrate(
         "healthy_cases": [str(f) for f in folders],
         "slice_errors": {"mean": stack.mean(0).tolist(), "std": stack.std(0).tolist()},
         "healthy_scan_scores": scores,
-        "postprocessing": {
-            "median_size": MEDIAN_SIZE,
-            "erosion_voxels": EROSION,
-            "min_component_voxels": MIN_COMPONENT_VOXELS,
-        },
+        "postprocessing": postprocessing_sizes(grid_spacing(load_case(folders[0]).grid.affine_array)).to_dict(),
     }
     write_json(Path(run_dir) / CALIBRATION_FILE, calibration)
     return calibration
