@@ -8,8 +8,8 @@ Protocol:
 - Healthy training data: every healthy T2 scan in ../shared/data — IXI002 (one real person) and two population
   templates (FSL MNI152 T2, SPM avg152T2) — preprocessed with the ``paper-2mm`` preset (80×96×48), augmented.
   ``--synthetic N`` adds N synthetic healthy scans (brainuad.synthetic) to the training set.
-- Tuning (thresholds only): the first two BraTS cases by name. Reported: the other four BraTS cases and the stroke
-  case (T2), and the MS case (FLAIR; thresholds tuned on the same two BraTS cases' FLAIR).
+- Tuning (thresholds only): the first two BraTS cases by name. Reported (T2): the other four BraTS cases, the stroke
+  case and the MS case; and the MS case on FLAIR (thresholds tuned on the same two BraTS cases' FLAIR).
 - Methods: ae (the paper's network, reduced channels), spatial-ae, vae, dae, fanogan (each of its two stages gets
   the epoch budget), intensity (no training).
 Writes docs/results.md (tables, per-case Dice, runtimes, the exact command) and ROC/PR figures next to it.
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> dict:
         timings[f"train_{method}_s"] = time.perf_counter() - start
         calibrate(run_dir, read_json(run_dir / "split.json")["val"], device="cpu")
         start = time.perf_counter()
-        t2 = evaluate(run_dir, [*report, DATA / "stroke"], out / "eval" / method / "t2", tune_sources=tune,
+        t2 = evaluate(run_dir, [*report, DATA / "stroke", DATA / "ms"], out / "eval" / method / "t2", tune_sources=tune,
                       modality="t2", cache_dir=out / "cache" / "t2", device="cpu", seed=args.seed)  # fmt: skip
         flair = evaluate(run_dir, [DATA / "ms"], out / "eval" / method / "flair", tune_sources=tune,
                          modality="flair", cache_dir=out / "cache" / "flair", device="cpu", seed=args.seed)  # fmt: skip
@@ -153,8 +153,8 @@ def write_markdown(args: argparse.Namespace, result: dict, command: str) -> Path
     for method in summaries:
         arrays = np.load(out / "eval" / method / "t2" / "slice_scores.npz")
         curves[method] = (arrays["abnormal"], arrays["error"])
-    plot_roc_curves(curves, docs / "results_roc.png", "slice ROC: 4 BraTS + stroke (T2)")
-    plot_pr_curves(curves, docs / "results_pr.png", "slice PR (abnormal class): 4 BraTS + stroke (T2)")
+    plot_roc_curves(curves, docs / "results_roc.png", "slice ROC: 4 BraTS + stroke + MS (T2)")
+    plot_pr_curves(curves, docs / "results_pr.png", "slice PR (abnormal class): 4 BraTS + stroke + MS (T2)")
     info = provenance()
     lines = [
         "# Results on the real data in ../shared/data",
@@ -174,16 +174,17 @@ def write_markdown(args: argparse.Namespace, result: dict, command: str) -> Path
         f"augmentation; channels {tuple(args.channels)}, dense latent {args.latent}, spatial latent "
         f"{args.spatial_channels} channels. 80/20 split (seeded).",
         f"- **Threshold tuning** (best pooled Dice): BraTS {', '.join(result['tune'])} — never reported.",
-        f"- **Reported (T2)**: BraTS {', '.join(result['report'])} and the stroke case (skull on: deepbet strips it).",
-        "- **Reported (FLAIR)**: the MS case patient07 (its folder has FLAIR, no T2); the T2-trained models see FLAIR "
-        "here, a modality they never trained on; thresholds tuned on the same two BraTS cases' FLAIR.",
+        f"- **Reported (T2)**: BraTS {', '.join(result['report'])}, the stroke case (skull on: deepbet strips it) and "
+        "the MS case patient07 (T2, already in MNI space).",
+        "- **Also reported (FLAIR)**: the MS case on FLAIR, where MS lesions show best; the T2-trained models see "
+        "FLAIR here, a modality they never trained on; thresholds tuned on the same two BraTS cases' FLAIR.",
         "- Slice metrics count brain-containing axial MNI slices (brain area ≥ 1 % of the case's largest); the AP is "
         "for the abnormal class; the paper's AUPRC (normal class, all slices) is shown for comparison only. "
         "Dice mean = per-case mean; pooled = over all voxels of all cases; best Dice = an upper bound (threshold "
         "chosen on the reported cases). Lesion voxels outside the crop count as missed. Brackets: 95 % bootstrap "
         "intervals over cases (5 cases: wide).",
         "",
-        "## T2: 4 BraTS gliomas + 1 chronic stroke",
+        "## T2: 4 BraTS gliomas, 1 chronic stroke, 1 MS patient",
         "",
         TABLE_HEADER.rstrip("\n"),
         *[table_row(m, s["t2"]).rstrip("\n") for m, s in summaries.items()],
@@ -203,7 +204,7 @@ def write_markdown(args: argparse.Namespace, result: dict, command: str) -> Path
         "",
         *_comparison(summaries),
         "",
-        "## FLAIR: MS patient07",
+        "## FLAIR: MS patient07 (T2-trained models on FLAIR)",
         "",
         TABLE_HEADER.rstrip("\n"),
         *[table_row(m, s["flair"]).rstrip("\n") for m, s in summaries.items()],
