@@ -62,7 +62,7 @@ def test_kill_9_during_training_then_resume(tmp_path):
 def test_kill_9_during_preprocess_batch_then_rerun(skull_stripped_scan, tmp_path, capsys):
     scans = tmp_path / "scans"
     scans.mkdir()
-    for i in range(4):
+    for i in range(3):
         shutil.copy(skull_stripped_scan, scans / f"scan{i}.nii.gz")
     out = tmp_path / "out"
     args = ["preprocess", str(scans), "--out", str(out), "--preset", "paper-2mm", "--quiet"]
@@ -73,12 +73,12 @@ def test_kill_9_during_preprocess_batch_then_rerun(skull_stripped_scan, tmp_path
         process.send_signal(signal.SIGKILL)
         process.wait()
     finished_before = {p.name for p in out.iterdir() if is_case_folder(p)}
-    assert 1 <= len(finished_before) < 4
+    assert 1 <= len(finished_before) < 3
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert f"{len(finished_before)} already finished" in printed
     complete = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    assert complete == [f"scan{i}" for i in range(4)] and all(is_case_folder(out / n) for n in complete)
+    assert complete == [f"scan{i}" for i in range(3)] and all(is_case_folder(out / n) for n in complete)
 
 
 def test_two_processes_writing_the_same_case(skull_stripped_scan, tmp_path):
@@ -129,7 +129,7 @@ _affine_values = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False) | st.
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     shape=st.lists(st.integers(1, 12), min_size=1, max_size=5),
     dtype=st.sampled_from([np.uint8, np.int16, np.float32, np.float64]),
