@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -86,6 +87,8 @@ def run(args: argparse.Namespace) -> dict:
         )
         start = time.perf_counter()
         if not (run_dir / "summary.json").is_file():
+            if run_dir.exists() and not (run_dir / "state.json").is_file():
+                shutil.rmtree(run_dir)  # an interrupted run that cannot be resumed (f-AnoGAN): start it again
             train([out / "healthy"], run_dir, Config(preprocessing=prep, model=model, training=training),
                   resume=(run_dir / "state.json").is_file())  # fmt: skip
         timings[f"train_{method}_s"] = time.perf_counter() - start
