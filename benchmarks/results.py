@@ -168,7 +168,8 @@ def write_markdown(args: argparse.Namespace, result: dict, command: str) -> Path
     lines = [
         "# Results on the real data in ../shared/data",
         "",
-        "Produced by `benchmarks/results.py` from a clean checkout; nothing here is edited by hand. Command:",
+        "Produced by `benchmarks/results.py`; nothing here is edited by hand (the git hash below is the code that "
+        "ran; `-dirty` means uncommitted edits were present). Command:",
         "",
         f"```bash\n{command}\n```",
         "",
