@@ -23,7 +23,7 @@ from brainuad import metrics
 from brainuad.data import LabelledCase, find_labelled_cases
 from brainuad.errors import BrainuadError, InputError
 from brainuad.inference import detect_case, load_calibration, postprocessing_sizes
-from brainuad.io import atomic_path, ensure_writable_folder, load_volume, write_json
+from brainuad.io import _to_canonical, atomic_path, ensure_writable_folder, load_volume, write_json
 from brainuad.postprocessing import segment
 from brainuad.preprocessing import PreprocessedCase, load_case, preprocess_file
 from brainuad.registration import fraction_outside_grid, native_to_mni
@@ -83,20 +83,18 @@ def _lesion_on_crop(case: LabelledCase, pre: PreprocessedCase) -> tuple[np.ndarr
 
 def _slice_labels_from_csv(case: LabelledCase, pre: PreprocessedCase) -> tuple[np.ndarray, np.ndarray]:
     """MNI slice labels from native slice labels: each MNI slice takes the majority label of its brain voxels."""
-    image = load_volume(case.image_path, "image")
-    # Slice indices in the CSV run along the file's third axis; build that volume in file order, then map it.
     import nibabel as nib
 
-    shape_in_file = nib.load(str(case.image_path)).shape[:3]
+    # Slice indices in the CSV run along the file's third axis: code them in file order, then reorient exactly as
+    # load_volume reorients the image (from the file's own affine), so they land on the scan's RAS grid.
+    file_image = nib.load(str(case.image_path))
+    shape_in_file = file_image.shape[:3]
     coded = np.zeros(shape_in_file, np.uint8)
     for index, label in (case.slice_labels or {}).items():
         if index >= shape_in_file[2]:
             raise InputError(case.image_path, f"slice label for slice {index}, but the file has {shape_in_file[2]}")
         coded[:, :, index] = label + 1  # 0 = unlabelled, 1 = normal, 2 = abnormal
-    coded_ras = image.with_array(
-        np.ascontiguousarray(nib.orientations.apply_orientation(coded, nib.io_orientation(image.affine)))
-    )
-    coded_ras_array = coded_ras.array
+    coded_ras_array, _ = _to_canonical(coded, np.asarray(file_image.affine, np.float64))
     on_crop = native_to_mni(coded_ras_array, pre.transform, pre.grid, order=0)
     brain = pre.brain_mask.array
     known, abnormal = [], []
