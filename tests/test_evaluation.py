@@ -170,3 +170,40 @@ def test_lesion_outside_the_crop_counts_as_missed(setup, skull_stripped_scan):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["voxels"]["lesion_outside_crop_ml"] > 0.3
     assert float(row["dice"]) < 0.5 or float(row["lesion_ml_in_crop"]) > float(row["lesion_ml_outside_crop"])
+
+
+def test_slice_labels_follow_the_files_own_orientation(setup, tmp_path):
+    # The same scan stored two ways — as given, and with x/y swapped and the slices running superior → inferior —
+    # with the same axial slices labelled abnormal (in each file's own slice numbering) must give the same MNI slice
+    # labels. Reorienting with an already-canonical affine (a no-op) would turn the second file's labels upside down.
+    from brainuad.config import PreprocessConfig
+    from brainuad.data import LabelledCase
+    from brainuad.evaluation import _slice_labels_from_csv
+    from brainuad.preprocessing import load_case, preprocess_file
+
+    image = nib.load(str(next((setup / "cases" / "case01").glob("*_t2.nii.gz"))))
+    assert nib.aff2axcodes(image.affine)[2] == "S"  # the fixture scan is stored inferior → superior
+    data = np.asarray(image.dataobj, np.float32)
+    depth = data.shape[2]
+    abnormal_axial = np.zeros(depth, bool)
+    abnormal_axial[depth // 3 : depth // 2] = True  # a block of slices, asymmetric about the middle
+
+    affine = image.affine
+    swapped = data.transpose(1, 0, 2)[:, :, ::-1]
+    swapped_affine = affine[:, [1, 0, 2, 3]].copy()
+    swapped_affine[:, 3] += (depth - 1) * affine[:, 2]
+    swapped_affine[:, 2] *= -1
+    write_nifti(tmp_path / "as_given.nii.gz", data, affine)
+    write_nifti(tmp_path / "swapped.nii.gz", swapped, swapped_affine)
+    assert nib.aff2axcodes(swapped_affine)[2] == "I"
+
+    _, folder = preprocess_file(tmp_path / "as_given.nii.gz", tmp_path / "prep", PreprocessConfig(preset="paper-2mm"))
+    pre = load_case(folder)
+    as_given = LabelledCase("a", tmp_path / "as_given.nii.gz", None, dict(enumerate(abnormal_axial.astype(int))))
+    in_file_order = dict(enumerate(abnormal_axial[::-1].astype(int)))
+    stored_swapped = LabelledCase("b", tmp_path / "swapped.nii.gz", None, in_file_order)
+    known_a, abnormal_a = _slice_labels_from_csv(as_given, pre)
+    known_b, abnormal_b = _slice_labels_from_csv(stored_swapped, pre)
+    assert 0 < abnormal_a.sum() < known_a.sum()
+    np.testing.assert_array_equal(known_a, known_b)
+    np.testing.assert_array_equal(abnormal_a, abnormal_b)

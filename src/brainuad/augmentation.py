@@ -11,7 +11,7 @@ import torch
 
 
 class Augmenter:
-    """Random affine + elastic deformation, then bias field, gamma and Gaussian noise, on ``(C, D, H, W)`` tensors.
+    """Random affine + elastic deformation, then bias field, brightness, gamma and Gaussian noise, on ``(C, D, H, W)`` tensors.
 
     Args:
         elastic: Include the (slower) elastic deformation.
@@ -25,6 +25,7 @@ class Augmenter:
             RandAffine,
             RandBiasField,
             RandGaussianNoise,
+            RandScaleIntensity,
         )
 
         spatial = [
@@ -42,7 +43,10 @@ class Augmenter:
         self.intensity = Compose(
             [
                 RandBiasField(prob=0.5, coeff_range=(0.0, 0.2), degree=3),
-                RandAdjustContrast(prob=0.5, gamma=(0.8, 1.25)),
+                # nnU-Net's brightness and gamma ranges: healthy T2 contrast differs between scanners and sites
+                # far more than between two templates, and the model must follow the input's contrast, not learn one.
+                RandScaleIntensity(prob=0.5, factors=0.25),
+                RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)),
                 RandGaussianNoise(prob=0.3, std=0.02),
             ]
         )
@@ -50,7 +54,8 @@ class Augmenter:
             "affine": "p=0.8, rotation ±0.1 rad, scale ±5%, translation ±4 voxels",
             "elastic": "p=0.3, sigma 6–8, magnitude 40–80" if elastic else "off",
             "bias_field": "p=0.5, coefficients 0–0.2, degree 3",
-            "gamma": "p=0.5, 0.8–1.25",
+            "brightness": "p=0.5, ×0.75–1.25",
+            "gamma": "p=0.5, 0.7–1.5",
             "noise": "p=0.3, std 0.02",
         }
 
