@@ -11,7 +11,7 @@ import torch
 
 
 class Augmenter:
-    """Random affine + elastic deformation, then bias field, brightness, gamma and Gaussian noise, on ``(C, D, H, W)`` tensors.
+    """Random affine + elastic deformation, then bias field, brightness, gamma and noise, on ``(C, D, H, W)`` tensors.
 
     Args:
         elastic: Include the (slower) elastic deformation.
