@@ -91,7 +91,9 @@ def run(
     mean_image = train_images.mean(axis=0)
     mse = lambda a: float(((a - case.image.array)[brain] ** 2).mean())  # noqa: E731
     # A stricter reference than the mean: the training scan that happens to match the held-out one best.
-    closest = min(range(len(train_folders)), key=lambda i: mse(train_images[i]))
+    training_mse = [mse(image) for image in train_images]
+    closest = int(np.argmin(training_mse))
+    mean_mse, model_mse = mse(mean_image), mse(reconstruction)
     # How much of a gain over the mean is contrast alone: the mean image rescaled (a·mean + b) to fit the held-out
     # scan by least squares — an oracle, since it uses the held-out scan; no model sees that.
     design = np.stack([mean_image[brain], np.ones(int(brain.sum()))], axis=1)
@@ -100,11 +102,11 @@ def run(
     plot_reconstruction_panel(
         case.image.array[:, :, middle],
         {
-            f"mean training image\nMSE {mse(mean_image):.4f}": mean_image[:, :, middle],
-            f"closest: {train_folders[closest].name[:14]}\nMSE {mse(train_images[closest]):.4f}": train_images[closest][
+            f"mean training image\nMSE {mean_mse:.4f}": mean_image[:, :, middle],
+            f"closest: {train_folders[closest].name[:14]}\nMSE {training_mse[closest]:.4f}": train_images[closest][
                 :, :, middle
             ],
-            f"{kind} reconstruction\nMSE {mse(reconstruction):.4f}": reconstruction[:, :, middle],
+            f"{kind} reconstruction\nMSE {model_mse:.4f}": reconstruction[:, :, middle],
         },
         figure or out / "held_out.png",
         title=f"held-out {Path(HELD_OUT).name[:-7]} (axial slice {middle}); MSE inside its brain",
@@ -117,9 +119,9 @@ def run(
         "training_scans": len(TRAIN_SCANS) + synthetic,
         "synthetic_training_scans": synthetic,
         "held_out": HELD_OUT,
-        "held_out_mse_model": round(mse(reconstruction), 5),
-        "held_out_mse_mean_training_image": round(mse(mean_image), 5),
-        "held_out_mse_closest_training_image": round(mse(train_images[closest]), 5),
+        "held_out_mse_model": round(model_mse, 5),
+        "held_out_mse_mean_training_image": round(mean_mse, 5),
+        "held_out_mse_closest_training_image": round(training_mse[closest], 5),
         "closest_training_image": train_folders[closest].name,
         "held_out_mse_mean_image_contrast_fitted_oracle": round(mse(scale * mean_image + offset), 5),
         "held_out_mse_zero_image": round(mse(np.zeros_like(mean_image)), 5),

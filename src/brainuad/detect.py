@@ -107,7 +107,7 @@ def write_detection(detection: Detection, folder: Path, input_volume: Volume, ru
             save_volume(native, staging / name, dtype=dtype, protect=protect)
         _write_slice_table(staging / "slice_scores.csv", detection)
         _write_figures(staging, detection)
-        voxel_ml = float(abs(np.linalg.det(case.grid.affine_array[:3, :3])) / 1000)
+        voxel_ml = case.grid.voxel_ml
         sizes = np.bincount(detection.segmentation.ravel())[1:]
         write_json(
             staging / "summary.json",

@@ -22,7 +22,7 @@ import numpy as np
 from brainuad import metrics
 from brainuad.data import LabelledCase, find_labelled_cases
 from brainuad.errors import BrainuadError, InputError
-from brainuad.inference import detect_case, load_calibration, postprocessing_sizes
+from brainuad.inference import PostprocessingSizes, detect_case, load_calibration, postprocessing_sizes
 from brainuad.io import _to_canonical, atomic_path, ensure_writable_folder, load_volume, write_json
 from brainuad.postprocessing import segment
 from brainuad.preprocessing import PreprocessedCase, load_case, preprocess_file
@@ -53,6 +53,11 @@ class CaseEvaluation:
     true_positive: int = 0
 
     @property
+    def sizes(self) -> PostprocessingSizes:
+        """The post-processing sizes in voxels on this case's crop grid."""
+        return postprocessing_sizes((self.voxel_ml * 1000) ** (1 / 3))
+
+    @property
     def has_voxels(self) -> bool:
         return self.lesion is not None
 
@@ -76,8 +81,7 @@ def _lesion_on_crop(case: LabelledCase, pre: PreprocessedCase) -> tuple[np.ndarr
     lesion_native = label.array > 0
     lesion = native_to_mni(lesion_native.astype(np.uint8), pre.transform, pre.grid, order=0) > 0
     outside = fraction_outside_grid(lesion_native, pre.transform, pre.grid) * lesion_native.sum()
-    crop_voxel_ml = abs(np.linalg.det(pre.grid.affine_array[:3, :3])) / 1000
-    outside_crop_voxels = round(float(outside) * label.voxel_volume_ml / crop_voxel_ml)
+    outside_crop_voxels = round(float(outside) * label.voxel_volume_ml / pre.grid.voxel_ml)
     return lesion, outside_crop_voxels
 
 
@@ -117,7 +121,6 @@ def evaluate_case(
         )
     detection = detect_case(model, pre, threshold=math.inf, calibration=calibration, device=device)
     brain = pre.brain_mask.array
-    voxel_ml = float(abs(np.linalg.det(pre.grid.affine_array[:3, :3])) / 1000)
     common = {
         "name": case.name,
         "layout": case.layout,
@@ -125,7 +128,7 @@ def evaluate_case(
         "slice_error": detection.slice_errors,
         "normality": detection.normality,
         "anomaly": detection.anomaly,
-        "voxel_ml": voxel_ml,
+        "voxel_ml": pre.grid.voxel_ml,
     }
     if case.label_path is not None:
         lesion, outside = _lesion_on_crop(case, pre)
@@ -143,8 +146,7 @@ def evaluate_case(
 
 def apply_threshold(evaluation: CaseEvaluation, threshold: float) -> None:
     """Segment at ``threshold`` (small components dropped): slice flags, Dice, predicted volume; frees the map."""
-    min_voxels = postprocessing_sizes((evaluation.voxel_ml * 1000) ** (1 / 3)).min_component_voxels
-    labels, _ = segment(evaluation.anomaly, threshold, min_voxels)
+    labels, _ = segment(evaluation.anomaly, threshold, evaluation.sizes.min_component_voxels)
     predicted = labels > 0
     evaluation.flagged = predicted.any(axis=(0, 1))
     evaluation.predicted_voxels = int(predicted.sum())
@@ -453,14 +455,13 @@ def calibrate_on_labelled(
         if temporary is not None:
             temporary.cleanup()
     sweep = tune_threshold(evaluations)
-    voxel_ml = evaluations[0].voxel_ml
     calibration.update(
         {
             "method": "best pooled Dice on labelled tuning cases",
             "threshold": sweep.threshold,
             "tuning_dice": sweep.dice,
             "tuning_cases": [str(c.image_path) for c in cases],
-            "postprocessing": postprocessing_sizes((voxel_ml * 1000) ** (1 / 3)).to_dict(),
+            "postprocessing": evaluations[0].sizes.to_dict(),
         }
     )
     write_json(run_dir / CALIBRATION_FILE, calibration)

@@ -4,7 +4,7 @@ scans (the threshold and the healthy slice-error reference are model state, save
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +40,7 @@ class PostprocessingSizes:
     min_component_voxels: int
 
     def to_dict(self) -> dict:
-        return {
-            "median_size": self.median_size,
-            "erosion_voxels": self.erosion_voxels,
-            "min_component_voxels": self.min_component_voxels,
-        }
+        return asdict(self)
 
 
 def postprocessing_sizes(spacing_mm: float) -> PostprocessingSizes:
@@ -54,11 +50,6 @@ def postprocessing_sizes(spacing_mm: float) -> PostprocessingSizes:
     return PostprocessingSizes(
         median, max(0, round(EROSION_MM / spacing_mm)), max(1, math.ceil(MIN_COMPONENT_MM3 / spacing_mm**3))
     )
-
-
-def grid_spacing(affine: np.ndarray) -> float:
-    """The (isotropic) voxel size of a crop grid in mm."""
-    return float(abs(np.linalg.det(np.asarray(affine)[:3, :3])) ** (1 / 3))
 
 
 @torch.no_grad()
@@ -126,7 +117,7 @@ def detect_case(
         threshold = float(calibration["threshold"])
     image, brain = case.image.array, case.brain_mask.array
     reconstruction = reconstruct(model, image, device)
-    sizes = postprocessing_sizes(grid_spacing(case.grid.affine_array))
+    sizes = postprocessing_sizes(case.grid.spacing_mm)
     anomaly = anomaly_map(image, reconstruction, brain, sizes.median_size, sizes.erosion_voxels, device=device)
     labels, count = segment(anomaly, threshold, sizes.min_component_voxels)
     errors = slice_errors(anomaly)
@@ -175,9 +166,10 @@ def calibrate(
 
     model, _ = load_model(run_dir, device=device)
     folders = find_case_folders(list(healthy))
-    values, errors, scores = [], [], []
+    values, errors, scores, spacings = [], [], [], []
     for folder in folders:
         case = load_case(folder)
+        spacings.append(case.grid.spacing_mm)
         detection = detect_case(model, case, threshold=np.inf, device=device)
         values.append(detection.anomaly[case.brain_mask.array])
         errors.append(detection.slice_errors)
@@ -193,7 +185,7 @@ def calibrate(
         "healthy_cases": [str(f) for f in folders],
         "slice_errors": {"mean": stack.mean(0).tolist(), "std": stack.std(0).tolist()},
         "healthy_scan_scores": scores,
-        "postprocessing": postprocessing_sizes(grid_spacing(load_case(folders[0]).grid.affine_array)).to_dict(),
+        "postprocessing": postprocessing_sizes(spacings[0]).to_dict(),
     }
     write_json(Path(run_dir) / CALIBRATION_FILE, calibration)
     return calibration

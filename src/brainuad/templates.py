@@ -26,6 +26,16 @@ class Grid:
     def affine_array(self) -> np.ndarray:
         return np.asarray(self.affine, dtype=np.float64)
 
+    @property
+    def voxel_ml(self) -> float:
+        """The volume of one voxel in millilitres."""
+        return float(abs(np.linalg.det(self.affine_array[:3, :3])) / 1000)
+
+    @property
+    def spacing_mm(self) -> float:
+        """The voxel size in mm (the cube root of the voxel volume: crop grids are isotropic)."""
+        return (self.voxel_ml * 1000) ** (1 / 3)
+
     def world_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """World coordinates (mm) of the first and last voxel centres."""
         a = self.affine_array
