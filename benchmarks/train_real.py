@@ -24,8 +24,24 @@ from pathlib import Path
 import numpy as np
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TRAIN_SCANS = ["templates/MNI152_T2_1mm_brain.nii.gz", "templates/avg152T2.nii.gz"]
-HELD_OUT = "healthy/IXI002-Guys-0828-T2_brain.nii.gz"
+# Per contrast: the training scans and the held-out real individual. T2 has one real individual only (held out), so
+# its training set is the two templates; T1 has three, so two (heads, skull-stripped by preprocessing) train with the
+# two T1 templates and IXI002 is held out again.
+SCANS = {
+    "t2": (
+        ["templates/MNI152_T2_1mm_brain.nii.gz", "templates/avg152T2.nii.gz"],
+        "healthy/IXI002-Guys-0828-T2_brain.nii.gz",
+    ),
+    "t1": (
+        [
+            "templates/MNI152_T1_1mm_brain.nii.gz",
+            "templates/avg152T1.nii.gz",
+            "healthy/IXI012-HH-1211-T1_2mm_head.nii.gz",
+            "healthy/IXI015-HH-1258-T1_2mm_head.nii.gz",
+        ],
+        "healthy/IXI002-Guys-0828-T1_brain.nii.gz",
+    ),
+}
 
 
 def run(
@@ -40,6 +56,7 @@ def run(
     kind: str = "ae",
     spatial_channels: int = 16,
     figure: Path | None = None,
+    contrast: str = "t2",
 ) -> dict:
     import torch
 
@@ -50,16 +67,19 @@ def run(
     from brainuad.preprocessing import load_case, preprocess_file
     from brainuad.training import train
 
+    train_scans, held_out_scan = SCANS[contrast]
     config = PreprocessConfig(preset="paper-2mm")
-    for rel in TRAIN_SCANS:
+    for rel in train_scans:
         preprocess_file(DATA / rel, out / "train", config)
     if synthetic:
+        if contrast != "t2":
+            raise SystemExit("--synthetic makes T2-weighted scans; use it with --contrast t2")
         from brainuad.synthetic import write_cohort
 
         cohort = write_cohort(out / "synthetic", synthetic, 0, 0)
         for path in sorted(cohort.healthy.glob("*.nii.gz")):
             preprocess_file(path, out / "train", config)
-    _, held_out = preprocess_file(DATA / HELD_OUT, out / "test", config)
+    _, held_out = preprocess_file(DATA / held_out_scan, out / "test", config)
     start = time.perf_counter()
     result = train(
         [out / "train"],
@@ -109,16 +129,17 @@ def run(
             f"{kind} reconstruction\nMSE {model_mse:.4f}": reconstruction[:, :, middle],
         },
         figure or out / "held_out.png",
-        title=f"held-out {Path(HELD_OUT).name[:-7]} (axial slice {middle}); MSE inside its brain",
+        title=f"held-out {Path(held_out_scan).name[:-7]} (axial slice {middle}); MSE inside its brain",
     )
     return {
         "model": kind if kind == "ae" else f"{kind} ({spatial_channels} channels)",
         "epochs": result.epochs_done,
         "train_seconds": round(seconds, 1),
         "final_train_loss": result.history[-1]["train_loss"],
-        "training_scans": len(TRAIN_SCANS) + synthetic,
+        "contrast": contrast,
+        "training_scans": len(train_scans) + synthetic,
         "synthetic_training_scans": synthetic,
-        "held_out": HELD_OUT,
+        "held_out": held_out_scan,
         "held_out_mse_model": round(model_mse, 5),
         "held_out_mse_mean_training_image": round(mean_mse, 5),
         "held_out_mse_closest_training_image": round(training_mse[closest], 5),
@@ -140,6 +161,7 @@ def main() -> None:
     parser.add_argument("--synthetic", type=int, default=0, help="add N synthetic healthy T2 scans to the training set")
     parser.add_argument("--model", choices=["ae", "spatial-ae"], default="ae")
     parser.add_argument("--spatial-channels", type=int, default=16, help="channels of the spatial latent (spatial-ae)")
+    parser.add_argument("--contrast", choices=sorted(SCANS), default="t2", help="which real healthy scans to use")
     parser.add_argument("--figure", type=Path, help="where to write the held-out panel (default OUT/held_out.png)")
     args = parser.parse_args()
     print(
@@ -156,6 +178,7 @@ def main() -> None:
                 args.model,
                 args.spatial_channels,
                 args.figure,
+                args.contrast,
             ),
             indent=2,
         )

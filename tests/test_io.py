@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from brainuad.errors import InputError, OutputError
-from brainuad.io import Volume, atomic_path, find_nifti_files, load_volume, save_volume, strip_nifti_suffix
+from brainuad.io import (
+    Volume,
+    atomic_path,
+    find_nifti_files,
+    load_volume,
+    read_grid,
+    save_volume,
+    strip_nifti_suffix,
+)
 from conftest import lps_affine, write_nifti
 
 
@@ -85,6 +93,21 @@ def test_truncated_gzip_is_reported(tmp_path, rng):
     bad.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(InputError, match=r"truncated|corrupt|not a readable"):
         load_volume(bad)
+
+
+def test_read_grid_uses_the_header_alone(tmp_path, rng):
+    shape = (40, 36, 30)
+    affine = lps_affine(shape)
+    good = write_nifti(tmp_path / "good.nii.gz", rng.random(shape).astype(np.float32), affine)
+    raw = good.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(raw[: len(raw) // 2])
+    for path in (good, cut):  # the voxels of the truncated copy cannot be read, its header can
+        grid_shape, grid_affine = read_grid(path)
+        assert grid_shape == shape  # as stored, not reoriented
+        np.testing.assert_allclose(grid_affine, affine, atol=1e-5)
+    with pytest.raises(InputError, match="not found"):
+        read_grid(tmp_path / "nope.nii.gz")
 
 
 def test_missing_and_wrong_name(tmp_path):

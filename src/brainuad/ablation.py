@@ -85,7 +85,7 @@ def _figure5(out: Path, names: list[str], cases: list[str | Path], modality: str
     """Each variant's reconstruction of the most lesioned axial slice of the first reported case."""
     from brainuad.checkpoints import load_model
     from brainuad.data import find_labelled_cases
-    from brainuad.evaluation import _lesion_on_crop
+    from brainuad.evaluation import lesion_on_crop
     from brainuad.figures import plot_reconstruction_panel
     from brainuad.inference import reconstruct
     from brainuad.io import safe_name
@@ -95,7 +95,7 @@ def _figure5(out: Path, names: list[str], cases: list[str | Path], modality: str
     case = find_labelled_cases(cases[0], modality)[0]
     pre = load_case(out / "cache" / "cases" / safe_name(case.name))
     if case.label_path is not None:
-        lesion, _ = _lesion_on_crop(case, pre)
+        lesion, _ = lesion_on_crop(case, pre)
         u = int(np.argmax(lesion.sum(axis=(0, 1))))
     else:
         u = pre.image.shape[2] // 2

@@ -23,10 +23,11 @@ from brainuad import metrics
 from brainuad.data import LabelledCase, find_labelled_cases
 from brainuad.errors import BrainuadError, InputError
 from brainuad.inference import PostprocessingSizes, detect_case, load_calibration, postprocessing_sizes
-from brainuad.io import _to_canonical, atomic_path, ensure_writable_folder, load_volume, write_json
+from brainuad.io import atomic_path, ensure_writable_folder, load_volume, read_grid, to_canonical, write_json
 from brainuad.postprocessing import segment
 from brainuad.preprocessing import PreprocessedCase, load_case, preprocess_file
 from brainuad.registration import fraction_outside_grid, native_to_mni
+from brainuad.templates import Grid
 
 BOOTSTRAP_RESAMPLES = 1000
 
@@ -46,16 +47,20 @@ class CaseEvaluation:
     region: np.ndarray | None = field(default=None, repr=False)  # brain ∪ lesion
     lesion: np.ndarray | None = field(default=None, repr=False)
     lesion_outside_crop: int = 0  # lesion voxels lost by the crop, in crop-grid voxels
-    voxel_ml: float = 0.001
+    grid: Grid | None = None  # the crop grid (1 mm when not given)
     flagged: np.ndarray | None = None
     dice: float = float("nan")
     predicted_voxels: int = 0
     true_positive: int = 0
 
     @property
+    def voxel_ml(self) -> float:
+        return self.grid.voxel_ml if self.grid is not None else 0.001
+
+    @property
     def sizes(self) -> PostprocessingSizes:
         """The post-processing sizes in voxels on this case's crop grid."""
-        return postprocessing_sizes((self.voxel_ml * 1000) ** (1 / 3))
+        return postprocessing_sizes(self.grid.spacing_mm if self.grid is not None else 1.0)
 
     @property
     def has_voxels(self) -> bool:
@@ -68,16 +73,22 @@ class CaseEvaluation:
         return self.lesion[self.region]
 
 
-def _lesion_on_crop(case: LabelledCase, pre: PreprocessedCase) -> tuple[np.ndarray, int]:
-    """The case's lesion mask on the crop grid, and how many crop-grid voxels of lesion the crop cut off."""
-    label = load_volume(case.label_path, "label")
-    image = load_volume(case.image_path, "image")
-    if label.shape != image.shape or not np.allclose(label.affine, image.affine, atol=1e-3):
+def lesion_on_crop(case: LabelledCase, pre: PreprocessedCase) -> tuple[np.ndarray, int]:
+    """The case's lesion mask on the crop grid, and how many crop-grid voxels of lesion the crop cut off.
+
+    Raises:
+        InputError: The label file does not lie on its image's voxel grid (shape or affine differ).
+    """
+    # Headers only: the image's voxels are not needed to check that the label shares its grid.
+    label_shape, label_affine = read_grid(case.label_path)
+    image_shape, image_affine = read_grid(case.image_path)
+    if label_shape != image_shape or not np.allclose(label_affine, image_affine, atol=1e-3):
         raise InputError(
             case.label_path,
-            f"label grid {label.shape} does not match its image {case.image_path.name} {image.shape} "
+            f"label grid {label_shape} does not match its image {case.image_path.name} {image_shape} "
             "(shape or affine differ); labels must lie on the image's voxel grid",
         )
+    label = load_volume(case.label_path, "label")
     lesion_native = label.array > 0
     lesion = native_to_mni(lesion_native.astype(np.uint8), pre.transform, pre.grid, order=0) > 0
     outside = fraction_outside_grid(lesion_native, pre.transform, pre.grid) * lesion_native.sum()
@@ -98,7 +109,7 @@ def _slice_labels_from_csv(case: LabelledCase, pre: PreprocessedCase) -> tuple[n
         if index >= shape_in_file[2]:
             raise InputError(case.image_path, f"slice label for slice {index}, but the file has {shape_in_file[2]}")
         coded[:, :, index] = label + 1  # 0 = unlabelled, 1 = normal, 2 = abnormal
-    coded_ras_array, _ = _to_canonical(coded, np.asarray(file_image.affine, np.float64))
+    coded_ras_array, _ = to_canonical(coded, np.asarray(file_image.affine, np.float64))
     on_crop = native_to_mni(coded_ras_array, pre.transform, pre.grid, order=0)
     brain = pre.brain_mask.array
     known, abnormal = [], []
@@ -128,10 +139,10 @@ def evaluate_case(
         "slice_error": detection.slice_errors,
         "normality": detection.normality,
         "anomaly": detection.anomaly,
-        "voxel_ml": pre.grid.voxel_ml,
+        "grid": pre.grid,
     }
     if case.label_path is not None:
-        lesion, outside = _lesion_on_crop(case, pre)
+        lesion, outside = lesion_on_crop(case, pre)
         return CaseEvaluation(
             slice_known=np.ones(brain.shape[2], bool),
             slice_abnormal=metrics.slice_labels(lesion),

@@ -155,6 +155,23 @@ def _squeeze_to_3d(path: Path, shape: tuple[int, ...], volume_index: int | None)
     raise InputError(path, f"has {dims} dimensions (shape {shape}); brainuad needs a 3D volume")
 
 
+def read_grid(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    """A NIfTI file's voxel grid — shape (first three axes) and affine, as stored — from its header alone.
+
+    Raises:
+        InputError: Missing, unreadable or non-NIfTI file.
+    """
+    path = Path(path)
+    _check_readable(path)
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises several types for garbage input
+        raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(path, f"not a NIfTI image (nibabel read it as {type(img).__name__})")
+    return tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
+
+
 def load_volume(
     path: str | Path,
     kind: VolumeKind = "image",
@@ -206,13 +223,20 @@ def load_volume(
 
     data = _validate_values(path, data, kind)
 
-    array, canonical_affine = _to_canonical(data, affine)
+    array, canonical_affine = to_canonical(data, affine)
     header = img.header.copy() if isinstance(img.header, nib.Nifti1Header) else None
     return Volume(array, canonical_affine, tuple(nib.aff2axcodes(affine)), header, path)
 
 
-def _to_canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flip/permute axes to the closest RAS+ order (what ``nib.as_closest_canonical`` does, for any dtype)."""
+def to_canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flip/permute axes to the closest RAS+ order (what ``nib.as_closest_canonical`` does, for any dtype).
+
+    ``load_volume`` applies it to every file; use it for arrays indexed in a file's own voxel order (for example
+    slice numbers from a CSV) so they land on the same grid as the loaded image.
+
+    Returns:
+        The reoriented array and its affine.
+    """
     ornt = io_orientation(affine)
     array = np.ascontiguousarray(apply_orientation(data, ornt))
     return array, affine @ inv_ornt_aff(ornt, data.shape)
