@@ -164,7 +164,8 @@ def write_markdown(args: argparse.Namespace, result: dict, command: str) -> Path
         curves[method] = (arrays["abnormal"], arrays["error"])
     plot_roc_curves(curves, docs / "results_roc.png", "slice ROC: 4 BraTS + stroke + MS (T2)")
     plot_pr_curves(curves, docs / "results_pr.png", "slice PR (abnormal class): 4 BraTS + stroke + MS (T2)")
-    info = provenance()
+    # The code that ran, captured when the run started (older results.json files lack it: then the code now).
+    info = result.get("provenance") or provenance()
     lines = [
         "# Results on the real data in ../shared/data",
         "",
@@ -173,7 +174,8 @@ def write_markdown(args: argparse.Namespace, result: dict, command: str) -> Path
         "",
         f"```bash\n{command}\n```",
         "",
-        f"Run on {time.strftime('%Y-%m-%d')}, CPU only ({args.threads} threads), git {info.get('git')}, "
+        f"Run on {result.get('date') or time.strftime('%Y-%m-%d')}, CPU only ({args.threads} threads), "
+        f"git {info.get('git')}, "
         f"torch {info.get('versions', {}).get('torch')}.",
         "",
         "## Protocol",
@@ -257,8 +259,13 @@ def main() -> None:
         result = json.loads((args.out / "results.json").read_text())
         result.setdefault("command", command)
     else:
+        from brainuad.provenance import provenance
+
+        # Before the run, so that editing the tree during a long run cannot mislabel the code that produced it.
+        started = {"provenance": provenance(), "date": time.strftime("%Y-%m-%d")}
         result = run(args)
-        result["command"] = command.strip()
+        result.update(started, command=command.strip())
+        (args.out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     path = write_markdown(args, result, result["command"])
     print(f"results: {path}")
 

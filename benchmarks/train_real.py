@@ -1,11 +1,13 @@
-"""Train on the real healthy T2 data in ../shared/data at reduced size (CPU) and test on a held-out healthy scan.
+"""Train on the real healthy data in ../shared/data at reduced size (CPU) and test on a held-out healthy scan.
 
 Usage (from the repository root):
     python benchmarks/train_real.py [--epochs 60] [--out benchmarks/out/train_real]
 
 Healthy T2 data here is scarce: one real IXI subject (IXI002) and two templates (FSL MNI152 T2, SPM avg152T2). The
-templates are the training set (with augmentation); IXI002, a real individual, is held out. The crop is the paper's
-field of view at 2 mm (``paper-2mm``, 80×96×48) and the network has the paper's structure with fewer channels.
+templates are the training set (with augmentation); IXI002, a real individual, is held out. ``--contrast t1`` uses the
+T1 scans instead: two more real individuals (IXI012, IXI015 — heads, skull-stripped by preprocessing) train with the
+two T1 templates, and IXI002's T1 is held out. The crop is the paper's field of view at 2 mm (``paper-2mm``,
+80×96×48) and the network has the paper's structure with fewer channels.
 ``--synthetic N`` adds N synthetic healthy T2 scans (``brainuad.synthetic``) to the training set; ``--model
 spatial-ae`` trains the paper's spatial-latent variant (5×6×3 latent grid at 2 mm) instead of the dense one.
 Reported: the held-out scan's mean squared error inside the brain for (a) the model's reconstruction, (b) the mean
