@@ -98,18 +98,15 @@ def lesion_on_crop(case: LabelledCase, pre: PreprocessedCase) -> tuple[np.ndarra
 
 def _slice_labels_from_csv(case: LabelledCase, pre: PreprocessedCase) -> tuple[np.ndarray, np.ndarray]:
     """MNI slice labels from native slice labels: each MNI slice takes the majority label of its brain voxels."""
-    import nibabel as nib
-
     # Slice indices in the CSV run along the file's third axis: code them in file order, then reorient exactly as
     # load_volume reorients the image (from the file's own affine), so they land on the scan's RAS grid.
-    file_image = nib.load(str(case.image_path))
-    shape_in_file = file_image.shape[:3]
+    shape_in_file, file_affine = read_grid(case.image_path)
     coded = np.zeros(shape_in_file, np.uint8)
     for index, label in (case.slice_labels or {}).items():
         if index >= shape_in_file[2]:
             raise InputError(case.image_path, f"slice label for slice {index}, but the file has {shape_in_file[2]}")
         coded[:, :, index] = label + 1  # 0 = unlabelled, 1 = normal, 2 = abnormal
-    coded_ras_array, _ = to_canonical(coded, np.asarray(file_image.affine, np.float64))
+    coded_ras_array, _ = to_canonical(coded, file_affine)
     on_crop = native_to_mni(coded_ras_array, pre.transform, pre.grid, order=0)
     brain = pre.brain_mask.array
     known, abnormal = [], []

@@ -155,13 +155,8 @@ def _squeeze_to_3d(path: Path, shape: tuple[int, ...], volume_index: int | None)
     raise InputError(path, f"has {dims} dimensions (shape {shape}); brainuad needs a 3D volume")
 
 
-def read_grid(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]:
-    """A NIfTI file's voxel grid — shape (first three axes) and affine, as stored — from its header alone.
-
-    Raises:
-        InputError: Missing, unreadable or non-NIfTI file.
-    """
-    path = Path(path)
+def _open_nifti(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
+    """The file's NIfTI image object, header parsed and voxels not yet read."""
     _check_readable(path)
     try:
         img = nib.load(str(path))
@@ -169,6 +164,16 @@ def read_grid(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]:
         raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(path, f"not a NIfTI image (nibabel read it as {type(img).__name__})")
+    return img
+
+
+def read_grid(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    """A NIfTI file's voxel grid — shape (first three axes) and affine, as stored — from its header alone.
+
+    Raises:
+        InputError: Missing, unreadable or non-NIfTI file.
+    """
+    img = _open_nifti(Path(path))
     return tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
 
 
@@ -196,13 +201,7 @@ def load_volume(
             NaN/Inf voxels; constant images; non-integer label values; too large for memory.
     """
     path = Path(path)
-    _check_readable(path)
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises several types for garbage input
-        raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise InputError(path, f"not a NIfTI image (nibabel read it as {type(img).__name__})")
+    img = _open_nifti(path)
 
     shape = tuple(int(s) for s in img.shape)
     index = _squeeze_to_3d(path, shape, volume_index)
