@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> dict:
 
     out: Path = args.out
     timings: dict[str, float] = {}
+    trained_by: dict[str, str | None] = {}
     prep = PreprocessConfig(preset="paper-2mm")
     start = time.perf_counter()
     for rel in HEALTHY_T2:
@@ -92,6 +93,8 @@ def run(args: argparse.Namespace) -> dict:
             train([out / "healthy"], run_dir, Config(preprocessing=prep, model=model, training=training),
                   resume=(run_dir / "state.json").is_file())  # fmt: skip
         timings[f"train_{method}_s"] = time.perf_counter() - start
+        # A finished run folder is reused, so the code that trained a model can be older than this run's.
+        trained_by[method] = read_json(run_dir / "provenance.json").get("git")
         calibrate(run_dir, read_json(run_dir / "split.json")["val"], device="cpu")
         start = time.perf_counter()
         t2 = evaluate(run_dir, [*report, DATA / "stroke", DATA / "ms"], out / "eval" / method / "t2", tune_sources=tune,
@@ -103,6 +106,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "summaries": summaries,
         "timings": timings,
+        "trained_by": trained_by,
         "tune": [p.name for p in tune],
         "report": [p.name for p in report],
     }
@@ -176,7 +180,9 @@ def write_markdown(args: argparse.Namespace, result: dict, command: str) -> Path
         "",
         f"Run on {result.get('date') or time.strftime('%Y-%m-%d')}, CPU only ({args.threads} threads), "
         f"git {info.get('git')}, "
-        f"torch {info.get('versions', {}).get('torch')}.",
+        f"torch {info.get('versions', {}).get('torch')}. Models trained by: "
+        + "; ".join(f"{m} git {g}" for m, g in result.get("trained_by", {}).items())
+        + ".",
         "",
         "## Protocol",
         "",
