@@ -200,7 +200,7 @@ def write_markdown(args: argparse.Namespace, result: dict, command: str) -> Path
         "for the abnormal class; the paper's AUPRC (normal class, all slices) is shown for comparison only. "
         "Dice mean = per-case mean; pooled = over all voxels of all cases; best Dice = an upper bound (threshold "
         "chosen on the reported cases). Lesion voxels outside the crop count as missed. Brackets: 95 % bootstrap "
-        "intervals over cases (5 cases: wide).",
+        f"intervals over cases ({len(result['report']) + 2} cases: wide).",
         "",
         "## T2: 4 BraTS gliomas, 1 chronic stroke, 1 MS patient",
         "",
