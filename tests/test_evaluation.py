@@ -207,3 +207,37 @@ def test_slice_labels_follow_the_files_own_orientation(setup, tmp_path):
     assert 0 < abnormal_a.sum() < known_a.sum()
     np.testing.assert_array_equal(known_a, known_b)
     np.testing.assert_array_equal(abnormal_a, abnormal_b)
+
+
+def test_thresholded_case_keeps_only_the_region_voxels():
+    from brainuad.evaluation import CaseEvaluation, apply_threshold, summarise
+
+    rng = np.random.default_rng(0)
+    shape = (24, 24, 16)
+    brain = np.zeros(shape, bool)
+    brain[3:21, 3:21, 2:14] = True
+    lesion = np.zeros(shape, bool)
+    lesion[8:14, 8:14, 6:10] = True
+    anomaly = (rng.random(shape) * 0.2 * brain + 0.9 * lesion).astype(np.float32)
+    case = CaseEvaluation(
+        name="c",
+        layout="brats",
+        slice_known=np.ones(shape[2], bool),
+        slice_abnormal=lesion.any(axis=(0, 1)),
+        brain_slices=brain.any(axis=(0, 1)),
+        slice_error=anomaly.sum(axis=(0, 1)),
+        normality=np.zeros(shape[2]),
+        anomaly=anomaly,
+        region=brain | lesion,
+        lesion=lesion,
+    )
+    scores, truth = case.region_scores().copy(), case.region_truth().copy()
+    apply_threshold(case, 0.5)
+    # The volumes are gone; what the pooled voxel metrics read is unchanged, the lesion volume too.
+    assert case.region is None and case.anomaly.ndim == 1 and case.lesion.ndim == 1
+    np.testing.assert_array_equal(case.region_scores(), scores)
+    np.testing.assert_array_equal(case.region_truth(), truth)
+    assert int(case.lesion.sum()) == int(lesion.sum()) and case.dice == pytest.approx(1.0)
+    summary = summarise([case], 0.5, "test", 0)
+    assert summary["voxels"]["ap_pooled"] == pytest.approx(1.0)
+    assert summary["voxels"]["dice_pooled"] == pytest.approx(case.dice)

@@ -43,8 +43,10 @@ class CaseEvaluation:
     brain_slices: np.ndarray
     slice_error: np.ndarray
     normality: np.ndarray
-    anomaly: np.ndarray = field(repr=False)  # full anomaly map (kept until the threshold is known)
-    region: np.ndarray | None = field(default=None, repr=False)  # brain ∪ lesion
+    # The full anomaly map, region (brain ∪ lesion) and lesion masks until the threshold is applied; afterwards
+    # anomaly and lesion hold only the region's voxels (flat) and region is None.
+    anomaly: np.ndarray | None = field(repr=False)
+    region: np.ndarray | None = field(default=None, repr=False)
     lesion: np.ndarray | None = field(default=None, repr=False)
     lesion_outside_crop: int = 0  # lesion voxels lost by the crop, in crop-grid voxels
     grid: Grid | None = None  # the crop grid (1 mm when not given)
@@ -67,10 +69,12 @@ class CaseEvaluation:
         return self.lesion is not None
 
     def region_scores(self) -> np.ndarray:
-        return self.anomaly[self.region]
+        """Anomaly scores of the brain ∪ lesion voxels (what the pooled voxel metrics rank)."""
+        return self.anomaly if self.region is None else self.anomaly[self.region]
 
     def region_truth(self) -> np.ndarray:
-        return self.lesion[self.region]
+        """Lesion labels of the same voxels, in the same order."""
+        return self.lesion if self.region is None else self.lesion[self.region]
 
 
 def lesion_on_crop(case: LabelledCase, pre: PreprocessedCase) -> tuple[np.ndarray, int]:
@@ -161,8 +165,13 @@ def apply_threshold(evaluation: CaseEvaluation, threshold: float) -> None:
     if evaluation.has_voxels:
         evaluation.true_positive = int(np.logical_and(predicted, evaluation.lesion).sum())
         evaluation.dice = metrics.dice(predicted, evaluation.lesion, evaluation.lesion_outside_crop)
-        # Keep only what the pooled voxel metrics need.
-        evaluation.anomaly = np.where(evaluation.region, evaluation.anomaly, 0).astype(np.float32)
+        # Keep only what the pooled voxel metrics need — brain ∪ lesion voxels as flat arrays, not whole volumes —
+        # so that memory grows with the brain, not the crop, over many cases. region ⊇ lesion: no lesion voxel lost.
+        evaluation.anomaly = evaluation.anomaly[evaluation.region]
+        evaluation.lesion = evaluation.lesion[evaluation.region]
+        evaluation.region = None
+    else:
+        evaluation.anomaly = None  # slice labels only: the slice metrics use slice_error, not the map
 
 
 def tune_threshold(evaluations: list[CaseEvaluation]) -> metrics.DiceSweep:
