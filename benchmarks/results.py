@@ -271,7 +271,6 @@ def main() -> None:
         started = {"provenance": provenance(), "date": time.strftime("%Y-%m-%d")}
         result = run(args)
         result.update(started, command=command.strip())
-        (args.out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     path = write_markdown(args, result, result["command"])
     print(f"results: {path}")
 

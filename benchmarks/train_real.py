@@ -60,6 +60,8 @@ def run(
     figure: Path | None = None,
     contrast: str = "t2",
 ) -> dict:
+    if synthetic and contrast != "t2":  # before any work
+        raise SystemExit("--synthetic makes T2-weighted scans; use it with --contrast t2")
     import torch
 
     torch.set_num_threads(threads)
@@ -74,8 +76,6 @@ def run(
     for rel in train_scans:
         preprocess_file(DATA / rel, out / "train", config)
     if synthetic:
-        if contrast != "t2":
-            raise SystemExit("--synthetic makes T2-weighted scans; use it with --contrast t2")
         from brainuad.synthetic import write_cohort
 
         cohort = write_cohort(out / "synthetic", synthetic, 0, 0)

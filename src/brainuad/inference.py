@@ -166,10 +166,9 @@ def calibrate(
 
     model, _ = load_model(run_dir, device=device)
     folders = find_case_folders(list(healthy))
-    values, errors, scores, spacings = [], [], [], []
+    values, errors, scores = [], [], []
     for folder in folders:
         case = load_case(folder)
-        spacings.append(case.grid.spacing_mm)
         detection = detect_case(model, case, threshold=np.inf, device=device)
         values.append(detection.anomaly[case.brain_mask.array])
         errors.append(detection.slice_errors)
@@ -185,7 +184,8 @@ def calibrate(
         "healthy_cases": [str(f) for f in folders],
         "slice_errors": {"mean": stack.mean(0).tolist(), "std": stack.std(0).tolist()},
         "healthy_scan_scores": scores,
-        "postprocessing": postprocessing_sizes(spacings[0]).to_dict(),
+        # One preset for all cases (slice counts checked above), so the last case's grid stands for them all.
+        "postprocessing": postprocessing_sizes(case.grid.spacing_mm).to_dict(),
     }
     write_json(Path(run_dir) / CALIBRATION_FILE, calibration)
     return calibration
