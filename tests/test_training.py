@@ -236,3 +236,60 @@ def test_fanogan_trains_in_two_stages(tmp_path):
         assert model(x).shape == x.shape
     with pytest.raises(BrainuadError, match="cannot be resumed"):
         train([data], tmp_path / "run", config, resume=True, progress=False)
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    # Validation every 2 epochs; the run dies while writing epoch 3's checkpoint: resuming reruns epoch 3 from the
+    # epoch-2 checkpoint, drops the stale log row, and ends bit-identical to an uninterrupted run.
+    import brainuad.training as training
+
+    data = write_cases(tmp_path / "data", 4)
+    config = tiny_config(epochs=4, augment="on", val_every=2, checkpoint_minutes=0)
+    train([data], tmp_path / "straight", config, progress=False)
+    original = training.Checkpointer.maybe_save
+
+    def dies_at_epoch_3(self, state, force=False):
+        if state["epoch"] == 3:
+            raise KeyboardInterrupt
+        return original(self, state, force)
+
+    monkeypatch.setattr(training.Checkpointer, "maybe_save", dies_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train([data], tmp_path / "resumed", config, progress=False)
+    assert json.loads((tmp_path / "resumed/state.json").read_text())["epoch"] == 2
+    monkeypatch.setattr(training.Checkpointer, "maybe_save", original)
+    train([data], tmp_path / "resumed", config, resume=True, progress=False)
+    for name in ("last.safetensors", "model.safetensors"):
+        a, b = load_file(str(tmp_path / "straight" / name)), load_file(str(tmp_path / "resumed" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    rows = (tmp_path / "resumed/log.csv").read_text().strip().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4]
+    assert [r.split(",")[2] == "nan" for r in rows] == [True, False, True, False]  # validated on 2 and 4 only
+
+
+def test_checkpoints_wait_for_their_interval_and_compile_falls_back(tmp_path, monkeypatch):
+    data = write_cases(tmp_path / "data", 3)
+
+    def broken_compile(module, **kwargs):
+        def fails(*args, **kw):
+            raise RuntimeError("no compiler here")
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    config = tiny_config(epochs=2, compile=True, checkpoint_minutes=60)
+    written = []
+    import brainuad.training as training
+
+    original = training.Checkpointer.maybe_save
+
+    def records(self, state, force=False):
+        written.append(original(self, state, force))
+
+    monkeypatch.setattr(training.Checkpointer, "maybe_save", records)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        train([data], tmp_path / "compiled", config, progress=False)
+    assert written == [False, True]  # epoch 1: within the hour; epoch 2: the end
+    train([data], tmp_path / "eager", tiny_config(epochs=2, compile=False), progress=False)
+    a, b = load_file(str(tmp_path / "compiled/last.safetensors")), load_file(str(tmp_path / "eager/last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

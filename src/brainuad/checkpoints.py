@@ -7,6 +7,7 @@ schema and refuses weights that do not fit the network the config describes.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """Write a model's state (parameters and BatchNorm buffers) as safetensors, atomically."""
-    state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
+    return save_state_dict(_unwrap(model).state_dict(), path, metadata)
+
+
+def save_state_dict(
+    state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write a state dict (tensors anywhere) as safetensors, atomically."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
         # An empty metadata dict makes an unreadable file when there are no tensors (safetensors bug): pass None.
         save_file(state, str(tmp), metadata=metadata or None)
@@ -142,3 +150,45 @@ def load_model(run_dir: str | Path, weights: str = "model.safetensors", device: 
         raise BrainuadError(f"{run_dir / 'config.json'}: cannot build the model ({exc})") from exc
     load_weights(model, weights_path)
     return model.to(device).eval(), config
+
+
+class Checkpointer:
+    """A training run's checkpoints, written at most every ``minutes`` of wall time (and when asked to).
+
+    A checkpoint is ``last.safetensors`` + ``last_optimizer.safetensors`` + ``state.json`` (written last: it marks the
+    checkpoint complete) and, when validation improved since the previous checkpoint, ``model.safetensors``. The best
+    weights wait on the device until then, so an improvement costs a copy in device memory, not a file write.
+
+    Args:
+        run_dir: The run folder.
+        model: The model being trained (plain, DDP or compiled).
+        optimizer: Its optimiser.
+        minutes: Wall-time interval; 0 writes at every :meth:`maybe_save`.
+        enabled: ``False`` on DDP ranks other than 0 (they write nothing).
+    """
+
+    def __init__(
+        self, run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, minutes: float, enabled: bool = True
+    ):
+        self.run_dir, self.model, self.optimizer = Path(run_dir), _unwrap(model), optimizer
+        self.seconds, self.enabled = minutes * 60.0, enabled
+        self.best: dict[str, torch.Tensor] | None = None
+        self.last_saved = time.monotonic()
+
+    def keep_best(self) -> None:
+        """Remember the current weights as the best (a device copy)."""
+        if self.enabled:
+            self.best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def maybe_save(self, state: dict, force: bool = False) -> bool:
+        """Write a checkpoint if ``minutes`` have passed since the last one (or ``force``); whether it wrote."""
+        if not self.enabled or not (force or time.monotonic() - self.last_saved >= self.seconds):
+            return False
+        if self.best is not None:
+            save_state_dict(self.best, self.run_dir / "model.safetensors")
+            self.best = None
+        save_weights(self.model, self.run_dir / "last.safetensors")
+        save_optimizer(self.optimizer, self.run_dir / "last_optimizer.safetensors")
+        write_json(self.run_dir / "state.json", state)
+        self.last_saved = time.monotonic()
+        return True

@@ -137,7 +137,17 @@ def _add_model_and_training_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--compile", action="store_true", default=None, help="torch.compile the training step (default: on CUDA only)"
+    )
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="train without torch.compile")
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs and after the last (default: 1)")
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=10.0,
+        help="write a resumable checkpoint at most every M minutes and at the end (default: 10; 0 = every epoch)",
+    )
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 on the GPU")
     p.add_argument(
         "--channels",
@@ -175,6 +185,8 @@ def _config_from_args(args: argparse.Namespace):
         device=args.device,
         seed=args.seed,
         compile=args.compile,
+        val_every=args.val_every,
+        checkpoint_minutes=args.checkpoint_minutes,
         bf16=not args.no_bf16,
     )
     return Config(model=model, training=training)

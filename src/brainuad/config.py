@@ -117,10 +117,13 @@ class TrainConfig:
         device: ``auto`` picks CUDA when available.
         bf16: bfloat16 autocast on CUDA (ignored on CPU).
         channels_last: channels-last-3d memory format on CUDA.
-        compile: ``torch.compile`` the model.
+        compile: ``torch.compile`` the training step; ``None`` = on CUDA only (a failed compile falls back to eager).
         num_workers: DataLoader worker processes.
         steps_per_epoch: 0 = one pass over the training split per epoch; otherwise this many steps, each drawing
             a batch at random (with replacement) — for small cohorts with augmentation, as nnU-Net does.
+        val_every: Validate every this many epochs (and after the last); the best weights are chosen among these.
+        checkpoint_minutes: Write a resumable checkpoint at most this often (wall time; 0 = every epoch), and at
+            the end.
     """
 
     epochs: int = 200
@@ -134,11 +137,15 @@ class TrainConfig:
     device: Device = "auto"
     bf16: bool = True
     channels_last: bool = True
-    compile: bool = False
+    compile: bool | None = None
     num_workers: int = 0
     steps_per_epoch: int = 0
+    val_every: int = 1
+    checkpoint_minutes: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.val_every < 1 or self.checkpoint_minutes < 0:
+            raise ConfigError("training.val_every must be >= 1 and training.checkpoint_minutes >= 0")
         if self.steps_per_epoch < 0:
             raise ConfigError("training.steps_per_epoch must be >= 0")
         if self.epochs < 1 or self.batch_size < 1:

@@ -51,7 +51,8 @@ def train_fanogan(
     """Run both stages; returns the training state (epochs done, best validation loss and epoch) and history."""
     from tqdm import tqdm
 
-    from brainuad.training import _append_log, _batches, _load_batch, evaluate_loss
+    from brainuad.batches import plan_batches as _batches
+    from brainuad.training import _append_log, _load_batch, evaluate_loss
 
     tc = config.training
     latent = config.model.latent

@@ -4,14 +4,19 @@ A run folder describes itself::
 
     config.json          the whole config tree (model built for the data's crop grid)
     split.json           train/validation case folders and the seed that drew them (written once)
-    model.safetensors    best weights by validation loss;  last.safetensors + last_optimizer.safetensors + state.json
-                         the latest epoch, for --resume
+    model.safetensors    best weights by validation loss (validated every ``val_every`` epochs and at the end)
+    last.safetensors + last_optimizer.safetensors + state.json
+                         the latest checkpoint, for --resume (every ``checkpoint_minutes`` of wall time, and at the end)
     log.csv              one row per epoch;  loss_curve.png;  tensorboard/ (when tensorboard is installed)
     provenance.json      library versions, git hash, platform;  summary.json at the end
     cache/               the training volumes as one memory-mapped float16 array
 
-Determinism: the shuffling and every augmentation draw are seeded from (seed, epoch, index), and checkpoints are
-taken at epoch ends, so on CPU an interrupted run resumed with ``--resume`` ends with the same weights bit for bit.
+Determinism: the shuffling and every augmentation draw are seeded from (seed, epoch, step, index), and checkpoints
+are taken at epoch ends, so on CPU an interrupted run resumed with ``--resume`` ends with the same weights bit for bit
+(epochs after the last checkpoint are run again; their log rows are dropped first).
+
+Speed: batches are gathered from the cache by a background thread one step ahead, augmented on the device as a
+batch, and the step's losses stay on the device until the epoch ends (:mod:`brainuad.train_step`).
 """
 
 from __future__ import annotations
@@ -29,20 +34,22 @@ import torch
 from torch import nn
 
 from brainuad.augmentation import Augmenter, batch_seed
+from brainuad.batches import Prefetcher, gather, plan_batches, to_device
 from brainuad.checkpoints import (
+    Checkpointer,
     load_config,
     load_optimizer,
     load_weights,
     save_config,
-    save_optimizer,
     save_weights,
 )
 from brainuad.config import Config, PreprocessConfig, TrainConfig, from_dict, replace
 from brainuad.data import VolumeCache, find_case_folders
 from brainuad.errors import BrainuadError, InputError
-from brainuad.io import ensure_writable_folder, read_json, write_json
+from brainuad.io import atomic_path, ensure_writable_folder, read_json, write_json
 from brainuad.models import TRAINABLE_KINDS, build_model, count_parameters
 from brainuad.provenance import provenance
+from brainuad.train_step import TrainStep
 
 CPU = torch.device("cpu")
 LOG_FIELDS = ("epoch", "train_loss", "val_loss", "seconds", "volumes_per_s", "lr")
@@ -102,23 +109,6 @@ def _weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _batches(
-    indices: list[int], batch_size: int, seed: int, epoch: int, rank: int, world: int, steps: int = 0
-) -> list[list[int]]:
-    """This rank's batches for an epoch: a shuffled pass (the same permutation on every rank, split round-robin),
-    or ``steps`` batches drawn with replacement."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    if steps:
-        draws = torch.randint(len(indices), (steps * batch_size * world,), generator=generator).tolist()
-        order = [indices[i] for i in draws]
-    else:
-        order = [indices[i] for i in torch.randperm(len(indices), generator=generator).tolist()]
-        per_rank = math.ceil(len(order) / world)
-        order = (order * world)[: per_rank * world]  # pad so every rank takes the same number of steps
-    mine = order[rank::world]
-    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-
-
 def _load_batch(
     cache: VolumeCache,
     ids: list[int],
@@ -128,16 +118,9 @@ def _load_batch(
     step: int,
     device: torch.device = CPU,
 ) -> torch.Tensor:
-    """Volumes from the cache, on ``device``; augmentation runs there too (MONAI transforms work on GPU tensors)."""
-    volumes = []
-    for position, index in enumerate(ids):
-        volume = torch.from_numpy(np.asarray(cache.array[index], dtype=np.float32))[None]
-        if device.type == "cuda":
-            volume = volume.pin_memory().to(device, non_blocking=True)
-        if augmenter is not None:
-            volume = augmenter(volume, batch_seed(seed, epoch, step, position, index))
-        volumes.append(volume)
-    return torch.stack(volumes)
+    """Volumes from the cache, on ``device``, augmented there (volume seeds: (seed, epoch, step, position, index))."""
+    host = gather(cache, ids, pin=device.type == "cuda")
+    return to_device(host, ids, device, augmenter, (seed, epoch, step))
 
 
 def _prepare_run(case_folders: list[Path], run_dir: Path, config: Config, resume: bool) -> tuple[Config, dict]:
@@ -247,43 +230,32 @@ def train(
     step_model: nn.Module = model
     if world > 1:
         step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
-    if tc.compile:
-        step_model = torch.compile(step_model)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda and tc.bf16)
+    train_step = TrainStep(model, step_model, optimizer, tc, device)
+    autocast = train_step.autocast
+    checkpointer = Checkpointer(run_dir, model, optimizer, tc.checkpoint_minutes, enabled=rank == 0)
 
     writer = SummaryWriter(str(run_dir / "tensorboard")) if rank == 0 else None
-    history = _read_log(run_dir / "log.csv") if resume else []
+    history = []
+    if resume:
+        history = _resume_log(run_dir / "log.csv", state["epoch"], rewrite=rank == 0)
     total_epochs = tc.epochs
     bar = tqdm(total=total_epochs, initial=state["epoch"], desc="train", unit="epoch", disable=not progress or rank)
     try:
         for epoch in range(state["epoch"] + 1, total_epochs + 1):
             start = time.perf_counter()
             model.train()
-            losses = []
-            batches = _batches(train_ids, tc.batch_size, tc.seed, epoch, rank, world, tc.steps_per_epoch)
-            for step, ids in enumerate(batches):
-                batch = _load_batch(cache, ids, augmenter, tc.seed, epoch, step, device)
-                if use_cuda and tc.channels_last:
-                    batch = batch.contiguous(memory_format=torch.channels_last_3d)
-                # Seeded per step (not carried in the RNG state), so the DAE's noise and the VAE's sampling
-                # replay identically after --resume.
-                torch.manual_seed(batch_seed(tc.seed, epoch, step, rank, 1))
-                inputs = model.training_input(batch)
-                with autocast:
-                    loss = torch.nn.functional.mse_loss(step_model(inputs).float(), batch)
-                    extra = model.regulariser()
-                    if extra is not None:
-                        loss = loss + extra
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.detach())
+            batches = plan_batches(train_ids, tc.batch_size, tc.seed, epoch, rank, world, tc.steps_per_epoch)
+            loss_sum = torch.zeros((), device=device)
+            for step, ids, host in Prefetcher(cache, batches, pin=use_cuda):
+                batch = to_device(host, ids, device, augmenter, (tc.seed, epoch, step))
+                loss_sum += train_step(batch, batch_seed(tc.seed, epoch, step, rank, 1))
             if world > 1:
                 # DDP keeps parameters identical; BatchNorm running statistics drift per rank: take rank 0's.
                 for buffer in model.buffers():
                     torch.distributed.broadcast(buffer, 0)
-            train_loss = float(torch.stack(losses).mean())
-            val_loss = evaluate_loss(model, cache, val_ids, device, tc.batch_size, autocast)
+            train_loss = float(loss_sum) / max(1, len(batches))  # the epoch's one wait for the device
+            validate = epoch % tc.val_every == 0 or epoch == total_epochs
+            val_loss = evaluate_loss(model, cache, val_ids, device, tc.batch_size, autocast) if validate else math.nan
             seconds = time.perf_counter() - start
             row = {
                 "epoch": epoch,
@@ -294,18 +266,15 @@ def train(
                 "lr": tc.lr,
             }
             history.append(row)
+            state["epoch"] = epoch
             if rank == 0:
-                if val_loss < state["best_val_loss"]:
+                if validate and val_loss < state["best_val_loss"]:
                     state.update(best_val_loss=val_loss, best_epoch=epoch)
-                    save_weights(model, run_dir / "model.safetensors")
-                save_weights(model, run_dir / "last.safetensors")
-                save_optimizer(optimizer, run_dir / "last_optimizer.safetensors")
-                state["epoch"] = epoch
-                write_json(run_dir / "state.json", state)  # last: marks the epoch as complete
+                    checkpointer.keep_best()
                 _append_log(run_dir / "log.csv", row)
                 if writer is not None:
-                    writer.add_scalars("loss", {"train": train_loss, "val": val_loss}, epoch)
-            state["epoch"] = epoch
+                    writer.add_scalars("loss", {"train": train_loss, **({"val": val_loss} if validate else {})}, epoch)
+            checkpointer.maybe_save(dict(state), force=epoch == total_epochs)
             bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
             bar.update(1)
     except torch.cuda.OutOfMemoryError as exc:
@@ -337,14 +306,14 @@ def evaluate_loss(
 ) -> float:
     """Mean squared reconstruction error over volumes, in eval mode (no augmentation)."""
     model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(ids), batch_size):
-        batch = _load_batch(cache, ids[i : i + batch_size], None, 0, 0, 0, device)
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    batches = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+    for _step, chunk, host in Prefetcher(cache, batches, pin=device.type == "cuda"):
+        batch = to_device(host, chunk, device)
         with autocast or torch.autocast("cpu", enabled=False):
-            error = torch.nn.functional.mse_loss(model(batch).float(), batch, reduction="sum")
-        total += float(error)
+            total += torch.nn.functional.mse_loss(model(batch).float(), batch, reduction="sum").double()
         count += batch.numel()
-    return total / max(1, count)
+    return float(total) / max(1, count)
 
 
 def _check_ranks_in_sync(model: nn.Module, world: int) -> bool | None:
@@ -363,6 +332,18 @@ def _read_log(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as handle:
         return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _resume_log(path: Path, epoch: int, rewrite: bool = True) -> list[dict]:
+    """The log up to the checkpoint being resumed from; rows of later epochs (to be run again) are dropped."""
+    rows = _read_log(path)
+    kept = [row for row in rows if row["epoch"] <= epoch]
+    if rewrite and len(kept) != len(rows):
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(kept)
+    return kept
 
 
 def _append_log(path: Path, row: dict) -> None:

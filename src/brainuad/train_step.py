@@ -1,0 +1,86 @@
+"""One optimisation step of the autoencoders: bf16 autocast, channels-last-3d and ``torch.compile`` on CUDA.
+
+The step returns its loss as a device tensor: the loop adds them up and reads the sum once per epoch, so nothing
+inside an epoch waits for the GPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from brainuad.config import TrainConfig
+
+
+def compile_enabled(tc: TrainConfig, device: torch.device) -> bool:
+    """``training.compile``: ``None`` (the default) compiles on CUDA only."""
+    return device.type == "cuda" if tc.compile is None else bool(tc.compile)
+
+
+class TrainStep:
+    """Forward, MSE loss (+ the model's regulariser), backward and an optimiser step.
+
+    Args:
+        model: The plain model (its ``training_input`` and ``regulariser`` are used).
+        step_model: What runs the forward pass: ``model`` or its DDP wrapper.
+        optimizer: Updates ``model``'s parameters.
+        tc: Training settings (bf16, channels_last, compile).
+        device: Where the model lives.
+    """
+
+    def __init__(
+        self, model: nn.Module, step_model: nn.Module, optimizer: torch.optim.Optimizer, tc: TrainConfig, device
+    ):
+        cuda = device.type == "cuda"
+        self.model, self.eager, self.optimizer = model, step_model, optimizer
+        self.channels_last = cuda and tc.channels_last
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and tc.bf16)
+        self.compiled = compile_enabled(tc, device)
+        self.forward = torch.compile(step_model, dynamic=False) if self.compiled else step_model
+        self.proven = not self.compiled  # the first compiled step may still fail and fall back to eager
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution once
+
+    def _loss_and_backward(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with self.autocast:
+            loss = nn.functional.mse_loss(self.forward(inputs).float(), target)
+            extra = self.model.regulariser()
+            if extra is not None:
+                loss = loss + extra
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss
+
+    def __call__(self, batch: torch.Tensor, seed: int) -> torch.Tensor:
+        """One step on ``batch``; ``seed`` seeds the step's own randomness (DAE noise, VAE sampling).
+
+        Returns:
+            The loss, detached, on the device (no synchronisation).
+        """
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last_3d)
+        # Seeded per step (not carried in the RNG state), so the DAE's noise and the VAE's sampling replay
+        # identically after --resume.
+        torch.manual_seed(seed)
+        inputs = self.model.training_input(batch)
+        if self.proven:
+            loss = self._loss_and_backward(inputs, batch)
+        else:
+            try:
+                loss = self._loss_and_backward(inputs, batch)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as exc:
+                warnings.warn(
+                    f"torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}); training without compiling "
+                    "(pass --no-compile to skip the attempt)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.forward, self.compiled = self.eager, False
+                loss = self._loss_and_backward(inputs, batch)
+            self.proven = True
+        self.optimizer.step()
+        return loss.detach()
