@@ -67,15 +67,23 @@ class Prefetcher:
         cache: The volumes.
         batches: Volume indices per step.
         pin: Gather into page-locked memory (for asynchronous copies to a GPU).
+        device: The GPU the batches go to (the thread pins memory for it).
     """
 
-    def __init__(self, cache: VolumeCache, batches: list[list[int]], pin: bool = False):
-        self.cache, self.batches, self.pin = cache, batches, pin
+    def __init__(
+        self, cache: VolumeCache, batches: list[list[int]], pin: bool = False, device: torch.device | None = None
+    ):
+        self.cache, self.batches, self.pin, self.device = cache, batches, pin, device
+
+    def _start_thread(self) -> None:
+        if self.pin and self.device is not None and self.device.type == "cuda":
+            # As DataLoader's pin-memory thread: pin for this rank's GPU, not in a new context on GPU 0.
+            torch.cuda.set_device(self.device)
 
     def __iter__(self) -> Iterator[tuple[int, list[int], torch.Tensor]]:
         if not self.batches:
             return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="brainuad-gather") as pool:
+        with ThreadPoolExecutor(1, "brainuad-gather", initializer=self._start_thread) as pool:
             pending = pool.submit(gather, self.cache, self.batches[0], self.pin)
             try:
                 for step, ids in enumerate(self.batches):

@@ -246,7 +246,7 @@ def train(
             model.train()
             batches = plan_batches(train_ids, tc.batch_size, tc.seed, epoch, rank, world, tc.steps_per_epoch)
             loss_sum = torch.zeros((), device=device)
-            for step, ids, host in Prefetcher(cache, batches, pin=use_cuda):
+            for step, ids, host in Prefetcher(cache, batches, pin=use_cuda, device=device):
                 batch = to_device(host, ids, device, augmenter, (tc.seed, epoch, step))
                 loss_sum += train_step(batch, batch_seed(tc.seed, epoch, step, rank, 1))
             if world > 1:
@@ -308,7 +308,7 @@ def evaluate_loss(
     model.eval()
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     batches = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
-    for _step, chunk, host in Prefetcher(cache, batches, pin=device.type == "cuda"):
+    for _step, chunk, host in Prefetcher(cache, batches, pin=device.type == "cuda", device=device):
         batch = to_device(host, chunk, device)
         with autocast or torch.autocast("cpu", enabled=False):
             total += torch.nn.functional.mse_loss(model(batch).float(), batch, reduction="sum").double()

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Issue #18's GPU measurements in one run: network paths, brainuad's train() with augmentation on and off,
+# augmentation per volume (batched vs MONAI), bf16 inference — at paper size (160x192x96, batch 8).
+#
+#   bash benchmarks/gpu_check.sh              # on the GPU machine, from the repository root; ~4-5 min on an H100/H200
+#   GPU_CHECK_SMALL=1 WHEELS=/tmp/whl311 OUT=benchmarks/out/gpu_dry bash benchmarks/gpu_check.sh    # CPU dry run
+#
+# The machine has torch, numpy, scipy, matplotlib, safetensors, tqdm, tensorboard and scikit-learn but no network:
+# what else brainuad's training path imports (nibabel; monai for the before/after comparison; connected-components-3d
+# for detection) travels as wheels in .whl/ (see benchmarks/README.md for how they were downloaded).
+# Results go to $OUT as they are measured: results.jsonl, table.md, log.txt, env.txt.
+set -uo pipefail
+OUT=${OUT:-benchmarks/out/gpu_check}
+WHEELS=${WHEELS:-.whl}
+SITE=$(mktemp -d /tmp/site.XXXXXX)
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl \
+  && export PYTHONPATH=$SITE:$PWD/src || { echo "wheel install failed" | tee "$OUT/log.txt"; exit 1; }
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+
+{
+  date -u
+  git rev-parse HEAD 2>/dev/null || echo "git: not a repository"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+  python3 -c "import sys, torch; print(sys.version.split()[0], torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
+  python3 -c "import brainuad.training, nibabel, monai, cc3d; print('imports ok: brainuad.training, nibabel', nibabel.__version__, 'monai', monai.__version__)"
+  nproc
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+if [ "${GPU_CHECK_SMALL:-0}" = 1 ]; then
+  # Reduced size for a CPU dry run (compile skipped there: minutes of C++ compilation on 2 cores).
+  ARGS=(--shape 32 32 16 --batch-size 2 --steps 2 --warmup 1 --channels 4 8 8 8 --stem-channels 4 --latent 16
+        --cases 6 --epochs 3 --monai-volumes 2 --augment-reps 2 --inference-reps 1 --no-compile --threads 1)
+  LIMIT=900
+else
+  ARGS=(--steps 20 --warmup 3 --epochs 5 --cases 16 --monai-volumes 4 --augment-reps 4 --inference-reps 3)
+  LIMIT=${GPU_CHECK_LIMIT:-330}
+fi
+start=$(date +%s)
+timeout "$LIMIT" python3 benchmarks/train_throughput.py --loop "${ARGS[@]}" --out "$OUT" 2>&1 | tee "$OUT/log.txt"
+status=${PIPESTATUS[0]}
+echo "train_throughput exit status $status after $(( $(date +%s) - start )) s (124 = stopped at ${LIMIT} s)" | tee -a "$OUT/log.txt"
+exit "$status"
