@@ -50,6 +50,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(path, f"not a readable safetensors file ({exc})") from exc
+    _check_values(path, state)
     target = _unwrap(model).state_dict()
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))
@@ -66,6 +67,17 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         raise InputError(path, "weights do not match the model its config describes: " + "; ".join(detail))
     _unwrap(model).load_state_dict(state)
     return model
+
+
+def _check_values(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Weights must be float16/bfloat16/float32 (integer counters aside) and finite: shipped fp16 files included."""
+    for key, tensor in state.items():
+        if tensor.dtype in (torch.int64, torch.int32):
+            continue
+        if tensor.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise InputError(path, f"tensor {key} has dtype {tensor.dtype}; expected float16, bfloat16 or float32")
+        if not torch.isfinite(tensor).all():
+            raise InputError(path, f"tensor {key} holds NaN or infinite values")
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, path: str | Path) -> Path:
@@ -130,14 +142,17 @@ def load_config(path: str | Path) -> Config:
 
 
 def load_model(run_dir: str | Path, weights: str = "model.safetensors", device: str | torch.device = "cpu"):
-    """The trained model of a run folder, in eval mode (BatchNorm uses its learned statistics).
+    """The trained model of a run folder (or ``builtin:NAME``), in eval mode (BatchNorm uses its learned statistics).
+
+    Float16 weights (the shipped models') are cast to float32 on load.
 
     Raises:
         InputError: Missing files, an invalid config, or weights that do not fit the config.
     """
     from brainuad.models import build_model
+    from brainuad.shipped import resolve_model_dir
 
-    run_dir = Path(run_dir)
+    run_dir = resolve_model_dir(run_dir)  # builtin:NAME → the installed folder
     if not run_dir.is_dir():
         raise InputError(run_dir, "model folder not found")
     config = load_config(run_dir / "config.json")

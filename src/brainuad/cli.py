@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from brainuad import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+MODEL_HELP = "a trained model folder, or builtin:NAME for a model shipped with brainuad (see 'brainuad models')"
 
 
 def _add_preprocess(sub: argparse._SubParsersAction) -> None:
@@ -237,7 +238,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
         description="Fit the anomaly threshold (a voxel false-positive rate on healthy scans) and the "
         "healthy slice/scan references; saved as calibration.json in the model folder.",
     )
-    p.add_argument("--model", required=True, metavar="RUN_DIR")
+    p.add_argument("--model", required=True, metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument(
         "--healthy",
         action="append",
@@ -293,7 +294,7 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         "not stop the batch.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI files or folders")
-    p.add_argument("--model", required=True, metavar="RUN_DIR")
+    p.add_argument("--model", required=True, metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--threshold", default="auto", help="'auto' (the calibrated one) or a value")
     p.add_argument(
@@ -330,7 +331,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "the calibrated one, best-achievable Dice as an upper bound, bootstrap intervals; summary.json, "
         "per_case.csv, table.md, roc.png, pr.png.",
     )
-    p.add_argument("--model", required=True, metavar="RUN_DIR")
+    p.add_argument("--model", required=True, metavar="RUN_DIR", help=MODEL_HELP)
     p.add_argument(
         "--cases", action="append", required=True, metavar="DIR", help="labelled cases to report (repeatable)"
     )
@@ -415,8 +416,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="run the whole chain on synthetic data (or a real folder) and write a report",
-        description="Build a SYNTHETIC healthy cohort and patients with planted lesions from the MNI tissue maps "
-        "(no download), train a small model on the CPU within --minutes, calibrate, evaluate against the intensity "
+        description="Build a SYNTHETIC healthy cohort and patients with planted lesions (T2 simulated from the "
+        "BrainWeb anatomies if found, else from the MNI tissue maps; no download), train a small model on the CPU "
+        "within --minutes, calibrate, evaluate against the intensity "
         "baseline, detect, and write report.html. --data DIR runs the same chain on a real folder: DIR/healthy/ "
         "plus labelled case folders.",
     )
@@ -437,13 +439,46 @@ def _run_demo(args: argparse.Namespace) -> int:
         return _usage_error("--minutes must be positive")
     result = run_demo(args.out, args.minutes, args.data, args.size, args.seed, args.device, progress=not args.quiet)
     if args.data is None:
-        print("demo: the data were SYNTHETIC (MNI tissue maps with planted lesions); numbers show the chain working.")
+        generator = result.data.removeprefix("synthetic: ")
+        print(f"demo: the data were SYNTHETIC ({generator}; planted lesions); numbers show the chain working.")
     for name, summary in result.summaries.items():
         voxels = summary.get("voxels", {})
         dice = voxels.get("dice_mean", float("nan"))
         print(f"demo: {name:9s} slice AUROC {summary['slices']['auroc']:.3f}  Dice {dice:.3f}")
     print(f"demo: report -> {result.report}")
     print("To run the same chain on real data:\n" + REAL_DATA_COMMANDS)
+    return EXIT_OK
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list the models shipped with brainuad (use them as --model builtin:NAME)",
+        description="The trained models installed with the package (no download): name, folder and model card. "
+        "With NAME, print that model's whole card.",
+    )
+    p.add_argument("name", nargs="?", default=None, help="print this model's card")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from brainuad.shipped import PREFIX, builtin_names, model_card, resolve_model_dir
+
+    names = builtin_names()
+    if args.name is not None:
+        name = args.name.removeprefix(PREFIX)
+        resolve_model_dir(PREFIX + name)  # unknown name: a clear error listing the shipped ones
+        print(model_card(name))
+        return EXIT_OK
+    if not names:
+        print("models: no built-in models in this installation")
+    for name in names:
+        card = model_card(name).splitlines()
+        title = next((line.lstrip("# ").strip() for line in card if line.startswith("#")), name)
+        summary = next((line.strip() for line in card if line.strip() and not line.startswith("#")), "")
+        print(f"{PREFIX}{name}  {title}\n  {summary}\n  folder: {resolve_model_dir(PREFIX + name)}")
+    if names:
+        print("Full card: brainuad models NAME. Use: brainuad detect SCAN --model builtin:NAME --out findings/")
     return EXIT_OK
 
 
@@ -469,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_ablate(sub)
     _add_demo(sub)
+    _add_models(sub)
     return parser
 
 

@@ -1,6 +1,8 @@
 """``brainuad demo``: the whole chain — data, preprocess, train, calibrate, detect, evaluate, report — on a laptop.
 
-With no data it builds a **synthetic** cohort from the MNI tissue maps nilearn ships (:mod:`brainuad.synthetic`);
+With no data it builds a **synthetic** cohort: T2 simulated from BrainWeb's 20 anatomies (:mod:`brainuad.mrsim`)
+when their label files are found (``$BRAINUAD_BRAINWEB`` or ``../shared/data/brainweb``), else from the MNI tissue
+maps nilearn ships (:mod:`brainuad.synthetic`); the report says which;
 with ``data_dir`` it runs the same chain on a real folder: ``<data_dir>/healthy/`` holds healthy scans, and every
 other sub-folder labelled cases (BraTS- or MS-style). Labelled cases are split by name into tuning cases (the
 threshold is chosen on them) and test cases (reported), never mixed.
@@ -38,6 +40,7 @@ class DemoResult:
     report: Path
     summaries: dict
     seconds: float
+    data: str = "synthetic"
 
 
 def _log(message: str, progress: bool) -> None:
@@ -65,6 +68,22 @@ def _real_layout(data_dir: Path) -> tuple[list[Path], list[Path], list[Path]]:
     n_tune = max(1, len(cases) // 3)
     folders = [c.image_path.parent for c in cases]
     return healthy, folders[:n_tune], folders[n_tune:]
+
+
+def _synthetic_generator():
+    """How the synthetic cohort is made: T2 simulated from BrainWeb anatomies when they are found
+    (:func:`brainuad.mrsim.find_anatomies`), else the MNI template's tissue maps. Each has its own data folder, so
+    a re-run never mixes the two."""
+    from functools import partial
+
+    from brainuad.mrsim import find_anatomies, simulated_subject
+    from brainuad.synthetic import synthetic_subject
+
+    anatomies = find_anatomies()
+    if anatomies:
+        text = f"T2 simulated from {len(anatomies)} BrainWeb anatomies in {anatomies[0].parent}, with skull"
+        return text, partial(simulated_subject, anatomies=anatomies), "data-brainweb"
+    return "T2-like contrast from the MNI template's tissue maps, skull-stripped", synthetic_subject, "data"
 
 
 def run_demo(
@@ -101,12 +120,14 @@ def run_demo(
     out = Path(out_dir)
     (n_healthy, n_tune, n_test), channels, latent = SIZES[size]
     if data_dir is None:
-        _log(f"building a SYNTHETIC cohort: {n_healthy} healthy, {n_tune} tuning and {n_test} test scans", progress)
-        cohort = write_cohort(out / "data", n_healthy, n_tune, n_test, seed=seed)
+        generator, make_subject, folder = _synthetic_generator()
+        _log(f"building a SYNTHETIC cohort ({generator}): {n_healthy} healthy, {n_tune} tuning and {n_test} test "
+             "scans", progress)  # fmt: skip
+        cohort = write_cohort(out / folder, n_healthy, n_tune, n_test, seed=seed, subject=make_subject)
         healthy: list[Path] = [cohort.healthy]
         tune_dirs, test_dirs = [cohort.tuning], [cohort.test]
         test_scans = sorted(cohort.test.glob("*/*_t2.nii.gz"))
-        source = "synthetic"
+        source = f"synthetic: {generator}"
     else:
         healthy, tune_dirs, test_dirs = _real_layout(Path(data_dir))
         test_scans = [next(iter(sorted(d.glob("*t2*.nii*")) + sorted(d.glob("T2*.nii*"))), None) for d in test_dirs]
@@ -160,7 +181,7 @@ def run_demo(
     report = write_demo_report(out, summaries, findings.done + findings.skipped, source)
     seconds = time.perf_counter() - start
     _log(f"done in {seconds / 60:.1f} minutes: open {report}", progress)
-    return DemoResult(report, summaries, seconds)
+    return DemoResult(report, summaries, seconds, source)
 
 
 def write_demo_report(out: Path, summaries: dict, findings: list[Path], source: str) -> Path:
@@ -184,10 +205,10 @@ def write_demo_report(out: Path, summaries: dict, findings: list[Path], source: 
             folder / "figure_rows.png"
         )
     table = TABLE_HEADER + "".join(table_row(name, s) for name, s in summaries.items())
-    synthetic = source == "synthetic"
+    synthetic = source.startswith("synthetic")
     notes = [
-        "<b>The data are SYNTHETIC</b> (built from the MNI template's tissue maps, with planted lesions): the numbers "
-        "show the chain working, not how brainuad performs on patients." if synthetic else
+        f"<b>The data are SYNTHETIC</b> ({html.escape(source.removeprefix('synthetic: '))}, with planted lesions): "
+        "the numbers show the chain working, not how brainuad performs on patients." if synthetic else
         f"Data: {html.escape(source)}.",
         "Thresholds were tuned on the tuning cases only; the table reports the test cases. "
         "Intervals: 95% bootstrap over cases. Metric definitions: see the README.",

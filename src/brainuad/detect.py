@@ -161,7 +161,7 @@ def detect_batch(
 
     Args:
         inputs: NIfTI files or folders.
-        run_dir: Trained model folder (``brainuad train`` output, calibrated or not).
+        run_dir: Trained model folder (``brainuad train`` output, calibrated or not), or ``builtin:NAME``.
         out_dir: Output folder (one sub-folder per scan).
         threshold: Segmentation threshold; ``None`` = the calibrated one.
         skull_strip: Override the model's skull-strip setting (e.g. ``none`` for BraTS).
@@ -172,9 +172,10 @@ def detect_batch(
     from tqdm import tqdm
 
     from brainuad.checkpoints import load_model
+    from brainuad.shipped import resolve_model_dir
     from brainuad.training import resolve_device
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run_dir, out_dir = resolve_model_dir(run_dir), Path(out_dir)
     ensure_writable_folder(out_dir)  # fail before loading anything, naming the folder
     torch_device = resolve_device(device)
     model, config = load_model(run_dir, device=torch_device)

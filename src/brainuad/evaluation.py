@@ -366,10 +366,11 @@ def evaluate(
 
     from brainuad.checkpoints import load_model
     from brainuad.provenance import provenance, sha256_file
+    from brainuad.shipped import resolve_model_dir
     from brainuad.training import resolve_device
 
     start = time.perf_counter()
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run_dir, out_dir = resolve_model_dir(run_dir), Path(out_dir)
     ensure_writable_folder(out_dir)  # fail before the work, not after it
     torch_device = resolve_device(device)
     model, config = load_model(run_dir, device=torch_device)
@@ -454,8 +455,10 @@ def calibrate_on_labelled(
 
     from brainuad.checkpoints import load_model
     from brainuad.inference import CALIBRATION_FILE
+    from brainuad.shipped import refuse_builtin
     from brainuad.training import resolve_device
 
+    refuse_builtin(run_dir, "calibrate")
     run_dir = Path(run_dir)
     torch_device = resolve_device(device)
     model, config = load_model(run_dir, device=torch_device)

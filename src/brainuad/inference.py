@@ -82,7 +82,9 @@ class Detection:
 
 def load_calibration(run_dir: str | Path) -> dict | None:
     """The run's calibration (``calibration.json``), or ``None`` if it was never calibrated."""
-    path = Path(run_dir) / CALIBRATION_FILE
+    from brainuad.shipped import resolve_model_dir
+
+    path = resolve_model_dir(run_dir) / CALIBRATION_FILE
     return read_json(path) if path.is_file() else None
 
 
@@ -163,7 +165,9 @@ def calibrate(
     """
     from brainuad.checkpoints import load_model
     from brainuad.data import find_case_folders
+    from brainuad.shipped import refuse_builtin
 
+    refuse_builtin(run_dir, "calibrate")
     model, _ = load_model(run_dir, device=device)
     folders = find_case_folders(list(healthy))
     values, errors, scores = [], [], []

@@ -17,6 +17,7 @@ units, so preprocessing (registration, scaling) has real work to do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,20 +164,27 @@ class SyntheticCohort:
 
 
 def write_cohort(
-    out_dir: str | Path, n_healthy: int, n_tuning: int, n_test: int, spacing: float = 2.0, seed: int = 0
+    out_dir: str | Path,
+    n_healthy: int,
+    n_tuning: int,
+    n_test: int,
+    spacing: float = 2.0,
+    seed: int = 0,
+    subject: Callable[[int, str | None, float], SyntheticSubject] = synthetic_subject,
 ) -> SyntheticCohort:
     """Write a synthetic cohort: healthy scans, and BraTS-style lesion cases for tuning and for testing.
 
     Layout: ``healthy/synth-healthy-000.nii.gz``…; ``tuning/<case>/<case>_t2.nii.gz`` + ``<case>_seg.nii.gz``;
     ``test/<case>/…`` likewise. Lesion kinds cycle through glioma, MS, infarct. Existing files are kept (re-runs
-    with the same arguments reuse them).
+    with the same arguments reuse them). ``subject(seed, lesion_kind, spacing)`` makes each scan (default: from
+    the MNI tissue maps; :func:`brainuad.mrsim.simulated_subject` simulates them from BrainWeb anatomies).
     """
     out_dir = Path(out_dir)
     cohort = SyntheticCohort(out_dir / "healthy", out_dir / "tuning", out_dir / "test")
     for i in range(n_healthy):
         path = cohort.healthy / f"synth-healthy-{i:03d}.nii.gz"
         if not path.exists():
-            save_volume(synthetic_subject(seed * 10_000 + i, None, spacing).image, path)
+            save_volume(subject(seed * 10_000 + i, None, spacing).image, path)
     for split, count, offset in (("tuning", n_tuning, 1000), ("test", n_test, 2000)):
         for i in range(count):
             kind = LESION_KINDS[i % len(LESION_KINDS)]
@@ -184,7 +192,7 @@ def write_cohort(
             folder = out_dir / split / name
             if (folder / f"{name}_seg.nii.gz").exists():
                 continue
-            subject = synthetic_subject(seed * 10_000 + offset + i, kind, spacing)
-            save_volume(subject.image, folder / f"{name}_t2.nii.gz")
-            save_volume(subject.image.with_array(subject.lesion.astype(np.uint8)), folder / f"{name}_seg.nii.gz")
+            case = subject(seed * 10_000 + offset + i, kind, spacing)
+            save_volume(case.image, folder / f"{name}_t2.nii.gz")
+            save_volume(case.image.with_array(case.lesion.astype(np.uint8)), folder / f"{name}_seg.nii.gz")
     return cohort
