@@ -165,7 +165,7 @@ def write_markdown(args: argparse.Namespace, result: dict, command: str) -> Path
     curves = {}
     for method in summaries:
         arrays = np.load(out / "eval" / method / "t2" / "slice_scores.npz")
-        curves[method] = (arrays["abnormal"], arrays["error"])
+        curves[method] = (arrays["abnormal"], arrays["score"] if "score" in arrays else arrays["error"])
     plot_roc_curves(curves, docs / "results_roc.png", "slice ROC: 4 BraTS + stroke + MS (T2)")
     plot_pr_curves(curves, docs / "results_pr.png", "slice PR (abnormal class): 4 BraTS + stroke + MS (T2)")
     # The code that ran, captured when the run started (older results.json files lack it: then the code now).

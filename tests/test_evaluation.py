@@ -241,3 +241,34 @@ def test_thresholded_case_keeps_only_the_region_voxels():
     summary = summarise([case], 0.5, "test", 0)
     assert summary["voxels"]["ap_pooled"] == pytest.approx(1.0)
     assert summary["voxels"]["dice_pooled"] == pytest.approx(case.dice)
+
+
+def test_evaluate_reports_slice_scores_lesions_and_scans_against_healthy(setup, skull_stripped_scan, capsys):
+    img = nib.load(str(skull_stripped_scan))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    rng = np.random.default_rng(3)
+    for i in range(2):  # two held-out "healthy individuals": the scan with its own noise
+        noisy = np.where(data > 0, data * rng.normal(1.0, 0.03, data.shape), 0.0).astype(np.float32)
+        write_nifti(setup / "healthy" / f"h{i}.nii.gz", noisy, img.affine)
+    out = setup / "eval-healthy"
+    args = ["evaluate", "--model", str(setup / "intensity"), "--cases", str(setup / "cases"), "--out", str(out)]
+    args += ["--tune-cases", str(setup / "tune"), "--cache", str(setup / "cache"), "--quiet", "--device", "cpu"]
+    assert main([*args, "--healthy", str(setup / "healthy")]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    slices = summary["slices"]
+    assert set(slices["by_score"]) == {"paper_eu", "mean", "p99", "segmented_ml"}  # no healthy calibration: no z
+    assert slices["score"] in slices["by_score"] and "tuning cases" in slices["score_choice"]["source"]
+    assert set(slices["score_choice"]["tuning_ap"]) == set(slices["by_score"])
+    assert slices["auroc"] == slices["by_score"][slices["score"]]["auroc"]
+    # Planted bright lesions against the same anatomy without one: the scan score separates them.
+    scans = summary["scans"]
+    assert scans["patients"] == 2 and scans["healthy"] == 2 and scans["auroc"] == pytest.approx(1.0)
+    assert summary["healthy"]["false_positive_ml_mean"] >= 0 and summary["healthy"]["scans"] == 2
+    lesions = summary["lesions"]
+    assert lesions["reference_lesions"] == 2 and lesions["sensitivity"] == pytest.approx(1.0)
+    with open(out / "per_lesion.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sum(r["kind"] == "reference" for r in rows) == 2 and all(float(r["volume_ml"]) > 0 for r in rows)
+    # The model's own training scans are not held-out healthy scans.
+    assert main([*args, "--out", str(setup / "z"), "--healthy", str(setup / "prep")]) == 1
+    assert "report false positives on held-out healthy scans only" in capsys.readouterr().err

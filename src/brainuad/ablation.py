@@ -71,7 +71,7 @@ def ablate(
             cache_dir=out / "cache", device=device, progress=progress,
         )  # fmt: skip
         scores = np.load(out / "evaluation" / name / "slice_scores.npz")
-        curves[name] = (scores["abnormal"], scores["error"])
+        curves[name] = (scores["abnormal"], scores["score"])
     plot_roc_curves(curves, out / "figure4_roc.png", "Figure 4: slice ROC per latent variant")
     plot_pr_curves(curves, out / "figure4_pr.png", "Figure 4: slice PR (abnormal class) per latent variant")
     _figure5(out, list(summaries), cases, modality, device)

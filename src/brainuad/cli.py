@@ -341,7 +341,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         metavar="DIR",
-        help="labelled cases used only to pick the threshold",
+        help="labelled cases used only to pick the threshold and the default slice score",
+    )
+    p.add_argument(
+        "--healthy",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="held-out healthy scans (raw NIfTI or preprocessed case folders; repeatable): scan-level AUROC/AP of "
+        "patients against them and false-positive volume per healthy scan",
     )
     p.add_argument("--modality", default="t2", help="image modality in the case files (default: t2)")
     p.add_argument("--cache", default=None, metavar="DIR", help="keep preprocessed cases here to reuse them")
@@ -364,11 +372,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
         seed=args.seed,
+        healthy_sources=args.healthy,
     )
     slices = summary["slices"]
     line = (
         f"evaluate: {summary['cases']} cases, slice AUROC {slices['auroc']:.3f}, AP {slices['ap_abnormal_class']:.3f}"
+        f" ({slices['score']})"
     )
+    if "scans" in summary:
+        line += f", scan AUROC {summary['scans']['auroc']:.3f} vs {summary['scans']['healthy']} healthy"
     if "voxels" in summary:
         line += f", Dice {summary['voxels']['dice_mean']:.3f}"
     print(f"{line} -> {args.out}")

@@ -196,7 +196,7 @@ def write_demo_report(out: Path, summaries: dict, findings: list[Path], source: 
     curves = {}
     for name in summaries:
         scores = np.load(out / "evaluation" / name / "slice_scores.npz")
-        curves[name] = (scores["abnormal"], scores["error"])
+        curves[name] = (scores["abnormal"], scores["score"])
     plot_roc_curves(curves, out / "roc.png", "slice-level ROC, test cases")
     plot_pr_curves(curves, out / "pr.png", "slice-level precision-recall (abnormal class), test cases")
     images = {"Slice-level ROC (brain-containing axial slices)": out / "roc.png", "Slice-level PR": out / "pr.png"}

@@ -4,8 +4,10 @@ The operating threshold comes from ``--tune-cases`` (best pooled Dice on those c
 from the model's calibration; the best-achievable Dice on the reported cases is given beside it as an upper bound.
 Lesion voxels that fall outside the crop are counted as missed. Metric definitions: :mod:`brainuad.metrics`.
 
-Outputs in ``DIR/``: ``summary.json``, ``per_case.csv``, ``table.md``, ``roc.png``, ``pr.png`` and
-``slice_scores.npz`` (per-slice labels and scores of every case, for re-plotting and comparing methods).
+Slice, scan and lesion scores beyond the paper's: :mod:`brainuad.scores`.
+
+Outputs in ``DIR/``: ``summary.json``, ``per_case.csv``, ``per_lesion.csv`` (voxel-labelled cases), ``table.md``,
+``roc.png``, ``pr.png`` and ``slice_scores.npz`` (per-slice labels, e(u) and the default score of every case).
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from brainuad import metrics
+from brainuad import metrics, scores
 from brainuad.data import LabelledCase, find_labelled_cases
 from brainuad.errors import BrainuadError, InputError
 from brainuad.inference import PostprocessingSizes, detect_case, load_calibration, postprocessing_sizes
 from brainuad.io import atomic_path, ensure_writable_folder, load_volume, read_grid, to_canonical, write_json
-from brainuad.postprocessing import segment
+from brainuad.postprocessing import erode_mask, segment
 from brainuad.preprocessing import PreprocessedCase, load_case, preprocess_file
 from brainuad.registration import fraction_outside_grid, native_to_mni
 from brainuad.templates import Grid
@@ -54,6 +56,9 @@ class CaseEvaluation:
     dice: float = float("nan")
     predicted_voxels: int = 0
     true_positive: int = 0
+    slice_scores: dict = field(default_factory=dict, repr=False)  # name → per-slice score (scores.SLICE_SCORES)
+    scan_scores: dict = field(default_factory=dict)  # name → value (scores.SCAN_SCORES)
+    lesion_rows: list = field(default_factory=list, repr=False)  # scores.lesion_rows, voxel-labelled cases
 
     @property
     def voxel_ml(self) -> float:
@@ -133,7 +138,10 @@ def evaluate_case(
         )
     detection = detect_case(model, pre, threshold=math.inf, calibration=calibration, device=device)
     brain = pre.brain_mask.array
+    eroded = erode_mask(brain, postprocessing_sizes(pre.grid.spacing_mm).erosion_voxels)
     common = {
+        "slice_scores": scores.map_slice_scores(detection.anomaly, eroded, calibration),
+        "scan_scores": {"p999": detection.scan_score},
         "name": case.name,
         "layout": case.layout,
         "brain_slices": metrics.brain_slices(brain),
@@ -158,11 +166,17 @@ def evaluate_case(
 
 def apply_threshold(evaluation: CaseEvaluation, threshold: float) -> None:
     """Segment at ``threshold`` (small components dropped): slice flags, Dice, predicted volume; frees the map."""
-    labels, _ = segment(evaluation.anomaly, threshold, evaluation.sizes.min_component_voxels)
+    labels, count = segment(evaluation.anomaly, threshold, evaluation.sizes.min_component_voxels)
     predicted = labels > 0
     evaluation.flagged = predicted.any(axis=(0, 1))
     evaluation.predicted_voxels = int(predicted.sum())
+    scores.add_segmentation_scores(evaluation.slice_scores, labels, evaluation.voxel_ml)
+    evaluation.scan_scores["lesion_ml"] = evaluation.predicted_voxels * evaluation.voxel_ml
     if evaluation.has_voxels:
+        # Reference lesions smaller than the segmentation's smallest component cannot be reported: not counted.
+        reference, references = segment(evaluation.lesion, 0.5, evaluation.sizes.min_component_voxels)
+        match = metrics.match_lesions(labels, count, reference, references)
+        evaluation.lesion_rows = scores.lesion_rows(evaluation.name, match, evaluation.anomaly, evaluation.voxel_ml)
         evaluation.true_positive = int(np.logical_and(predicted, evaluation.lesion).sum())
         evaluation.dice = metrics.dice(predicted, evaluation.lesion, evaluation.lesion_outside_crop)
         # Keep only what the pooled voxel metrics need — brain ∪ lesion voxels as flat arrays, not whole volumes —
@@ -184,29 +198,45 @@ def tune_threshold(evaluations: list[CaseEvaluation]) -> metrics.DiceSweep:
     )
 
 
-def _slice_arrays(evaluations: list[CaseEvaluation], counted_only: bool = True) -> dict[str, np.ndarray]:
+def _slice_arrays(
+    evaluations: list[CaseEvaluation], counted_only: bool = True, score: str = "paper_eu"
+) -> dict[str, np.ndarray]:
     keep = [e.slice_known & (e.brain_slices if counted_only else True) for e in evaluations]
+    every = [scores.case_slice_scores(e) for e in evaluations]
     return {
         "abnormal": np.concatenate([e.slice_abnormal[k] for e, k in zip(evaluations, keep)]),
         "error": np.concatenate([e.slice_error[k] for e, k in zip(evaluations, keep)]),
+        "score": np.concatenate([c.get(score, e.slice_error)[k] for e, c, k in zip(evaluations, every, keep)]),
         "normality": np.concatenate([e.normality[k] for e, k in zip(evaluations, keep)]),
         "flagged": np.concatenate([e.flagged[k] for e, k in zip(evaluations, keep)]),
     }
 
 
-def summarise(evaluations: list[CaseEvaluation], threshold: float, threshold_source: str, seed: int = 0) -> dict:
-    """Every metric of the README's definitions, with bootstrap confidence intervals over cases."""
+def summarise(
+    evaluations: list[CaseEvaluation],
+    threshold: float,
+    threshold_source: str,
+    seed: int = 0,
+    slice_score: str | None = None,
+    slice_score_choice: dict | None = None,
+    healthy: list[dict] | None = None,
+) -> dict:
+    """Every metric of the README's definitions, with bootstrap confidence intervals over cases.
+
+    Args:
+        evaluations: The reported cases, thresholded.
+        threshold: The operating threshold and where it came from (``threshold_source``).
+        seed: Bootstrap seed.
+        slice_score: The default slice score (:data:`brainuad.scores.SLICE_SCORES`) and how it was chosen.
+        slice_score_choice: How the default slice score was chosen (recorded as given).
+        healthy: Healthy scans' scan scores (:func:`brainuad.scores.healthy_scan_scores`) for scan-level triage.
+    """
     counted = _slice_arrays(evaluations)
     every = _slice_arrays(evaluations, counted_only=False)
     sensitivity, specificity = metrics.sensitivity_specificity(counted["abnormal"], counted["flagged"])
-
-    def slice_stat(function):
-        def statistic(indices: np.ndarray) -> float:
-            arrays = _slice_arrays([evaluations[i] for i in indices])
-            return function(arrays["abnormal"], arrays["error"])
-
-        return statistic
-
+    by_score = scores.slice_score_metrics(*scores.counted_slices(evaluations), seed, BOOTSTRAP_RESAMPLES)
+    slice_score = slice_score if slice_score in by_score else "paper_eu"
+    default = by_score[slice_score]
     voxel = [e for e in evaluations if e.has_voxels]
     dices = np.array([e.dice for e in voxel])
     n = len(evaluations)
@@ -216,13 +246,14 @@ def summarise(evaluations: list[CaseEvaluation], threshold: float, threshold_sou
             "rule": "axial MNI slices whose brain area is >= 1% of the case's largest axial brain cross-section",
             "counted": int(counted["abnormal"].size),
             "abnormal": int(counted["abnormal"].sum()),
-            "score": "e(u): summed post-processed anomaly in the slice",
-            "auroc": metrics.auroc(counted["abnormal"], counted["error"]),
-            "auroc_ci95": metrics.bootstrap_ci(n, slice_stat(metrics.auroc), BOOTSTRAP_RESAMPLES, seed=seed),
-            "ap_abnormal_class": metrics.average_precision(counted["abnormal"], counted["error"]),
-            "ap_abnormal_class_ci95": metrics.bootstrap_ci(
-                n, slice_stat(metrics.average_precision), BOOTSTRAP_RESAMPLES, seed=seed
-            ),
+            "score": slice_score,
+            "score_definition": scores.SLICE_SCORES[slice_score],
+            "score_choice": slice_score_choice or {"source": "given"},
+            "auroc": default["auroc"],
+            "auroc_ci95": default["auroc_ci95"],
+            "ap_abnormal_class": default["ap"],
+            "ap_abnormal_class_ci95": default["ap_ci95"],
+            "by_score": by_score,
             "abnormal_prevalence": float(counted["abnormal"].mean()) if counted["abnormal"].size else float("nan"),
             "sensitivity": sensitivity,
             "specificity": specificity,
@@ -256,6 +287,11 @@ def summarise(evaluations: list[CaseEvaluation], threshold: float, threshold_sou
             "best_achievable_note": "upper bound: threshold chosen on the reported cases themselves",
             "lesion_outside_crop_ml": float(sum(e.lesion_outside_crop * e.voxel_ml for e in voxel)),
         }
+        min_ml = voxel[0].sizes.min_component_voxels * voxel[0].voxel_ml
+        summary["lesions"] = scores.lesion_summary([r for e in voxel for r in e.lesion_rows], len(voxel), min_ml)
+    if healthy is not None:
+        summary["scans"] = scores.scan_summary([e.scan_scores for e in evaluations], healthy, seed, BOOTSTRAP_RESAMPLES)
+        summary["healthy"] = scores.healthy_summary(healthy)
     return summary
 
 
@@ -266,11 +302,18 @@ def _pooled_dice(voxel: list[CaseEvaluation]) -> float:
     return float(2.0 * overlap / total) if total else float("nan")
 
 
-def per_case_rows(evaluations: list[CaseEvaluation]) -> list[dict]:
-    """One row per case: layout, Dice, volumes, slice counts and the case's own slice AUROC (when defined)."""
+def per_case_rows(
+    evaluations: list[CaseEvaluation], slice_score: str = "paper_eu", calibration: dict | None = None
+) -> list[dict]:
+    """One row per case: layout, Dice, volumes, slice counts, the case's own slice AUROC (default slice score and
+    the paper's e(u), when defined), its scan scores, percentile among healthy calibration scans and lesion counts."""
     rows = []
+    healthy = (calibration or {}).get("healthy_scan_scores", [])
     for e in evaluations:
         counted = e.slice_known & e.brain_slices
+        score = scores.case_slice_scores(e).get(slice_score, e.slice_error)
+        reference = [r for r in e.lesion_rows if r["kind"] == "reference"]
+        predicted = [r for r in e.lesion_rows if r["kind"] == "predicted"]
         rows.append(
             {
                 "case": e.name,
@@ -281,8 +324,14 @@ def per_case_rows(evaluations: list[CaseEvaluation]) -> list[dict]:
                 "predicted_ml": e.predicted_voxels * e.voxel_ml,
                 "slices_counted": int(counted.sum()),
                 "slices_abnormal": int(e.slice_abnormal[counted].sum()),
-                "slice_auroc": metrics.auroc(e.slice_abnormal[counted], e.slice_error[counted]),
+                "slice_auroc": metrics.auroc(e.slice_abnormal[counted], score[counted]),
+                "slice_auroc_paper_eu": metrics.auroc(e.slice_abnormal[counted], e.slice_error[counted]),
                 "slice_sensitivity": metrics.sensitivity_specificity(e.slice_abnormal[counted], e.flagged[counted])[0],
+                "scan_score_p999": e.scan_scores.get("p999", float("nan")),
+                "scan_percentile_vs_healthy": scores.percentile_among(e.scan_scores.get("p999", np.nan), healthy),
+                "reference_lesions": len(reference) if e.has_voxels else "",
+                "reference_lesions_detected": sum(r["matched"] for r in reference) if e.has_voxels else "",
+                "false_positive_components": sum(not r["matched"] for r in predicted) if e.has_voxels else "",
             }
         )
     return rows
@@ -322,11 +371,18 @@ def table_row(method: str, summary: dict) -> str:
     return "| " + " | ".join(cells) + " |\n"
 
 
-def _write_curves(evaluations: list[CaseEvaluation], out: Path, label: str) -> None:
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_curves(evaluations: list[CaseEvaluation], out: Path, label: str, slice_score: str) -> None:
     from brainuad.figures import plot_pr_curves, plot_roc_curves
 
-    counted = _slice_arrays(evaluations)
-    curves = {label: (counted["abnormal"], counted["error"])}
+    counted = _slice_arrays(evaluations, score=slice_score)
+    curves = {label: (counted["abnormal"], counted["score"])}
     plot_roc_curves(curves, out / "roc.png", "slice-level ROC (brain-containing axial slices)")
     plot_pr_curves(curves, out / "pr.png", "slice-level precision-recall (abnormal class)")
 
@@ -341,6 +397,7 @@ def evaluate(
     device: str = "auto",
     progress: bool = True,
     seed: int = 0,
+    healthy_sources: list[str | Path] | None = None,
 ) -> dict:
     """Evaluate a trained (or baseline) model on labelled cases; write the summary, tables and curves.
 
@@ -355,12 +412,15 @@ def evaluate(
         device: ``auto``, ``cpu`` or ``cuda``.
         progress: Show a progress bar.
         seed: Seed of the bootstrap.
+        healthy_sources: Held-out healthy scans (raw NIfTI or preprocessed case folders) for scan-level triage
+            (patients against healthy) and false positives per healthy scan.
 
     Returns:
         The summary written to ``out_dir/summary.json``.
 
     Raises:
-        BrainuadError: No threshold available, overlapping tuning and reported cases, unusable cases.
+        BrainuadError: No threshold available, overlapping tuning and reported cases, healthy scans the model was
+            trained or calibrated on, unusable cases.
     """
     from tqdm import tqdm
 
@@ -387,6 +447,9 @@ def evaluate(
     temporary = None if cache_dir else tempfile.TemporaryDirectory(prefix="brainuad-eval-")
     cache = Path(cache_dir) if cache_dir else Path(temporary.name)
     try:
+        # Before the work: healthy scans the model has seen are refused.
+        healthy_folders = scores.held_out_healthy(run_dir, healthy_sources, config, cache / "healthy")
+        healthy = None
         bar = tqdm(total=len(tune) + len(cases), desc="evaluate", unit="case", disable=not progress)
         tuned = []
         for case in tune:
@@ -397,7 +460,12 @@ def evaluate(
             threshold, source = sweep.threshold, f"best pooled Dice ({sweep.dice:.3f}) on {len(tune)} tuning cases"
         else:
             threshold, source = float(calibration["threshold"]), f"calibration.json ({calibration.get('method')})"
+        for evaluation in tuned:
+            apply_threshold(evaluation, threshold)  # segmentation-based slice scores compete too
+        slice_score, choice = scores.default_slice_score(tuned, calibration)
         del tuned
+        if healthy_sources:
+            healthy = scores.healthy_scan_scores(model, config, healthy_folders, threshold, torch_device)
         evaluations = []
         for case in cases:
             evaluation = evaluate_case(model, case, config, cache / "cases", calibration, torch_device)
@@ -409,7 +477,7 @@ def evaluate(
         if temporary is not None:
             temporary.cleanup()
 
-    summary = summarise(evaluations, threshold, source, seed)
+    summary = summarise(evaluations, threshold, source, seed, slice_score, choice, healthy)
     summary.update(
         {
             "model": {
@@ -425,16 +493,15 @@ def evaluate(
         }
     )
     write_json(out_dir / "summary.json", summary)
-    rows = per_case_rows(evaluations)
-    with atomic_path(out_dir / "per_case.csv") as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_csv(out_dir / "per_case.csv", per_case_rows(evaluations, slice_score, calibration))
     with atomic_path(out_dir / "table.md") as tmp:
         tmp.write_text(TABLE_HEADER + table_row(f"{config.model.kind} ({run_dir.name})", summary))
     with atomic_path(out_dir / "slice_scores.npz") as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **{f"{k}": v for k, v in _slice_arrays(evaluations).items()})
-    _write_curves(evaluations, out_dir, config.model.kind)
+        np.savez(handle, **{f"{k}": v for k, v in _slice_arrays(evaluations, score=slice_score).items()})
+    lesions = [r for e in evaluations for r in e.lesion_rows]
+    if lesions:
+        _write_csv(out_dir / "per_lesion.csv", lesions)
+    _write_curves(evaluations, out_dir, f"{config.model.kind} ({slice_score})", slice_score)
     return summary
 
 
@@ -475,10 +542,15 @@ def calibrate_on_labelled(
         if temporary is not None:
             temporary.cleanup()
     sweep = tune_threshold(evaluations)
+    for evaluation in evaluations:
+        apply_threshold(evaluation, sweep.threshold)
+    slice_score, choice = scores.default_slice_score(evaluations, None)
     calibration.update(
         {
             "method": "best pooled Dice on labelled tuning cases",
             "threshold": sweep.threshold,
+            "slice_score": slice_score,
+            "slice_score_tuning_ap": choice.get("tuning_ap"),
             "tuning_dice": sweep.dice,
             "tuning_cases": [str(c.image_path) for c in cases],
             "postprocessing": evaluations[0].sizes.to_dict(),

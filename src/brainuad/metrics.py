@@ -14,6 +14,9 @@ Definitions (the README's "Metrics" section repeats them):
 - **Voxel AP**: average precision over brain voxels (plus every lesion voxel), pooled over cases; lesion voxels that
   fall outside the crop count as positives that are never detected (recall cannot reach 1).
 - **Dice**: 2|P∩T| / (|P| + |T|), with lesion voxels outside the crop added to |T|; NaN when both are empty.
+- **Lesion matching**: a reference lesion is detected when any predicted component overlaps it (a lesion split into
+  several components counts once; one component merging several lesions detects them all); a predicted component
+  that overlaps no reference lesion is a false positive.
 - **Best-achievable Dice**: the highest pooled Dice over all thresholds of the anomaly map (before the component
   filter) — an upper bound, since it picks the threshold on the very cases it reports.
 """
@@ -184,3 +187,36 @@ def bootstrap_ci(
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(values, [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class LesionMatch:
+    """Reference lesions and predicted components of one scan, matched by any overlap (label arrays: 0 = none)."""
+
+    reference_labels: np.ndarray
+    reference_count: int
+    predicted_labels: np.ndarray
+    predicted_count: int
+    reference_detected: np.ndarray  # per reference lesion 1…n: overlapped by at least one predicted component
+    predicted_true: np.ndarray  # per predicted component 1…m: overlaps at least one reference lesion
+
+    @property
+    def false_positives(self) -> int:
+        return int((~self.predicted_true).sum())
+
+
+def match_lesions(
+    predicted_labels: np.ndarray, predicted_count: int, reference_labels: np.ndarray, reference_count: int
+) -> LesionMatch:
+    """Match predicted components to reference lesions by any overlap (see module docs)."""
+    predicted_labels, reference_labels = np.asarray(predicted_labels), np.asarray(reference_labels)
+    if predicted_labels.shape != reference_labels.shape:
+        raise ValueError(f"predicted {predicted_labels.shape} and reference {reference_labels.shape} differ in shape")
+    both = (predicted_labels > 0) & (reference_labels > 0)
+    detected = np.zeros(reference_count + 1, bool)
+    true = np.zeros(predicted_count + 1, bool)
+    detected[np.unique(reference_labels[both])] = True
+    true[np.unique(predicted_labels[both])] = True
+    return LesionMatch(
+        reference_labels, int(reference_count), predicted_labels, int(predicted_count), detected[1:], true[1:]
+    )

@@ -96,6 +96,31 @@ def slice_errors(anomaly: np.ndarray, axis: int = AXIAL) -> np.ndarray:
     return anomaly.sum(axis=other, dtype=np.float64)
 
 
+def slice_percentile(anomaly: np.ndarray, region: np.ndarray, q: float = 99.0, axis: int = AXIAL) -> np.ndarray:
+    """The ``q``-th percentile of the anomaly over each slice's ``region`` voxels (0 where a slice has none).
+
+    A level, not a sum: a slice's score does not grow with its brain area, only with how high its residual reaches.
+    """
+    anomaly, region = np.moveaxis(np.asarray(anomaly), axis, 0), np.moveaxis(np.asarray(region, bool), axis, 0)
+    if anomaly.shape != region.shape:
+        raise ValueError(f"anomaly {anomaly.shape} and region {region.shape} differ in shape")
+    return np.array([float(np.percentile(a[m], q)) if m.any() else 0.0 for a, m in zip(anomaly, region)])
+
+
+def slice_means(anomaly: np.ndarray, region: np.ndarray, axis: int = AXIAL) -> np.ndarray:
+    """The mean anomaly over each slice's ``region`` voxels (0 where a slice has none): e(u) / brain area."""
+    other = tuple(a for a in range(anomaly.ndim) if a != axis)
+    region = np.asarray(region, bool)
+    total = np.where(region, anomaly, 0.0).sum(axis=other, dtype=np.float64)
+    return total / np.maximum(region.sum(axis=other), 1)
+
+
+def segmented_area(segmentation: np.ndarray, voxel_ml: float = 0.001, axis: int = AXIAL) -> np.ndarray:
+    """The final segmentation's volume in each slice (mL): grows with the finding, not with the brain."""
+    other = tuple(a for a in range(segmentation.ndim) if a != axis)
+    return (np.asarray(segmentation) > 0).sum(axis=other).astype(np.float64) * voxel_ml
+
+
 def normality_scores(errors: np.ndarray) -> np.ndarray:
     """The paper's slice normality score s(u) = 1 − (e(u) − min e) / (max e − min e); near 0 = likely abnormal.
 
