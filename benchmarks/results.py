@@ -151,6 +151,15 @@ def _train_seconds(out: Path, method: str) -> float:
     return float(json.loads((out / "runs" / method / "summary.json").read_text()).get("train_seconds") or 0.0)
 
 
+def _other_sections(path: Path) -> str:
+    """Sections other benchmarks wrote into the page between their own ``<!-- NAME: begin/end -->`` markers: kept."""
+    import re
+
+    page = path.read_text() if path.is_file() else ""
+    found = re.finditer(r"<!-- ([\w.-]+): begin -->.*?<!-- \1: end -->", page, flags=re.S)
+    return "".join(f"\n{m.group(0)}\n" for m in found)
+
+
 def write_markdown(args: argparse.Namespace, result: dict, command: str) -> Path:
     import numpy as np
 
@@ -239,7 +248,7 @@ def write_markdown(args: argparse.Namespace, result: dict, command: str) -> Path
         "",
     ]
     path = docs / "results.md"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + _other_sections(path))
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     return path
 

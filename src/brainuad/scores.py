@@ -315,6 +315,8 @@ def held_out_healthy(run_dir: Path, sources: Sequence[str | Path], config, cache
     from brainuad.inference import load_calibration
     from brainuad.io import read_json
 
+    if not sources:
+        return []
     split_path = run_dir / "split.json"
     split = read_json(split_path) if split_path.is_file() else {}
     seen = [*split.get("train", []), *split.get("val", []), *(load_calibration(run_dir) or {}).get("healthy_cases", [])]
