@@ -13,8 +13,9 @@ Relaxation times (ms) and relative proton densities per BrainWeb label:
 - 1.5 T: BrainWeb's own table (Kwan, Evans & Pike, IEEE TMI 1999; Aubert-Broche, Evans & Collins, NeuroImage 32,
   2006) for CSF, grey and white matter, fat, muscle, connective fat and dura. BrainWeb gives no values for skin
   (6) or marrow (11); for skin we use those fitted to BrainWeb's simulated images in the STANCE toolbox (Hill et
-  al. 2017: T1 1800, T2 140) and for (fatty, adult) marrow the connective-fat values. Cortical bone (7) has almost
-  no signal on conventional sequences (PD ≈ 0.05, T2 ≈ 1 ms), and vessels (8) are a flow void on spin echo (PD 0).
+  al. 2017: T1 1800, T2 140; likewise for vessels, 8: PD 0.87, T1 900, T2 180 — BrainWeb's vessel label is mostly
+  small surface vessels, which a flow void would turn into black dots) and for (fatty, adult) marrow the
+  connective-fat values. Cortical bone (7) has almost no signal on conventional sequences (PD ≈ 0.05, T2 ≈ 1 ms).
 - 3 T: grey and white matter from Wansapura et al., JMRI 9:531 (1999) (T1 1331/832, T2 110/80); muscle from
   Stanisz et al., MRM 54:507 (2005) (T1 1412, T2 50); subcutaneous fat from de Bazelaire et al., Radiology 230:652
   (2004) (T1 382, T2 68); CSF T1 ≈ 4 s and T2 ≈ 2 s within the ranges reviewed by Bojorquez et al., MRI 35:69
@@ -59,7 +60,7 @@ TISSUES_1_5T = np.array([
     (900.0, 47.0, 1.0),     # muscle
     (1800.0, 140.0, 1.0),   # muscle/skin
     (300.0, 1.0, 0.05),     # skull (cortical bone)
-    (900.0, 180.0, 0.0),    # vessels: flow void
+    (900.0, 180.0, 0.87),   # vessels (STANCE fit; a flow void would pepper the brain with black dots)
     (500.0, 70.0, 0.77),    # connective (fat around muscle)
     (2569.0, 329.0, 1.0),   # dura
     (500.0, 70.0, 0.77),    # marrow
@@ -233,13 +234,13 @@ def simulate(
     factors = rng.uniform(1.0 - jitter, 1.0 + jitter, len(LABELS))
     per_label = (signal(table[:, 0], table[:, 1], table[:, 2], sequence) * factors).astype(np.float32)
     crisp = per_label[label]
-    brain = np.isin(label, BRAIN_LABELS)
+    # Brain mask: CSF, GM, WM and the vessels on and in them (BrainWeb labels ~1 % of the brain as vessels).
+    brain = ndimage.binary_fill_holes(np.isin(label, (*BRAIN_LABELS, 8)))
     lesion = None
     if lesion_kind is not None:
         tissues = {"csf": (label == 1).astype(np.float32), "grey": (label == 2).astype(np.float32),
                    "white": (label == 3).astype(np.float32)}  # fmt: skip
-        brain_filled = ndimage.binary_fill_holes(brain)
-        lesion, t2_relative = _plant(rng, lesion_kind, tissues, brain_filled, float(labels.spacing[0]))
+        lesion, t2_relative = _plant(rng, lesion_kind, tissues, brain, float(labels.spacing[0]))
         water = np.clip((t2_relative[lesion] - 0.5) / 0.5, 0.0, 1.0)
         t1, t2, pd = _lesion_relaxation(table, water)
         crisp[lesion] = signal(t1, t2, pd, sequence) * rng.uniform(1.0 - jitter, 1.0 + jitter)
