@@ -65,6 +65,11 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
             k = wrong[0]
             detail.append(f"shape of {k}: file {tuple(state[k].shape)} vs config {tuple(target[k].shape)}")
         raise InputError(path, "weights do not match the model its config describes: " + "; ".join(detail))
+    # load_state_dict would silently cast integer tensors into float parameters: not a usable model.
+    cast = [k for k in target if target[k].is_floating_point() and not state[k].is_floating_point()]
+    if cast:
+        k = cast[0]
+        raise InputError(path, f"tensor {k} is stored as {state[k].dtype}; the model needs {target[k].dtype}")
     _unwrap(model).load_state_dict(state)
     return model
 
@@ -78,6 +83,30 @@ def _check_values(path: Path, state: dict[str, torch.Tensor]) -> None:
             raise InputError(path, f"tensor {key} has dtype {tensor.dtype}; expected float16, bfloat16 or float32")
         if not torch.isfinite(tensor).all():
             raise InputError(path, f"tensor {key} holds NaN or infinite values")
+
+
+def _check_declared_sizes(config: Config, weights_path: Path) -> None:
+    """Compare the network the config declares with the weights' shapes *before* allocating it: a config declaring
+    a huge layer would otherwise build gigabytes of parameters only to find they do not fit."""
+    from safetensors import safe_open
+
+    from brainuad.models import build_model
+
+    try:
+        with torch.device("meta"):
+            target = {k: tuple(v.shape) for k, v in build_model(config.model).state_dict().items()}
+        with safe_open(str(weights_path), framework="pt") as handle:
+            stored = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
+    except Exception:  # no meta build or an unreadable header: load_weights reports it properly
+        return
+    wrong = sorted(k for k in set(target) | set(stored) if target.get(k) != stored.get(k))
+    if wrong:
+        k = wrong[0]
+        raise InputError(
+            weights_path.parent / "config.json",
+            f"declares a network that the weights in {weights_path.name} do not match ({len(wrong)} tensors differ, "
+            f"e.g. {k}: config {target.get(k)} vs file {stored.get(k)}); refusing to build it",
+        )
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, path: str | Path) -> Path:
@@ -159,6 +188,7 @@ def load_model(run_dir: str | Path, weights: str = "model.safetensors", device: 
     weights_path = run_dir / weights
     if not weights_path.is_file():
         raise InputError(weights_path, "weights file not found (was training finished?)")
+    _check_declared_sizes(config, weights_path)
     try:
         model = build_model(config.model)
     except (ValueError, RuntimeError) as exc:

@@ -220,6 +220,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
     try:
         config = _config_from_args(args)
+        if args.resume:
+            config = _resume_config(args, config)
     except ConfigError as exc:
         return _usage_error(str(exc))
     result = train(args.data, args.out, config, resume=args.resume, progress=not args.quiet)
@@ -229,6 +231,33 @@ def _run_train(args: argparse.Namespace) -> int:
             f"{result.best_epoch} -> {result.run_dir}"
         )
     return EXIT_OK
+
+
+#: Config fields whose flag is named differently (the rest: flag --a-b sets field a_b).
+_FLAG_FIELDS = {"model": "kind", "no_bf16": "bf16"}
+
+
+def _resume_config(args: argparse.Namespace, config):
+    """For ``train --resume``: the run's saved settings, overridden only by the flags given on this command line
+    (``train`` then refuses any that differ from the run's, naming them)."""
+    from pathlib import Path
+
+    from brainuad.checkpoints import load_config
+    from brainuad.config import replace
+
+    saved_path = Path(args.out) / "config.json"
+    if not saved_path.is_file():
+        return config  # train() says there is nothing to resume
+    saved = load_config(saved_path)
+    # Parse the same command line again with every default suppressed: what remains was typed by the user.
+    parser = build_parser()
+    train_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    for action in train_parser._actions:
+        action.default = argparse.SUPPRESS
+    given = {_FLAG_FIELDS.get(k, k) for k in vars(parser.parse_args(args.argv))}
+    model = {f: getattr(config.model, f) for f in vars(saved.model) if f in given}
+    training = {f: getattr(config.training, f) for f in vars(saved.training) if f in given}
+    return replace(saved, model=replace(saved.model, **model), training=replace(saved.training, **training))
 
 
 def _add_calibrate(sub: argparse._SubParsersAction) -> None:
@@ -310,12 +339,16 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_detect(args: argparse.Namespace) -> int:
+    import math
+
     from brainuad.detect import detect_batch
 
     try:
         threshold = None if args.threshold == "auto" else float(args.threshold)
     except ValueError:
         return _usage_error(f"--threshold must be 'auto' or a number, got {args.threshold!r}")
+    if threshold is not None and not math.isfinite(threshold):
+        return _usage_error(f"--threshold must be a finite number, got {args.threshold!r}")
     result = detect_batch(
         args.inputs, args.model, args.out, threshold, args.skull_strip, args.device, args.force, progress=not args.quiet
     )
@@ -525,10 +558,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from brainuad.errors import BrainuadError
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    import signal
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt  # unwinds like Ctrl-C: staging folders are removed, workers stopped
+
+    previous = signal.signal(signal.SIGTERM, terminate) if _in_main_thread() else None
     try:
         return args.func(args)
     except BrainuadError as exc:
@@ -537,6 +578,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"brainuad {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -97,8 +97,12 @@ def find_brats_cases(folder: str | Path, modality: str = "t2") -> list[LabelledC
     for seg in sorted(folder.rglob("*_seg.nii*")):
         stem = strip_nifti_suffix(seg)[: -len("_seg")]
         images = [p for p in _nifti_files(seg.parent) if strip_nifti_suffix(p).lower() == (stem + suffix).lower()]
-        if images:
-            cases.append(LabelledCase(stem, images[0], seg, layout="brats"))
+        if not images:
+            # Dropping the case silently would report on fewer cases than were given.
+            raise InputError(
+                seg.parent, f"case {stem} has no {modality} image ({stem}{suffix}.nii.gz) beside {seg.name}"
+            )
+        cases.append(LabelledCase(stem, images[0], seg, layout="brats"))
     return cases
 
 
@@ -231,7 +235,9 @@ class VolumeCache:
             return
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(cache_file.stem + ".partial.npy")
+        _check_free_space(cache_file.parent, int(np.prod(shape)) * 2)
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        _reserve(tmp)
         for i, folder in enumerate(self.case_folders):
             volume = first if i == 0 else load_volume(folder / "image.nii.gz")
             if volume.shape != first.shape:
@@ -253,3 +259,40 @@ class VolumeCache:
     @property
     def volume_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.array.shape[1:])  # type: ignore[return-value]
+
+
+def _check_free_space(folder: Path, needed: int) -> None:
+    """Refuse, before creating it, a cache the disk cannot hold (writing a memory-mapped file on a full disk kills
+    the process with SIGBUS, no message)."""
+    import shutil
+
+    from brainuad.errors import OutputError
+
+    free = shutil.disk_usage(folder).free
+    if needed + 64 * 1024**2 > free:
+        raise OutputError(
+            folder,
+            f"not enough disk space for the training cache: it needs {needed / 1024**3:.2f} GiB, "
+            f"{free / 1024**3:.2f} GiB are free; free some space, then run the same command with --resume",
+        )
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the file's blocks now, so a full disk is an error here rather than a SIGBUS while writing."""
+    import errno
+    import os
+
+    from brainuad.errors import OutputError
+
+    try:
+        with open(path, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # the file system cannot reserve blocks: the free-space check above has to do
+        path.unlink(missing_ok=True)
+        raise OutputError(
+            path,
+            f"cannot allocate the training cache ({exc.strerror or exc}); free some disk space, "
+            "then run the same command with --resume",
+        ) from exc

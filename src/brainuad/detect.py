@@ -13,19 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
-from brainuad.config import PreprocessConfig, replace
+from brainuad.config import PreprocessConfig, replace, to_dict
 from brainuad.errors import BrainuadError, InputError
 from brainuad.inference import Detection, detect_case, load_calibration
 from brainuad.io import (
     Volume,
     atomic_folder,
+    check_replaceable,
     ensure_writable_folder,
     find_nifti_files,
     load_volume,
+    read_json,
     save_volume,
     write_json,
 )
-from brainuad.preprocessing import BatchResult, case_names, preprocess_volume
+from brainuad.preprocessing import BatchResult, _remove_stale_partials, case_names, preprocess_volume
 from brainuad.provenance import provenance, sha256_file
 
 OUTPUTS = (
@@ -36,6 +38,8 @@ OUTPUTS = (
     "summary.json",
     "report.html",
 )
+#: What a findings folder of an older brainuad (before the ownership marker) held: such a folder may be replaced.
+LEGACY_OUTPUTS = (*OUTPUTS, "mni", "figure_rows.png", "figure_slice_scores.png")
 
 
 def nearest_native_slices(detection: Detection) -> list[int]:
@@ -85,10 +89,13 @@ def _write_figures(staging: Path, detection: Detection) -> None:
     plot_slice_scores(detection.normality, staging / "figure_slice_scores.png", detection.calibrated)
 
 
-def write_detection(detection: Detection, folder: Path, input_volume: Volume, run_dir: Path) -> Path:
-    """Write one scan's outputs (native and MNI) into ``folder`` atomically."""
+def write_detection(
+    detection: Detection, folder: Path, input_volume: Volume, run_dir: Path, settings: dict | None = None
+) -> Path:
+    """Write one scan's outputs (native and MNI) into ``folder`` atomically; ``settings`` (input hash, threshold,
+    weights, preprocessing) go into ``summary.json`` so a re-run knows whether this result still holds."""
     case = detection.case
-    with atomic_folder(folder) as staging:
+    with atomic_folder(folder, LEGACY_OUTPUTS) as staging:
         (staging / "mni").mkdir()
         low, high = case.record.get("intensity_range", [0.0, 1.0])
         # Reconstruction back in the input's intensity units, so it can be compared with the scan directly.
@@ -127,11 +134,11 @@ def write_detection(detection: Detection, folder: Path, input_volume: Volume, ru
                 "preprocessing": {
                     k: case.record.get(k) for k in ("preprocessing", "skull_strip_method", "qc", "grid", "warnings")
                 },
+                "settings": settings,
                 "provenance": provenance(),
             },
         )
         from brainuad.figures import html_report
-        from brainuad.io import read_json
 
         html_report(
             f"brainuad findings: {folder.name}",
@@ -187,19 +194,41 @@ def detect_batch(
         preprocess_config = replace(preprocess_config, skull_strip=skull_strip)
     paths = find_nifti_files(inputs)
     names = case_names(paths)
+    _remove_stale_partials(out_dir)
+    effective = threshold if threshold is not None else float(calibration["threshold"])
+    common = {
+        "threshold": effective,
+        "weights_sha256": sha256_file(run_dir / "model.safetensors"),
+        "preprocessing": to_dict(preprocess_config),
+    }
     result = BatchResult()
     for path in tqdm(paths, desc="detect", unit="scan", disable=not progress):
         folder = out_dir / names[path]
-        if not force and all((folder / n).is_file() for n in OUTPUTS):
-            result.skipped.append(folder)
-            continue
         try:
+            # A finished result is reused only when it was made from this very file with these settings.
+            settings = {"input_sha256": sha256_file(path), **common}
+            if not force and _finished(folder, settings):
+                result.skipped.append(folder)
+                continue
+            check_replaceable(folder, LEGACY_OUTPUTS)  # before the work: a user's folder is never replaced
             volume = load_volume(path, "image")
             case = preprocess_volume(volume, preprocess_config, name=names[path])
             if case.grid.shape != tuple(config.model.input_shape):
                 raise InputError(path, f"crop {case.grid.shape} does not match the model's {config.model.input_shape}")
             detection = detect_case(model, case, threshold, calibration, torch_device)
-            result.done.append(write_detection(detection, folder, volume, run_dir))
+            result.done.append(write_detection(detection, folder, volume, run_dir, settings))
         except BrainuadError as exc:
             result.failed.append((path, str(exc)))
+        except Exception as exc:  # keep the batch going; report the unexpected error with its file
+            result.failed.append((path, str(InputError(path, f"unexpected {type(exc).__name__}: {exc}"))))
     return result
+
+
+def _finished(folder: Path, settings: dict) -> bool:
+    """Whether ``folder`` holds complete findings made with exactly these settings (input hash included)."""
+    if not all((folder / n).is_file() for n in OUTPUTS):
+        return False
+    try:
+        return read_json(folder / "summary.json").get("settings") == settings
+    except (BrainuadError, AttributeError):
+        return False

@@ -23,7 +23,7 @@ import numpy as np
 
 from brainuad import metrics, scores
 from brainuad.data import LabelledCase, find_labelled_cases
-from brainuad.errors import BrainuadError, InputError
+from brainuad.errors import BrainuadError, InputError, OutputError
 from brainuad.inference import PostprocessingSizes, detect_case, load_calibration, postprocessing_sizes
 from brainuad.io import atomic_path, ensure_writable_folder, load_volume, read_grid, to_canonical, write_json
 from brainuad.postprocessing import erode_mask, segment
@@ -431,16 +431,14 @@ def evaluate(
 
     start = time.perf_counter()
     run_dir, out_dir = resolve_model_dir(run_dir), Path(out_dir)
+    _refuse_run_folder_as_output(run_dir, out_dir)
     ensure_writable_folder(out_dir)  # fail before the work, not after it
     torch_device = resolve_device(device)
     model, config = load_model(run_dir, device=torch_device)
     calibration = load_calibration(run_dir)
     cases = [c for source in case_sources for c in find_labelled_cases(source, modality)]
     tune = [c for source in tune_sources or [] for c in find_labelled_cases(source, modality)]
-    reported_images = {c.image_path.resolve() for c in cases}
-    overlap = sorted(c.name for c in tune if c.image_path.resolve() in reported_images)
-    if overlap:
-        raise BrainuadError(f"tuning cases are also reported cases ({', '.join(overlap)}); keep them apart")
+    refuse_overlap(cases, tune, calibration if not tune else None, run_dir)
     if not tune and calibration is None:
         raise BrainuadError(f"{run_dir}: no threshold: pass --tune-cases or run 'brainuad calibrate' first")
 
@@ -505,6 +503,47 @@ def evaluate(
     return summary
 
 
+def _refuse_run_folder_as_output(run_dir: Path, out_dir: Path) -> None:
+    """An evaluation never writes into a model's run folder (its summary.json and files would be overwritten)."""
+    if out_dir.resolve() == run_dir.resolve() or (out_dir / "config.json").exists():
+        raise OutputError(
+            out_dir, "is a model's run folder; evaluation results would overwrite its files — choose another --out"
+        )
+
+
+def refuse_overlap(
+    cases: list[LabelledCase], tune: list[LabelledCase], calibration: dict | None, run_dir: Path
+) -> None:
+    """Refuse reported cases that were used to choose the threshold — given as ``--tune-cases`` or recorded as the
+    calibration's labelled tuning cases — matched by path and by content (SHA-256 of the image file), so a renamed
+    copy of a tuning case is caught too."""
+    from brainuad.provenance import sha256_file
+
+    tuning: dict[str, str] = {}  # path or hash → how the tuning case is named
+    for case in tune:
+        tuning[str(case.image_path.resolve())] = case.name
+        tuning[sha256_file(case.image_path)] = case.name
+    if calibration is not None and calibration.get("tuning_cases"):
+        where = f"{run_dir / 'calibration.json'} tuning case"
+        for path in calibration["tuning_cases"]:
+            tuning[str(Path(path).resolve())] = f"{where} {path}"
+        for digest, path in zip(calibration.get("tuning_cases_sha256", []), calibration["tuning_cases"]):
+            tuning[digest] = f"{where} {path}"
+    if not tuning:
+        return
+    overlap = []
+    for case in cases:
+        for key in (str(case.image_path.resolve()), sha256_file(case.image_path)):
+            if key in tuning:
+                overlap.append(f"{case.image_path} = {tuning[key]}")
+                break
+    if overlap:
+        raise BrainuadError(
+            f"reported cases were used to choose the threshold ({'; '.join(overlap)}); keep tuning and reported "
+            "cases apart"
+        )
+
+
 def calibrate_on_labelled(
     run_dir: str | Path,
     sources: list[str | Path],
@@ -522,6 +561,7 @@ def calibrate_on_labelled(
 
     from brainuad.checkpoints import load_model
     from brainuad.inference import CALIBRATION_FILE
+    from brainuad.provenance import sha256_file
     from brainuad.shipped import refuse_builtin
     from brainuad.training import resolve_device
 
@@ -552,7 +592,8 @@ def calibrate_on_labelled(
             "slice_score": slice_score,
             "slice_score_tuning_ap": choice.get("tuning_ap"),
             "tuning_dice": sweep.dice,
-            "tuning_cases": [str(c.image_path) for c in cases],
+            "tuning_cases": [str(c.image_path.resolve()) for c in cases],
+            "tuning_cases_sha256": [sha256_file(c.image_path) for c in cases],
             "postprocessing": evaluations[0].sizes.to_dict(),
         }
     )

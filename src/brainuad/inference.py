@@ -85,7 +85,16 @@ def load_calibration(run_dir: str | Path) -> dict | None:
     from brainuad.shipped import resolve_model_dir
 
     path = resolve_model_dir(run_dir) / CALIBRATION_FILE
-    return read_json(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    calibration = read_json(path)
+    if not isinstance(calibration, dict):
+        raise InputError(path, f"not a calibration (expected a JSON object, got {type(calibration).__name__})")
+    threshold = calibration.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        # A NaN threshold flags nothing and says so nowhere: refuse it.
+        raise InputError(path, f"'threshold' must be a finite number, got {threshold!r}; run 'brainuad calibrate'")
+    return calibration
 
 
 def scan_score(anomaly: np.ndarray, brain_mask: np.ndarray) -> float:
@@ -117,6 +126,8 @@ def detect_case(
         if calibration is None:
             raise BrainuadError("no threshold: run 'brainuad calibrate' on the model, or pass --threshold VALUE")
         threshold = float(calibration["threshold"])
+    if math.isnan(threshold):
+        raise BrainuadError("the threshold is NaN; give a number")
     image, brain = case.image.array, case.brain_mask.array
     reconstruction = reconstruct(model, image, device)
     sizes = postprocessing_sizes(case.grid.spacing_mm)
@@ -168,11 +179,18 @@ def calibrate(
     from brainuad.shipped import refuse_builtin
 
     refuse_builtin(run_dir, "calibrate")
-    model, _ = load_model(run_dir, device=device)
+    model, config = load_model(run_dir, device=device)
     folders = find_case_folders(list(healthy))
     values, errors, scores = [], [], []
     for folder in folders:
         case = load_case(folder)
+        if case.grid.shape != tuple(config.model.input_shape):
+            raise InputError(
+                folder,
+                f"crop grid {case.grid.shape} ({case.grid.spacing_mm:g} mm) does not match the model's "
+                f"{tuple(config.model.input_shape)}; preprocess the healthy scans with the model's preset "
+                f"({config.preprocessing.preset})",
+            )
         detection = detect_case(model, case, threshold=np.inf, device=device)
         values.append(detection.anomaly[case.brain_mask.array])
         errors.append(detection.slice_errors)

@@ -132,6 +132,34 @@ def _check_affine(path: Path | None, affine: np.ndarray) -> None:
         raise InputError(path, "the affine is singular (zero or degenerate voxel size)")
 
 
+def _check_qform_sform(path: Path, img: nib.Nifti1Image | nib.Nifti2Image, shape: tuple[int, ...]) -> None:
+    """Both orientations set but placing the volume differently: nibabel would pick the sform silently, other
+    tools the qform — the scan's orientation is unknown, so refuse rather than guess."""
+    header = img.header
+    if int(header["qform_code"]) <= 0 or int(header["sform_code"]) <= 0:
+        return
+    qform, sform = header.get_qform(), header.get_sform()
+    if not (np.all(np.isfinite(qform)) and np.all(np.isfinite(sform))):
+        return  # _check_affine reports it
+    zooms = np.linalg.norm(sform[:3, :3], axis=0)
+    if np.any(zooms == 0):
+        return
+    rotation = sform[:3, :3] / zooms
+    if not np.allclose(rotation.T @ rotation, np.eye(3), atol=1e-3):
+        return  # a sheared sform: no qform can hold it (nibabel stores the nearest one); reported as sheared later
+    corners = np.array(
+        [[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)]
+    )
+    moved = float(np.linalg.norm((corners @ qform.T - corners @ sform.T)[:, :3], axis=1).max())
+    tolerance = max(1.0, float(np.linalg.norm(sform[:3, :3], axis=0).max()))
+    if moved > tolerance:
+        raise InputError(
+            path,
+            f"qform and sform disagree (they place the volume's corners up to {moved:.1f} mm apart): its orientation "
+            "is ambiguous; fix the header (e.g. 'fslorient -copysform2qform' or -copyqform2sform)",
+        )
+
+
 def _squeeze_to_3d(path: Path, shape: tuple[int, ...], volume_index: int | None) -> tuple[slice | int, ...]:
     """Index that turns the on-disk array into 3D, or a clear error for 2D/4D data."""
     dims = len(shape)
@@ -215,6 +243,7 @@ def load_volume(
         )
     affine = np.asarray(img.affine, dtype=np.float64)
     _check_affine(path, affine)
+    _check_qform_sform(path, img, shape[:3])
     try:
         data = np.asarray(img.dataobj[index])
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as exc:
@@ -244,12 +273,17 @@ def to_canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.n
 def _validate_values(path: Path, data: np.ndarray, kind: VolumeKind) -> np.ndarray:
     if np.issubdtype(data.dtype, np.complexfloating):
         raise InputError(path, "complex-valued data; brainuad needs a magnitude image")
+    if data.dtype.fields is not None or data.dtype.kind not in "biuf":
+        raise InputError(path, f"voxels of type {data.dtype} (colour/RGB or structured); brainuad needs a grey image")
     if kind == "image":
-        data = data.astype(np.float32, copy=False)
         finite = np.isfinite(data)
         if not finite.all():
             n_bad = int((~finite).sum())
             raise InputError(path, f"{n_bad} voxels are NaN or Inf; fix or mask them before use")
+        largest = float(np.abs(data).max())
+        if largest > np.finfo(np.float32).max:
+            raise InputError(path, f"values up to {largest:.3g} exceed the float32 range; rescale the image first")
+        data = data.astype(np.float32, copy=False)
         lo, hi = float(data.min()), float(data.max())
         if hi - lo <= 0:
             raise InputError(path, f"image is constant (every voxel = {lo:g}); no brain to analyse")
@@ -284,22 +318,55 @@ def ensure_writable_folder(folder: Path) -> None:
         raise OutputError(folder, "output folder is not writable")
 
 
+#: Every folder brainuad builds with :func:`atomic_folder` holds this file; only such folders are ever replaced.
+OWNER_MARKER = ".brainuad-output"
+
+
+def check_replaceable(folder: str | Path, legacy: tuple[str, ...] = ()) -> None:
+    """Refuse (naming it) an existing ``folder`` that brainuad did not write: replacing it would lose the user's files.
+
+    Args:
+        folder: Output folder about to be replaced.
+        legacy: File names an older brainuad wrote without the marker; a folder holding only these is also ours.
+
+    Raises:
+        OutputError: ``folder`` exists and is not a brainuad output.
+    """
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_dir() and not folder.is_symlink():
+        entries = {p.name for p in folder.iterdir()}
+        if OWNER_MARKER in entries or (legacy and entries and entries <= set(legacy)):
+            return
+    raise OutputError(
+        folder,
+        "already exists and was not written by brainuad (it holds other files); refusing to replace it — "
+        "move it or choose another --out",
+    )
+
+
 @contextlib.contextmanager
-def atomic_folder(folder: str | Path) -> Iterator[Path]:
+def atomic_folder(folder: str | Path, legacy: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a staging folder beside ``folder``; on success it replaces ``folder``, on failure it is deleted.
 
-    A killed process leaves only a hidden ``.<name>.partial-*`` folder, never a half-written ``folder``.
+    A killed process leaves only a hidden ``.<name>.partial-*`` folder, never a half-written ``folder``. An existing
+    ``folder`` is replaced only when brainuad wrote it (see :func:`check_replaceable`).
     """
     folder = Path(folder)
     if folder.name in ("", ".", "..") or folder.name != safe_name(folder.name):
         raise OutputError(folder, "unsafe output folder name (it could point outside its parent folder)")
+    check_replaceable(folder, legacy)
     ensure_writable_folder(folder.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    _STAGING.add(staging)
     try:
         yield staging
+        (staging / OWNER_MARKER).write_text("written by brainuad; replaced only by brainuad\n")
         for attempt in range(5):
             # Another process may write the same case at the same time: the last complete one wins, whole.
             if folder.exists():
+                check_replaceable(folder, legacy)
                 shutil.rmtree(folder, ignore_errors=True)
             try:
                 os.replace(staging, folder)
@@ -315,6 +382,19 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        _STAGING.discard(staging)
+
+
+#: Staging folders being built now, for a signal handler that must remove them before the process ends.
+_STAGING: set[Path] = set()
+
+
+def remove_staging_folders() -> None:
+    """Delete the staging folders this process is building (called when a signal ends it)."""
+    for staging in list(_STAGING):
+        shutil.rmtree(staging, ignore_errors=True)
+        _STAGING.discard(staging)
 
 
 @contextlib.contextmanager
@@ -402,7 +482,13 @@ def save_volume(
     if dtype is None:
         dtype = np.uint8 if array.dtype == np.bool_ else array.dtype
     array = np.asarray(array).astype(dtype, copy=False)
-    header = volume.header.copy() if volume.header is not None else nib.Nifti1Header()
+    # Geometry only: free-text fields (descrip, aux_file, extensions: patient names), display windows (cal_min/max)
+    # and intent codes of the input describe the input, never a derived map.
+    header = nib.Nifti1Header()
+    if volume.header is not None:
+        header["qform_code"] = volume.header["qform_code"]
+        header["sform_code"] = volume.header["sform_code"]
+        header.set_xyzt_units(*volume.header.get_xyzt_units())
     header.set_data_dtype(dtype)
     img = nib.Nifti1Image(array, affine, header=header)
     # The input's sform/qform codes describe its space; keep them, but never leave both codes unset.
@@ -417,17 +503,38 @@ def save_volume(
     return path
 
 
+def _is_brainuad_output(file: Path, root: Path, owned: dict[Path, bool]) -> bool:
+    """Whether ``file`` (found below ``root``) lies in a staging folder or a folder brainuad wrote (marked): a run
+    whose ``--out`` lies inside its input folder must never analyse its own (or an earlier run's) outputs."""
+    for parent in file.relative_to(root).parents:
+        folder = root / parent
+        if ".partial-" in folder.name:
+            return True
+        if folder not in owned:
+            owned[folder] = (folder / OWNER_MARKER).is_file()
+        if owned[folder]:
+            return True
+    return False
+
+
 def find_nifti_files(inputs: list[str | Path] | tuple[str | Path, ...]) -> list[Path]:
     """Expand files and folders into a sorted list of NIfTI files (folders searched recursively).
+
+    Inside folders, brainuad's own outputs are skipped: staging folders and folders holding the :data:`OWNER_MARKER`.
 
     Raises:
         InputError: A given path does not exist, or a folder holds no NIfTI file.
     """
     found: list[Path] = []
+    owned: dict[Path, bool] = {}
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.is_file() and is_nifti_path(p))
+            files = sorted(
+                p
+                for p in item.rglob("*")
+                if p.is_file() and is_nifti_path(p) and not _is_brainuad_output(p, item, owned)
+            )
             if not files:
                 raise InputError(item, "folder contains no .nii or .nii.gz file")
             found.extend(files)

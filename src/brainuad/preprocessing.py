@@ -30,6 +30,7 @@ from brainuad.errors import BrainuadError, InputError
 from brainuad.io import (
     Volume,
     atomic_folder,
+    check_replaceable,
     ensure_writable_folder,
     find_nifti_files,
     load_volume,
@@ -133,6 +134,39 @@ def degraded_input_warnings(volume: Volume) -> list[str]:
     return found
 
 
+#: Adult brains (with the cerebellum) span about 1000–1900 mL here; far outside is a child, a wrong mask or no brain.
+BRAIN_VOLUME_QC_ML = (800.0, 2200.0)
+#: Real healthy scans register with a brain-mask Dice of 0.73–0.95 here; well below, the anatomy does not match.
+REGISTRATION_DICE_QC = 0.6
+
+
+def qc_warnings(brain_volume_ml: float, registration_dice: float) -> list[str]:
+    """QC gates that do not stop a scan but make its result doubtful, in words (recorded in every summary)."""
+    found = []
+    low, high = BRAIN_VOLUME_QC_ML
+    if not low <= brain_volume_ml <= high:
+        found.append(
+            f"QC: brain volume {brain_volume_ml:.0f} mL is outside the adult range {low:.0f}–{high:.0f} mL (a child, a "
+            "partial scan, a failed brain mask, or not a brain): the model knows adult brains only"
+        )
+    if registration_dice < REGISTRATION_DICE_QC:
+        found.append(
+            f"QC: registration overlap with the MNI brain is low (Dice {registration_dice:.2f} < "
+            f"{REGISTRATION_DICE_QC}): anatomy may be misplaced and healthy tissue flagged"
+        )
+    return found
+
+
+def _refuse_label_maps(volume: Volume) -> None:
+    """A mask or label map stored beside the scans (brain mask, lesion mask) is not a scan: say so, naming it."""
+    if np.unique(volume.array[::3, ::3, ::3]).size > 8:
+        return
+    values = np.unique(volume.array)
+    if values.size <= 8:
+        shown = ", ".join(f"{v:g}" for v in values)
+        raise InputError(volume.path, f"holds only the values {shown}: a mask or label map, not a scan")
+
+
 def preprocess_volume(
     volume: Volume, config: PreprocessConfig | None = None, name: str | None = None
 ) -> PreprocessedCase:
@@ -152,9 +186,15 @@ def preprocess_volume(
     config = config or PreprocessConfig()
     grid = crop_grid(config.preset)
     timings: dict[str, float] = {}
+    offset = min(0.0, float(volume.array.min()))
+    if offset < 0:
+        # MRI magnitudes are >= 0: a negative offset (some converters subtract 1000) is undone, so that skull
+        # stripping and registration see a zero background and the scaled image is the same as without it.
+        volume = volume.with_array(volume.array - np.float32(offset))
 
     start = time.perf_counter()
     mask_native, method = skull_strip(volume, config.skull_strip)
+    _refuse_label_maps(volume)
     timings["skull_strip_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -181,11 +221,15 @@ def preprocess_volume(
     image_mni = native_to_mni(brain.array, transform, grid, order=1)
     mask_mni = native_to_mni(mask_native.astype(np.float32), transform, grid, order=1) > 0.5
     # The range comes from the whole native brain, so the scale does not depend on what the crop keeps.
-    low, high = intensity_range(volume.array[mask_native], config.scaling, config.percentiles)
+    try:
+        low, high = intensity_range(volume.array[mask_native], config.scaling, config.percentiles)
+    except ValueError as exc:
+        raise InputError(volume.path, f"{exc} (is this a scan?)") from exc
     scaled = scale_intensity(image_mni, mask_mni, low, high)
     timings["resample_scale_s"] = time.perf_counter() - start
 
-    warnings_found = degraded_input_warnings(volume)
+    brain_ml = float(mask_native.sum() * volume.voxel_volume_ml)
+    warnings_found = degraded_input_warnings(volume) + qc_warnings(brain_ml, overlap["dice"])
     for message in warnings_found:
         warnings.warn(f"{volume.path or 'volume'}: {message}", DegradedInputWarning, stacklevel=2)
     grid_affine = grid.affine_array
@@ -205,9 +249,9 @@ def preprocess_volume(
         "template": f"MNI ICBM152 2009c ({config.template_contrast} contrast, nilearn)",
         "template_spacing_mm": template_spacing,
         "grid": grid.to_dict(),
-        "intensity_range": [low, high],
+        "intensity_range": [low + offset, high + offset],  # in the input's own units
         "qc": {
-            "brain_volume_ml": float(mask_native.sum() * volume.voxel_volume_ml),
+            "brain_volume_ml": brain_ml,
             "registration_mask_dice": overlap["dice"],
             "registration_inside_template": overlap["inside"],
             "brain_fraction_outside_crop": fraction_outside_grid(mask_native, transform, grid),
@@ -227,12 +271,14 @@ def preprocess_volume(
 
 
 CASE_FILES = ("image.nii.gz", "brain_mask.nii.gz", "transform.json", "record.json")
+#: What a case folder of an older brainuad (before the ownership marker) held: such a folder may be replaced.
+LEGACY_CASE_FILES = (*CASE_FILES, "brain_mask_native.nii.gz")
 
 
 def save_case(case: PreprocessedCase, folder: str | Path) -> Path:
     """Write a case folder atomically (built beside it under a temporary name, then renamed into place)."""
     folder = Path(folder)
-    with atomic_folder(folder) as staging:
+    with atomic_folder(folder, LEGACY_CASE_FILES) as staging:
         save_volume(case.image, staging / "image.nii.gz", dtype=np.float32)
         save_volume(case.brain_mask, staging / "brain_mask.nii.gz", dtype=np.uint8)
         if case.brain_mask_native is not None:
@@ -291,17 +337,31 @@ def case_names(paths: list[Path]) -> dict[Path, str]:
         )
         return "_".join(part.strip("/") for part in parts if part not in ("", "/"))
 
+    hashed: set[Path] = set()
     for _ in range(8):
-        names = {p: safe_name(name_of(p)) for p in paths}
-        counts: dict[str, int] = {}
-        for n in names.values():
-            counts[n] = counts.get(n, 0) + 1
-        clashes = [p for p, n in names.items() if counts[n] > 1]
+        names = {p: safe_name(name_of(p)) + (_path_tag(p) if p in hashed else "") for p in paths}
+        groups: dict[str, list[Path]] = {}
+        for p, n in names.items():
+            groups.setdefault(n, []).append(p)
+        clashes = [group for group in groups.values() if len(group) > 1]
         if not clashes:
             break
-        for p in clashes:
-            depth[p] += 1
+        for group in clashes:
+            for p in group:
+                # Files of one folder whose names differ only in characters safe_name replaces (``a b`` / ``a_b``)
+                # or in the suffix (``c.nii`` / ``c.nii.gz``): a parent prefix cannot tell them apart, a tag can.
+                if sum(q.parent == p.parent for q in group) > 1:
+                    hashed.add(p)
+                else:
+                    depth[p] += 1
     return names
+
+
+def _path_tag(path: Path) -> str:
+    """A short, stable tag of a file's full name (the same file always gets the same case name)."""
+    import hashlib
+
+    return "-" + hashlib.sha256(path.name.encode()).hexdigest()[:6]
 
 
 def _already_done(folder: Path, input_path: Path, config: PreprocessConfig) -> bool:
@@ -334,10 +394,42 @@ def preprocess_file(
     folder = Path(out_dir) / name
     if not force and _already_done(folder, path, config):
         return "skipped", folder
+    check_replaceable(folder, LEGACY_CASE_FILES)  # before the work: a user's folder of that name is never replaced
+    check_memory(path)
     volume = load_volume(path, "image")
     case = preprocess_volume(volume, config, name=name)
     save_case(case, folder)
     return "done", folder
+
+
+#: Peak memory of preprocessing one scan, in float32 copies of the scan (measured: a 2 GiB scan peaked at 13.2 GiB).
+MEMORY_PER_SCAN_COPIES = 7
+
+
+def available_memory() -> int | None:
+    """Memory the kernel can give without swapping (``MemAvailable``), in bytes; ``None`` where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(path: Path) -> None:
+    """Refuse, from the header alone, a scan whose preprocessing would not fit in memory (before reading it)."""
+    from brainuad.io import read_grid
+
+    shape, _ = read_grid(path)
+    needed = int(np.prod(shape, dtype=np.int64)) * 4 * MEMORY_PER_SCAN_COPIES
+    available = available_memory()
+    if available is not None and needed > available:
+        raise InputError(
+            path,
+            f"preprocessing this {shape} scan needs about {needed / 1024**3:.1f} GiB of memory, "
+            f"{available / 1024**3:.1f} GiB are available; down-sample or crop it first",
+        )
 
 
 @dataclass
@@ -351,6 +443,31 @@ class BatchResult:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+
+def _worker_init() -> None:
+    """In each worker: SIGTERM removes the case folder being built and ends the process at once."""
+    import signal
+
+    from brainuad.io import remove_staging_folders
+
+    def stop(signum, frame):
+        remove_staging_folders()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End the workers of an interrupted batch now (they hold the caller's stdout open and would run on)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
 
 
 def _worker(args: tuple[Path, Path, PreprocessConfig, str, bool, int]) -> tuple[str, Path]:
@@ -410,7 +527,8 @@ def preprocess_batch(
             except Exception as exc:  # keep the batch going; report the unexpected error with its file
                 record(task[0], InputError(task[0], f"unexpected {type(exc).__name__}: {exc}"))
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
+        try:
             futures = {pool.submit(_worker, task): task[0] for task in tasks}
             for future in as_completed(futures):
                 path = futures[future]
@@ -420,6 +538,10 @@ def preprocess_batch(
                     record(path, exc)
                 except Exception as exc:
                     record(path, InputError(path, f"unexpected {type(exc).__name__}: {exc}"))
+        except BaseException:  # Ctrl-C, SIGTERM (the CLI turns it into KeyboardInterrupt)
+            _stop_workers(pool)
+            raise
+        pool.shutdown()
     bar.close()
     return result
 

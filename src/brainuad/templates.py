@@ -79,15 +79,37 @@ def crop_grid(preset: str) -> Grid:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(CROP_GRIDS)}") from None
 
 
-def _nilearn_volume(loader_name: str) -> Volume:
-    import nibabel as nib
-    from nilearn import datasets
+#: The 1 mm ICBM152 2009 files nilearn ships, read directly: importing ``nilearn.datasets`` imports ``requests``, and
+#: urllib3 opens an AF_INET6 socket at import to probe for IPv6 — no socket may be opened at run time.
+_NILEARN_FILES = {
+    "load_mni152_template": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "load_mni152_gm_template": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "load_mni152_wm_template": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
 
+
+def _nilearn_volume(loader_name: str) -> Volume:
+    """What ``nilearn.datasets.<loader_name>(resolution=1)`` returns (rescaled to 0…1; the brain mask is the T1
+    template above 0.2), read from nilearn's package data without importing ``nilearn.datasets``."""
+    import importlib.util
+    from pathlib import Path
+
+    import nibabel as nib
+
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nilearn is not installed; it ships the MNI templates brainuad registers to")
+    data = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    name = "load_mni152_template" if loader_name == "load_mni152_brain_mask" else loader_name
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        img = getattr(datasets, loader_name)(resolution=1)
-    canonical = nib.as_closest_canonical(img)
-    return Volume(np.asarray(canonical.get_fdata(), dtype=np.float32), canonical.affine)
+        img = nib.load(str(data / _NILEARN_FILES[name]))
+        canonical = nib.as_closest_canonical(img)
+        array = np.asarray(canonical.get_fdata(), dtype=np.float32)
+    array /= array.max()
+    if loader_name == "load_mni152_brain_mask":
+        array = (array > 0.2).astype(np.float32)
+    return Volume(array, canonical.affine)
 
 
 @functools.lru_cache(maxsize=4)

@@ -46,7 +46,7 @@ from brainuad.checkpoints import (
 from brainuad.config import Config, PreprocessConfig, TrainConfig, from_dict, replace
 from brainuad.data import VolumeCache, find_case_folders
 from brainuad.errors import BrainuadError, InputError
-from brainuad.io import atomic_path, ensure_writable_folder, read_json, write_json
+from brainuad.io import atomic_path, ensure_writable_folder, read_grid, read_json, write_json
 from brainuad.models import TRAINABLE_KINDS, build_model, count_parameters
 from brainuad.provenance import provenance
 from brainuad.train_step import TrainStep
@@ -92,9 +92,18 @@ def make_split(cases: list[Path], val_fraction: float, seed: int) -> dict:
 
 def _distributed() -> tuple[int, int]:
     """(rank, world size) from torchrun's environment; initialises the process group when needed."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise BrainuadError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number; unset it") from None
     if world <= 1:
         return 0, 1
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise BrainuadError(
+            f"WORLD_SIZE={world} is set but {', '.join(missing)} not: start several processes with "
+            "'torchrun --nproc_per_node=N -m brainuad train …', or unset WORLD_SIZE for one process"
+        )
     import torch.distributed as dist
 
     if not dist.is_initialized():
@@ -123,19 +132,91 @@ def _load_batch(
     return to_device(host, ids, device, augmenter, (seed, epoch, step))
 
 
-def _prepare_run(case_folders: list[Path], run_dir: Path, config: Config, resume: bool) -> tuple[Config, dict]:
+def _prepare_run(
+    case_folders: list[Path], run_dir: Path, config: Config, resume: bool, given: Config | None = None
+) -> tuple[Config, dict]:
     config_path = run_dir / "config.json"
     if resume:
         if not config_path.is_file():
             raise InputError(run_dir, "nothing to resume: no config.json in this run folder")
         saved = load_config(config_path)
         # Only the epoch budget may change on resume; everything else must match what the weights were made with.
+        differ = resume_differences(saved, given) if given is not None else []
+        if differ:
+            raise BrainuadError(
+                f"{config_path}: --resume with settings that differ from the run's ({'; '.join(differ)}); only the "
+                "epoch budget may change — drop those flags or start a new run"
+            )
         config = replace(saved, training=replace(saved.training, epochs=config.training.epochs))
-        return config, read_json(run_dir / "split.json")
+        return config, _absolute_split(read_json(run_dir / "split.json"), run_dir)
     if config_path.exists():
         raise BrainuadError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
-    split = make_split(case_folders, config.training.val_fraction, config.training.seed)
+    # Absolute paths: the run resumes, calibrates and is evaluated from any working directory.
+    split = make_split([p.resolve() for p in case_folders], config.training.val_fraction, config.training.seed)
     return config, split
+
+
+def resume_differences(saved: Config, given: Config) -> list[str]:
+    """Model and training settings of ``given`` that differ from a run's ``saved`` config (the epoch budget, and the
+    input shape taken from the data, excepted), as ``section.field: run X, given Y``."""
+    from brainuad.config import to_dict
+
+    old, new = to_dict(saved), to_dict(given)
+    ignored = {("training", "epochs"), ("model", "input_shape")}
+    return [
+        f"{section}.{key}: run {old[section][key]!r}, given {new[section].get(key)!r}"
+        for section in ("model", "training")
+        for key in old[section]
+        if (section, key) not in ignored and old[section][key] != new[section].get(key)
+    ]
+
+
+def _absolute_split(split: dict, run_dir: Path) -> dict:
+    """The split with absolute case paths; older runs stored them relative to the working directory of the run."""
+    fixed = dict(split)
+    for part in ("train", "val"):
+        paths = []
+        for entry in split.get(part, []):
+            path = Path(entry)
+            if not path.is_absolute():
+                found = [c for c in (path, run_dir / path) if c.is_dir()]
+                if not found:
+                    raise InputError(
+                        run_dir / "split.json",
+                        f"case folder {entry} is not found from here ({Path.cwd()}): this older run stored paths "
+                        "relative to the folder it was started in — resume from there",
+                    )
+                path = found[0]
+            paths.append(str(path.resolve()))
+        fixed[part] = paths
+    return fixed
+
+
+def lock_run_folder(run_dir: Path):
+    """Hold an exclusive lock on the run folder (released when the process ends): two trainings into one folder
+    would interleave their logs and overwrite each other's weights and cache.
+
+    Raises:
+        BrainuadError: Another process holds the lock.
+    """
+    import fcntl
+
+    key = run_dir.resolve()
+    if key in _RUN_LOCKS:  # this process holds it already (train called again on the same run)
+        return _RUN_LOCKS[key]
+    handle = open(run_dir / ".train.lock", "a+")  # noqa: SIM115 (kept open for the lock's lifetime)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise BrainuadError(
+            f"{run_dir}: another 'brainuad train' is using this run folder; wait for it or choose another --out"
+        ) from None
+    _RUN_LOCKS[key] = handle
+    return handle
+
+
+_RUN_LOCKS: dict[Path, object] = {}
 
 
 def train(
@@ -161,15 +242,37 @@ def train(
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
+    given = config
     config = config or Config()
     run_dir = Path(run_dir)
     rank, world = _distributed()
     case_folders = find_case_folders(list(data))
-    config, split = _prepare_run(case_folders, run_dir, config, resume)
-    cache_dir = run_dir / "cache"
-    all_cases = sorted(set(split["train"]) | set(split["val"]))
     if rank == 0:
         ensure_writable_folder(run_dir)
+        lock_run_folder(run_dir)  # held until the process ends
+    config, split = _prepare_run(case_folders, run_dir, config, resume, given)
+    cache_dir = run_dir / "cache"
+    all_cases = sorted(set(split["train"]) | set(split["val"]))
+
+    tc: TrainConfig = config.training
+    if not resume:
+        # The model is built for the data's crop, and detection must preprocess new scans the same way.
+        record = read_json(Path(all_cases[0]) / "record.json")
+        if "preprocessing" in record:
+            config = replace(config, preprocessing=from_dict(PreprocessConfig, record["preprocessing"]))
+        shape, _ = read_grid(Path(all_cases[0]) / "image.nii.gz")
+        config = replace(config, model=replace(config.model, input_shape=shape))
+    augment = tc.augment == "on" or (tc.augment == "auto" and len(set(split["train"])) < tc.augment_below)
+    augmenter = Augmenter() if augment else None
+    if rank == 0 and not resume:
+        # Written before the cache: a run that fails while caching (disk full) can be resumed.
+        save_config(config, run_dir / "config.json")
+        write_json(run_dir / "split.json", split)
+        write_json(
+            run_dir / "provenance.json",
+            {**provenance(), "augmentation": augmenter.description if augmenter else "off", "world_size": world},
+        )
+    if rank == 0:
         cache = VolumeCache([Path(p) for p in all_cases], cache_dir / "volumes.npy")
     if world > 1:
         torch.distributed.barrier()
@@ -178,23 +281,6 @@ def train(
     position = {p: i for i, p in enumerate(all_cases)}
     train_ids = [position[p] for p in split["train"]]
     val_ids = [position[p] for p in split["val"]]
-
-    tc: TrainConfig = config.training
-    if not resume:
-        # The model is built for the data's crop, and detection must preprocess new scans the same way.
-        record = read_json(Path(all_cases[0]) / "record.json")
-        if "preprocessing" in record:
-            config = replace(config, preprocessing=from_dict(PreprocessConfig, record["preprocessing"]))
-        config = replace(config, model=replace(config.model, input_shape=cache.volume_shape))
-    augment = tc.augment == "on" or (tc.augment == "auto" and len(set(split["train"])) < tc.augment_below)
-    augmenter = Augmenter() if augment else None
-    if rank == 0 and not resume:
-        save_config(config, run_dir / "config.json")
-        write_json(run_dir / "split.json", split)
-        write_json(
-            run_dir / "provenance.json",
-            {**provenance(), "augmentation": augmenter.description if augmenter else "off", "world_size": world},
-        )
 
     device = resolve_device(tc.device)
     if world > 1 and device.type == "cuda":
@@ -256,6 +342,12 @@ def train(
             train_loss = float(loss_sum) / max(1, len(batches))  # the epoch's one wait for the device
             validate = epoch % tc.val_every == 0 or epoch == total_epochs
             val_loss = evaluate_loss(model, cache, val_ids, device, tc.batch_size, autocast) if validate else math.nan
+            if not math.isfinite(train_loss) or (validate and not math.isfinite(val_loss)):
+                # Diverged: the weights are garbage now; the last checkpoint (before this) stays for --resume.
+                raise BrainuadError(
+                    f"{run_dir}: training diverged at epoch {epoch} (train loss {train_loss}, validation loss "
+                    f"{val_loss}); lower --lr (now {tc.lr:g}). The last checkpoint is kept"
+                )
             seconds = time.perf_counter() - start
             row = {
                 "epoch": epoch,

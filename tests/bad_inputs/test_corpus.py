@@ -10,8 +10,6 @@ import re
 import shutil
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 
 from bad_inputs.corpus import KINDS, OUTCOMES, BadKind
@@ -22,43 +20,6 @@ IMAGE_KINDS = [k for k in KINDS if k.target == "image"]
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def world(skull_stripped_scan, tmp_path_factory):
-    """A valid scan, an intensity-baseline model calibrated on it, and the corpus as BraTS-style case folders."""
-    root = tmp_path_factory.mktemp("bad")
-    image = nib.load(str(skull_stripped_scan))
-    data, affine = np.asarray(image.dataobj, np.float32), image.affine
-    assert (
-        main(["preprocess", str(skull_stripped_scan), "--out", str(root / "prep"), "--preset", "paper-2mm", "--quiet"])
-        == 0
-    )
-    run = root / "model"
-    assert main(["train", "--data", str(root / "prep"), "--out", str(run), "--model", "intensity", "--quiet"]) == 0
-    assert main(["calibrate", "--model", str(run), "--healthy", str(root / "prep"), "--device", "cpu"]) == 0
-    lesion = (data > np.percentile(data, 99)).astype(np.uint8)
-    cases = {}
-    for kind in KINDS:
-        folder = root / "corpus" / kind.name
-        folder.mkdir(parents=True)
-        image_path, label_path = folder / f"{kind.name}_t2.nii.gz", folder / f"{kind.name}_seg.nii.gz"
-        if kind.target == "image":
-            kind.build(data, affine, image_path)
-            # The label lies on the bad image's own grid where it has one (flipped, oblique, thick-sliced scans).
-            try:
-                built = nib.load(str(image_path))
-                values = np.asarray(built.dataobj, np.float32)
-                assert values.ndim == 3 and np.isfinite(values).all() and values.max() < 1e5
-                label = nib.Nifti1Image((values > np.percentile(values, 99)).astype(np.uint8), built.affine)
-            except Exception:
-                label = nib.Nifti1Image(lesion, affine)
-            nib.save(label, str(label_path))
-        else:
-            nib.save(nib.Nifti1Image(data, affine), str(image_path))
-            kind.build(data, affine, label_path)
-        cases[kind.name] = (image_path, label_path)
-    return {"root": root, "run": run, "cases": cases, "good": skull_stripped_scan}
 
 
 def _check(kind: BadKind, verb: str, code: int, err: str, bad_file: Path, out: Path, before: str) -> None:

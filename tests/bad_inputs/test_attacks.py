@@ -1,0 +1,363 @@
+"""The second attack round (issue 13): misuses that lost data, gave silent wrong results, tracebacks or held resources.
+
+Each test builds its attack in tmp_path from the shared world (a valid scan, its preprocessed case and a calibrated
+intensity-baseline model) and records its outcome in the printed corpus table."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bad_inputs.corpus import OUTCOMES
+from brainuad.cli import main
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _scan(world) -> tuple[np.ndarray, np.ndarray]:
+    image = nib.load(str(world["good"]))
+    return np.asarray(image.dataobj, np.float32), image.affine
+
+
+def _copy_run(world, tmp_path: Path, name: str = "run") -> Path:
+    return Path(shutil.copytree(world["run"], tmp_path / name))
+
+
+def _detect(inputs, run, out, *extra) -> int:
+    return main(
+        ["detect", *map(str, inputs), "--model", str(run), "--out", str(out), "--device", "cpu", "--quiet", *extra]
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_ae(world, tmp_path_factory):
+    """A tiny trained autoencoder (real weights to corrupt), one epoch on the world's case."""
+    run = tmp_path_factory.mktemp("ae") / "run"
+    args = ["train", "--data", str(world["prep"]), "--out", str(run), "--model", "ae", "--latent", "4"]
+    args += ["--channels", "2", "2", "2", "2", "--stem-channels", "2", "--epochs", "1", "--batch-size", "1"]
+    assert main([*args, "--augment", "off", "--device", "cpu", "--quiet"]) == 0
+    return run
+
+
+# --- data loss ---------------------------------------------------------------------------------------------------
+
+
+def _user_folder(tmp_path: Path, world) -> tuple[Path, dict[Path, str]]:
+    """Scans in a folder where the user keeps their own folder ``p1/`` beside ``p1.nii.gz``."""
+    scans = tmp_path / "scans"
+    (scans / "p1").mkdir(parents=True)
+    shutil.copy(world["good"], scans / "p1.nii.gz")
+    data, affine = _scan(world)
+    nib.save(nib.Nifti1Image((data > 100).astype(np.uint8), affine), str(scans / "p1" / "my_manual_lesion_mask.nii.gz"))
+    (scans / "p1" / "notes.txt").write_text("my notes")
+    return scans, {p: _digest(p) for p in (scans / "p1").iterdir()}
+
+
+@pytest.mark.parametrize("verb", ["preprocess", "detect"])
+def test_out_is_the_input_folder_with_a_user_folder(world, tmp_path, capsys, verb):
+    scans, before = _user_folder(tmp_path, world)
+    if verb == "preprocess":
+        code = main(["preprocess", str(scans), "--out", str(scans), "--preset", "paper-2mm", "--quiet"])
+    else:
+        code = _detect([scans], world["run"], scans)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{scans / 'p1'}: already exists and was not written by brainuad" in err
+    assert {p: _digest(p) for p in (scans / "p1").iterdir()} == before  # the user's files, untouched
+    OUTCOMES[("user_folder_as_output", verb)] = "refused"
+
+
+def test_evaluate_out_is_the_run_folder(world, tmp_path, capsys):
+    run = _copy_run(world, tmp_path)
+    before = _digest(run / "summary.json")
+    case = world["cases"]["huge_outliers"][0].parent
+    args = ["evaluate", "--model", str(run), "--cases", str(case), "--out", str(run), "--device", "cpu", "--quiet"]
+    assert main(args) == 1
+    assert "run folder" in capsys.readouterr().err
+    assert _digest(run / "summary.json") == before
+    OUTCOMES[("evaluate_out_is_run_folder", "evaluate")] = "refused"
+
+
+def test_concurrent_train_into_one_folder_is_locked(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".train.lock", "a+") as other:  # another train process holds the run folder
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code = main(["train", "--data", str(world["prep"]), "--out", str(run), "--model", "intensity", "--quiet"])
+    assert code == 1
+    assert "another 'brainuad train' is using this run folder" in capsys.readouterr().err
+    assert not (run / "config.json").exists() and not (run / "log.csv").exists()
+    OUTCOMES[("concurrent_train", "train")] = "locked"
+
+
+def test_train_on_a_full_disk_is_an_error_and_resumable(world, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1024**2))
+    args = ["train", "--data", str(world["prep"]), "--out", str(run), "--model", "intensity", "--quiet"]
+    assert main(args) == 1
+    assert "not enough disk space for the training cache" in capsys.readouterr().err
+    assert (run / "config.json").is_file() and not (run / "cache" / "volumes.npy").exists()
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    assert main([*args, "--resume"]) == 0, capsys.readouterr().err
+    OUTCOMES[("disk_full_cache", "train")] = "clear error"
+
+
+# --- silent wrong results --------------------------------------------------------------------------------------------
+
+
+def test_tuning_on_a_renamed_copy_of_a_reported_case(world, tmp_path, capsys):
+    image, label = world["cases"]["huge_outliers"]
+    copy = tmp_path / "tune" / "renamed"
+    copy.mkdir(parents=True)
+    shutil.copy(image, copy / "renamed_t2.nii.gz")
+    shutil.copy(label, copy / "renamed_seg.nii.gz")
+    args = ["evaluate", "--model", str(world["run"]), "--cases", str(image.parent), "--out", str(tmp_path / "e")]
+    assert main([*args, "--tune-cases", str(copy.parent), "--device", "cpu", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "used to choose the threshold" in err and str(image) in err
+    OUTCOMES[("tune_on_copy_of_reported", "evaluate")] = "refused"
+
+
+def test_reporting_a_tuning_case_of_the_calibration(world, tmp_path, capsys):
+    image, label = world["cases"]["huge_outliers"]
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(image, copy / "x_t2.nii.gz")
+    shutil.copy(label, copy / "x_seg.nii.gz")
+    run = _copy_run(world, tmp_path)
+    calibration = json.loads((run / "calibration.json").read_text())
+    # What 'calibrate --labelled' records: the tuning images, by path and by content.
+    calibration.update(tuning_cases=[str(image)], tuning_cases_sha256=[_digest(image)])
+    (run / "calibration.json").write_text(json.dumps(calibration))
+    for cases in (image.parent, copy):  # the tuning case itself, and a renamed copy of it
+        args = ["evaluate", "--model", str(run), "--cases", str(cases), "--out", str(tmp_path / "e"), "--quiet"]
+        assert main([*args, "--device", "cpu"]) == 1
+        assert "calibration.json tuning case" in capsys.readouterr().err
+    OUTCOMES[("report_calibration_tuning", "evaluate")] = "refused"
+
+
+def test_case_folder_without_the_modality(world, tmp_path, capsys):
+    image, label = world["cases"]["huge_outliers"]
+    cases = tmp_path / "cases"
+    shutil.copytree(image.parent, cases / "good")
+    (cases / "t1only").mkdir()
+    shutil.copy(image, cases / "t1only" / "t1only_t1.nii.gz")
+    shutil.copy(label, cases / "t1only" / "t1only_seg.nii.gz")
+    args = ["evaluate", "--model", str(world["run"]), "--cases", str(cases), "--out", str(tmp_path / "e"), "--quiet"]
+    assert main([*args, "--device", "cpu"]) == 1
+    assert f"{cases / 't1only'}: case t1only has no t2 image" in capsys.readouterr().err
+    OUTCOMES[("case_missing_modality", "evaluate")] = "clear error"
+
+
+def test_a_detect_folder_attacked(world, tmp_path, capsys):
+    """One folder of scans, attacked together (detect runs are the costly part):
+
+    - a brain mask and an RGB24 file beside the scans: each reported by name, no traceback, the batch goes on;
+    - a child-size brain (the valid scan at 0.7× per axis): analysed, with QC warnings in summary.json;
+    - its header holds a patient name, an extension, cal_min/max and an intent code: outputs carry geometry only;
+    - ``--out`` inside the input folder: a re-run does not analyse its own outputs as scans;
+    - a re-run with another ``--threshold``, and after the input changed: recomputed, not "already finished".
+    """
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    data, affine = _scan(world)
+    nib.save(nib.Nifti1Image((data > 0).astype(np.uint8), affine), str(scans / "brain_mask.nii.gz"))
+    rgb = np.zeros(data.shape, [("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, affine), str(scans / "colour.nii.gz"))
+    child = affine.copy()
+    child[:3, :3] *= 0.7  # 0.34× the volume
+    image = nib.Nifti1Image(data, child)
+    image.header["descrip"] = b"PatientName=DOE^JOHN"
+    image.header["cal_min"], image.header["cal_max"], image.header["intent_code"] = 0, 730, 1002
+    image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"PatientID=12345"))
+    nib.save(image, str(scans / "scan.nii.gz"))
+    out = scans / "findings"
+
+    def run(*extra) -> tuple[str, str]:
+        assert _detect([scans], world["run"], out, *extra) == 1  # the mask and the RGB file fail every time
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err
+        return captured.out, captured.err
+
+    stdout, err = run()
+    assert "1 done, 0 already finished, 2 failed" in stdout
+    assert f"{scans / 'brain_mask.nii.gz'}: holds only the values 0, 1: a mask or label map" in err
+    assert f"{scans / 'colour.nii.gz'}: voxels of type" in err
+    OUTCOMES[("brain_mask_in_batch", "detect")] = OUTCOMES[("rgb24_in_batch", "detect")] = "others done"
+    summary = json.loads((out / "scan" / "summary.json").read_text())
+    warnings = summary["preprocessing"]["warnings"]
+    assert any("QC: brain volume" in w for w in warnings) and any("QC: registration overlap" in w for w in warnings)
+    OUTCOMES[("child_size_brain", "detect")] = "QC warning"
+    header = nib.load(str(out / "scan" / "anomaly_map.nii.gz")).header
+    assert header["descrip"].item() == b"" and not header.extensions
+    assert (header["cal_min"], header["cal_max"], header["intent_code"]) == (0, 0, 0)
+    OUTCOMES[("header_free_text_copied", "detect")] = "geometry only"
+    assert "0 done, 1 already finished, 2 failed" in run()[0]  # scans/findings/* are not scans
+    OUTCOMES[("out_inside_input", "detect")] = "not rescanned"
+    assert "1 done, 0 already finished" in run("--threshold", "0.5")[0]
+    assert json.loads((out / "scan" / "summary.json").read_text())["threshold"] == 0.5
+    nib.save(nib.Nifti1Image(data * 1.5, child), str(scans / "scan.nii.gz"))
+    assert "1 done, 0 already finished" in run("--threshold", "0.5")[0]
+    assert json.loads((out / "scan" / "summary.json").read_text())["input"]["sha256"] == _digest(scans / "scan.nii.gz")
+    OUTCOMES[("rerun_changed_settings", "detect")] = "recomputed"
+
+
+def test_case_names_never_collide(tmp_path):
+    from brainuad.preprocessing import case_names
+
+    paths = [tmp_path / n for n in ("a b.nii.gz", "a_b.nii.gz", "c.nii", "c.nii.gz")]
+    names = case_names(paths)
+    assert len(set(names.values())) == 4 and case_names(paths) == names  # distinct and stable
+    OUTCOMES[("name_collisions", "preprocess")] = OUTCOMES[("name_collisions", "detect")] = "distinct"
+
+
+def test_nan_thresholds(world, tmp_path, capsys):
+    assert _detect([world["good"]], world["run"], tmp_path / "o", "--threshold", "nan") == 2
+    assert "finite" in capsys.readouterr().err
+    run = _copy_run(world, tmp_path)
+    calibration = json.loads((run / "calibration.json").read_text())
+    for bad in ({**calibration, "threshold": float("nan")}, {k: v for k, v in calibration.items() if k != "threshold"}):
+        (run / "calibration.json").write_text(json.dumps(bad))
+        assert _detect([world["good"]], run, tmp_path / "o") == 1
+        assert f"{run / 'calibration.json'}: 'threshold' must be a finite number" in capsys.readouterr().err
+    (run / "calibration.json").write_text("[1, 2]")
+    assert _detect([world["good"]], run, tmp_path / "o") == 1
+    assert "not a calibration (expected a JSON object" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "sub-01_T2w").exists()
+    OUTCOMES[("nan_threshold", "detect")] = "clear error"
+    OUTCOMES[("calibration_without_threshold", "detect")] = "clear error"
+
+
+def test_broken_weights(world, tiny_ae, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    for kind, change in (("nan_weights", lambda t: t * float("nan")), ("integer_weights", lambda t: t.to(int))):
+        run = Path(shutil.copytree(tiny_ae, tmp_path / kind))
+        state = load_file(str(run / "model.safetensors"))
+        save_file({k: change(v) if v.is_floating_point() else v for k, v in state.items()}, run / "model.safetensors")
+        assert _detect([world["good"]], run, tmp_path / "o") == 1
+        err = capsys.readouterr().err
+        assert str(run / "model.safetensors") in err and ("NaN or Inf" in err or "stored as torch.int64" in err)
+        OUTCOMES[(kind, "detect")] = "clear error"
+    # A config declaring a huge network is refused from the weights' header, before building it.
+    run = Path(shutil.copytree(tiny_ae, tmp_path / "giant"))
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["latent"] = 1_000_000
+    (run / "config.json").write_text(json.dumps(config))
+    assert _detect([world["good"]], run, tmp_path / "o") == 1
+    assert "refusing to build it" in capsys.readouterr().err
+    OUTCOMES[("config_declares_giant_net", "detect")] = "clear error"
+
+
+def test_diverging_training_stops(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(world["prep"]), "--out", str(run), "--model", "ae", "--latent", "4", "--lr", "1e12"]
+    args += ["--channels", "2", "2", "2", "2", "--stem-channels", "2", "--epochs", "3", "--batch-size", "1"]
+    assert main([*args, "--steps-per-epoch", "2", "--augment", "off", "--device", "cpu", "--quiet"]) == 1
+    assert "training diverged at epoch" in capsys.readouterr().err
+    assert not (run / "summary.json").exists()
+    OUTCOMES[("diverging_loss", "train")] = "clear error"
+
+
+def test_resume_with_different_flags(world, tiny_ae, tmp_path, capsys):
+    run = Path(shutil.copytree(tiny_ae, tmp_path / "run"))
+    base = ["train", "--data", str(world["prep"]), "--out", str(run), "--resume", "--device", "cpu", "--quiet"]
+    assert main([*base, "--lr", "0.001", "--latent", "8"]) == 1
+    err = capsys.readouterr().err
+    assert "model.latent: run 4, given 8" in err and "training.lr: run 0.0001, given 0.001" in err
+    assert main([*base, "--epochs", "2"]) == 0, capsys.readouterr().err  # the epoch budget may change
+    assert json.loads((run / "summary.json").read_text())["epochs_done"] == 2
+    OUTCOMES[("resume_other_flags", "train")] = "refused"
+
+
+def test_qform_and_sform_disagree(world, tmp_path, capsys):
+    data, affine = _scan(world)
+    image = nib.Nifti1Image(data, affine)
+    rotated = affine.copy()
+    rotated[:3, :3] = affine[:3, :3] @ np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]])
+    image.set_qform(rotated, code=1)
+    image.set_sform(affine, code=1)
+    path = tmp_path / "two_orientations.nii.gz"
+    nib.save(image, str(path))
+    assert main(["preprocess", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    assert f"{path}: qform and sform disagree" in capsys.readouterr().err
+    OUTCOMES[("qform_sform_disagree", "preprocess")] = "clear error"
+
+
+def test_intensity_offset_and_huge_values(world, tmp_path, capsys):
+    data, affine = _scan(world)
+    shifted = tmp_path / "shifted.nii.gz"
+    nib.save(nib.Nifti1Image(data - 1000.0, affine), str(shifted))
+    assert main(["preprocess", str(shifted), "--out", str(tmp_path / "o"), "--preset", "paper-2mm", "--quiet"]) == 0
+    original = nib.load(str(world["prep"] / "sub-01_T2w" / "image.nii.gz")).get_fdata()
+    offset = nib.load(str(tmp_path / "o" / "shifted" / "image.nii.gz")).get_fdata()
+    assert np.percentile(np.abs(original - offset), 99) < 0.01  # was 0.49: a different brain mask and scaling
+    OUTCOMES[("intensity_offset_-1000", "preprocess")] = "same image"
+    huge = tmp_path / "huge.nii.gz"
+    values = data.astype(np.float64)
+    values[tuple(s // 2 for s in data.shape)] = 7e302
+    nib.save(nib.Nifti1Image(values, affine), str(huge))
+    assert main(["preprocess", str(huge), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"{huge}: values up to 7e+302 exceed the float32 range" in err and "NaN" not in err
+    OUTCOMES[("finite_beyond_float32", "preprocess")] = "clear error"
+
+
+# --- tracebacks → messages -------------------------------------------------------------------------------------------
+
+
+def test_calibrating_on_another_grid(world, tmp_path, capsys):
+    run = _copy_run(world, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["input_shape"] = [160, 192, 96]  # a 1 mm model; the healthy cases are at 2 mm
+    (run / "config.json").write_text(json.dumps(config))
+    assert main(["calibrate", "--model", str(run), "--healthy", str(world["prep"]), "--device", "cpu"]) == 1
+    assert "does not match the model's (160, 192, 96)" in capsys.readouterr().err
+    OUTCOMES[("calibrate_other_grid", "calibrate")] = "clear error"
+
+
+def test_resume_from_another_working_directory(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(world["prep"].parent)
+    run = tmp_path / "run"
+    assert main(["train", "--data", "prep", "--out", str(run), "--model", "intensity", "--quiet"]) == 0
+    assert Path(json.loads((run / "split.json").read_text())["train"][0]).is_absolute()
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", str(world["prep"]), "--out", str(run), "--resume", "--quiet"]) == 0
+    # An older run folder stored paths relative to where it was started: elsewhere, a clear error.
+    split = json.loads((run / "split.json").read_text())
+    split["train"] = split["val"] = ["prep/sub-01_T2w"]
+    (run / "split.json").write_text(json.dumps(split))
+    assert main(["train", "--data", str(world["prep"]), "--out", str(run), "--resume", "--quiet"]) == 1
+    assert "resume from there" in capsys.readouterr().err
+    OUTCOMES[("resume_other_cwd", "train")] = "works"
+
+
+def test_world_size_without_torchrun(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    assert main(["train", "--data", str(world["prep"]), "--out", str(tmp_path / "r"), "--quiet"]) == 1
+    assert "torchrun" in capsys.readouterr().err
+    OUTCOMES[("world_size_no_torchrun", "train")] = "clear error"
+
+
+# --- resources -------------------------------------------------------------------------------------------------------
+
+
+def test_memory_estimate_before_loading(world, tmp_path, capsys, monkeypatch):
+    import brainuad.preprocessing
+
+    monkeypatch.setattr(brainuad.preprocessing, "available_memory", lambda: 64 * 1024**2)
+    assert main(["preprocess", str(world["good"]), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    assert "GiB of memory" in capsys.readouterr().err
+    OUTCOMES[("memory_estimate", "preprocess")] = "clear error"
