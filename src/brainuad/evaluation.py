@@ -538,10 +538,7 @@ def refuse_overlap(
                 overlap.append(f"{case.image_path} = {tuning[key]}")
                 break
     if overlap:
-        raise BrainuadError(
-            f"reported cases were used to choose the threshold ({'; '.join(overlap)}); keep tuning and reported "
-            "cases apart"
-        )
+        raise BrainuadError(f"reported cases were used to choose the threshold ({'; '.join(overlap)}); keep them apart")
 
 
 def calibrate_on_labelled(

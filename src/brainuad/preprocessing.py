@@ -460,14 +460,15 @@ def _worker_init() -> None:
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
     """End the workers of an interrupted batch now (they hold the caller's stdout open and would run on)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown(), which forgets them
     pool.shutdown(wait=False, cancel_futures=True)
-    processes = list((getattr(pool, "_processes", None) or {}).values())
     for process in processes:
         process.terminate()
     for process in processes:
-        process.join(timeout=30)
+        process.join(timeout=5)  # a worker inside a long C call (registration) handles the signal only after it
         if process.is_alive():
             process.kill()
+            process.join(timeout=5)
 
 
 def _worker(args: tuple[Path, Path, PreprocessConfig, str, bool, int]) -> tuple[str, Path]:
@@ -527,6 +528,7 @@ def preprocess_batch(
             except Exception as exc:  # keep the batch going; report the unexpected error with its file
                 record(task[0], InputError(task[0], f"unexpected {type(exc).__name__}: {exc}"))
     else:
+        started = time.time() - 1.0
         pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
         try:
             futures = {pool.submit(_worker, task): task[0] for task in tasks}
@@ -540,6 +542,11 @@ def preprocess_batch(
                     record(path, InputError(path, f"unexpected {type(exc).__name__}: {exc}"))
         except BaseException:  # Ctrl-C, SIGTERM (the CLI turns it into KeyboardInterrupt)
             _stop_workers(pool)
+            # A killed worker could not remove its staging folder: remove those of this batch's cases.
+            for name in set(names.values()):
+                for partial in out_dir.glob(f".{name}.partial-*"):
+                    if partial.stat().st_mtime >= started:
+                        shutil.rmtree(partial, ignore_errors=True)
             raise
         pool.shutdown()
     bar.close()

@@ -361,3 +361,109 @@ def test_memory_estimate_before_loading(world, tmp_path, capsys, monkeypatch):
     assert main(["preprocess", str(world["good"]), "--out", str(tmp_path / "o"), "--quiet"]) == 1
     assert "GiB of memory" in capsys.readouterr().err
     OUTCOMES[("memory_estimate", "preprocess")] = "clear error"
+
+
+SLOW_WORKERS = """
+import sys, time
+from pathlib import Path
+import brainuad.preprocessing
+from brainuad.io import atomic_folder
+
+def slow_case(path, out_dir, config=None, name=None, force=False):
+    # A worker in the middle of writing its case folder, for as long as it takes to be stopped.
+    with atomic_folder(Path(out_dir) / name) as staging:
+        (staging / "image.nii.gz").write_bytes(b"half")
+        time.sleep(600)
+
+brainuad.preprocessing.preprocess_file = slow_case  # the forked workers inherit it
+from brainuad.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_stops_preprocess_workers_and_cleans_up(world, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(world["good"], scans / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    args = [sys.executable, "-c", SLOW_WORKERS, "preprocess", str(scans), "--out", str(out), "--jobs", "2", "--quiet"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob(".*.partial-*"))) < 2 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)  # until both workers are building a case folder
+    children = [int(p) for p in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+    assert len(children) == 2 and len(list(out.glob(".*.partial-*"))) == 2
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)  # returns: no worker holds the pipe open any more
+    assert process.returncode == 130 and b"interrupted" in err
+    time.sleep(0.5)
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not list(out.iterdir())  # no staging folder, no case folder
+    OUTCOMES[("sigterm_with_workers", "preprocess")] = "cleaned up"
+
+
+NO_SOCKETS = """
+import json, socket, sys
+
+def refuse(*args, **kwargs):
+    raise OSError("socket creation blocked by the no_network test")
+
+class NoSocket(socket.socket):  # a class, so that modules subclassing socket.socket (ssl) still import
+    def __init__(self, *args, **kwargs):
+        refuse()
+
+socket.socket = NoSocket  # blocks creating any socket, not only connecting
+socket.socketpair = socket.create_connection = socket.fromfd = refuse
+from brainuad.cli import main
+
+codes = {}
+for verb, args in json.loads(sys.argv[1]):
+    codes[verb] = main(args)
+print(json.dumps(codes))
+"""
+
+
+def test_no_network(world, tmp_path):
+    """Every scan-handling verb runs with socket creation blocked; download fails with a clear message."""
+    import subprocess
+    import sys
+
+    label = world["cases"]["huge_outliers"][1]
+    # Evaluate's case (the valid scan) comes already preprocessed in its cache; detect preprocesses from scratch.
+    shutil.copytree(world["prep"] / "sub-01_T2w", tmp_path / "cache" / "cases" / "x")
+    case = tmp_path / "cases" / "x"
+    case.mkdir(parents=True)
+    shutil.copy(world["good"], case / "x_t2.nii.gz")
+    shutil.copy(label, case / "x_seg.nii.gz")
+    shutil.copytree(world["prep"], tmp_path / "prep")
+    run, quiet = str(tmp_path / "run"), "--quiet"
+    verbs = [
+        ("preprocess", ["preprocess", str(world["good"]), "--out", str(tmp_path / "prep"), "--preset", "paper-2mm"]),
+        ("train", ["train", "--data", str(tmp_path / "prep"), "--out", run, "--model", "intensity", quiet]),
+        ("calibrate", ["calibrate", "--model", run, "--healthy", str(tmp_path / "prep"), "--device", "cpu"]),
+        ("detect", ["detect", str(world["good"]), "--model", run, "--out", str(tmp_path / "d"), "--device", "cpu"]),
+        ("evaluate", ["evaluate", "--model", run, "--cases", str(case.parent), "--out", str(tmp_path / "e")]),
+        ("download", ["download", "ixi", "--out", str(tmp_path / "ixi"), quiet]),
+    ]
+    verbs = [(v, [*a, quiet] if quiet not in a and v != "calibrate" else a) for v, a in verbs]
+    verbs[4][1].extend(["--cache", str(tmp_path / "cache"), "--device", "cpu"])
+    result = subprocess.run(
+        [sys.executable, "-c", NO_SOCKETS, json.dumps(verbs)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    codes = json.loads(result.stdout.strip().splitlines()[-1])
+    assert codes == {"preprocess": 0, "train": 0, "calibrate": 0, "detect": 0, "evaluate": 0, "download": 1}, (
+        result.stderr
+    )
+    assert "socket creation blocked" in result.stderr and "Traceback" not in result.stderr
+    for verb in codes:
+        OUTCOMES[("no_network", verb)] = "works" if verb != "download" else "clear error"
