@@ -49,6 +49,7 @@ from brainuad.errors import BrainuadError, InputError
 from brainuad.io import atomic_path, ensure_writable_folder, read_grid, read_json, write_json
 from brainuad.models import TRAINABLE_KINDS, build_model, count_parameters
 from brainuad.provenance import provenance
+from brainuad.runfolder import absolute_split, lock_run_folder, resume_differences
 from brainuad.train_step import TrainStep
 
 CPU = torch.device("cpu")
@@ -148,75 +149,12 @@ def _prepare_run(
                 "epoch budget may change — drop those flags or start a new run"
             )
         config = replace(saved, training=replace(saved.training, epochs=config.training.epochs))
-        return config, _absolute_split(read_json(run_dir / "split.json"), run_dir)
+        return config, absolute_split(read_json(run_dir / "split.json"), run_dir)
     if config_path.exists():
         raise BrainuadError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
     # Absolute paths: the run resumes, calibrates and is evaluated from any working directory.
     split = make_split([p.resolve() for p in case_folders], config.training.val_fraction, config.training.seed)
     return config, split
-
-
-def resume_differences(saved: Config, given: Config) -> list[str]:
-    """Model and training settings of ``given`` that differ from a run's ``saved`` config (the epoch budget, and the
-    input shape taken from the data, excepted), as ``section.field: run X, given Y``."""
-    from brainuad.config import to_dict
-
-    old, new = to_dict(saved), to_dict(given)
-    ignored = {("training", "epochs"), ("model", "input_shape")}
-    return [
-        f"{section}.{key}: run {old[section][key]!r}, given {new[section].get(key)!r}"
-        for section in ("model", "training")
-        for key in old[section]
-        if (section, key) not in ignored and old[section][key] != new[section].get(key)
-    ]
-
-
-def _absolute_split(split: dict, run_dir: Path) -> dict:
-    """The split with absolute case paths; older runs stored them relative to the working directory of the run."""
-    fixed = dict(split)
-    for part in ("train", "val"):
-        paths = []
-        for entry in split.get(part, []):
-            path = Path(entry)
-            if not path.is_absolute():
-                found = [c for c in (path, run_dir / path) if c.is_dir()]
-                if not found:
-                    raise InputError(
-                        run_dir / "split.json",
-                        f"case folder {entry} is not found from here ({Path.cwd()}): this older run stored paths "
-                        "relative to the folder it was started in — resume from there",
-                    )
-                path = found[0]
-            paths.append(str(path.resolve()))
-        fixed[part] = paths
-    return fixed
-
-
-def lock_run_folder(run_dir: Path):
-    """Hold an exclusive lock on the run folder (released when the process ends): two trainings into one folder
-    would interleave their logs and overwrite each other's weights and cache.
-
-    Raises:
-        BrainuadError: Another process holds the lock.
-    """
-    import fcntl
-
-    key = run_dir.resolve()
-    if key in _RUN_LOCKS:  # this process holds it already (train called again on the same run)
-        return _RUN_LOCKS[key]
-    handle = open(run_dir / ".train.lock", "a+")  # noqa: SIM115 (kept open for the lock's lifetime)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise BrainuadError(
-            f"{run_dir}: another 'brainuad train' is using this run folder; wait for it or choose another --out"
-        ) from None
-    _RUN_LOCKS[key] = handle
-    return handle
-
-
-_RUN_LOCKS: dict[Path, object] = {}
 
 
 def train(

@@ -247,7 +247,7 @@ def test_broken_weights(world, tiny_ae, tmp_path, capsys):
         save_file({k: change(v) if v.is_floating_point() else v for k, v in state.items()}, run / "model.safetensors")
         assert _detect([world["good"]], run, tmp_path / "o") == 1
         err = capsys.readouterr().err
-        assert str(run / "model.safetensors") in err and ("NaN or Inf" in err or "stored as torch.int64" in err)
+        assert str(run / "model.safetensors") in err and ("NaN" in err or "stored as torch.int64" in err)
         OUTCOMES[(kind, "detect")] = "clear error"
     # A config declaring a huge network is refused from the weights' header, before building it.
     run = Path(shutil.copytree(tiny_ae, tmp_path / "giant"))
@@ -357,7 +357,7 @@ def test_world_size_without_torchrun(world, tmp_path, capsys, monkeypatch):
 def test_memory_estimate_before_loading(world, tmp_path, capsys, monkeypatch):
     import brainuad.preprocessing
 
-    monkeypatch.setattr(brainuad.preprocessing, "available_memory", lambda: 64 * 1024**2)
+    monkeypatch.setattr(brainuad.preprocessing, "available_memory", lambda: 1024**2)
     assert main(["preprocess", str(world["good"]), "--out", str(tmp_path / "o"), "--quiet"]) == 1
     assert "GiB of memory" in capsys.readouterr().err
     OUTCOMES[("memory_estimate", "preprocess")] = "clear error"
