@@ -9,6 +9,7 @@ place when complete, so a killed batch never leaves a folder that a re-run would
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,14 @@ from brainuad.io import (
     save_volume,
     write_json,
 )
-from brainuad.preprocessing import BatchResult, _remove_stale_partials, case_names, preprocess_volume
+from brainuad.preprocessing import (
+    BatchResult,
+    DegradedInputWarning,
+    _remove_stale_partials,
+    case_names,
+    contrast_warning,
+    preprocess_volume,
+)
 from brainuad.provenance import provenance, sha256_file
 
 OUTPUTS = (
@@ -215,6 +223,10 @@ def detect_batch(
             case = preprocess_volume(volume, preprocess_config, name=names[path])
             if case.grid.shape != tuple(config.model.input_shape):
                 raise InputError(path, f"crop {case.grid.shape} does not match the model's {config.model.input_shape}")
+            ratio = case.record.get("qc", {}).get("csf_to_white_matter")
+            for message in contrast_warning(ratio, (calibration or {}).get("csf_to_white_matter")):
+                case.record["warnings"].append(message)
+                warnings.warn(f"{path}: {message}", DegradedInputWarning, stacklevel=2)
             detection = detect_case(model, case, threshold, calibration, torch_device)
             result.done.append(write_detection(detection, folder, volume, run_dir, settings))
         except BrainuadError as exc:

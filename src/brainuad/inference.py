@@ -181,7 +181,7 @@ def calibrate(
     refuse_builtin(run_dir, "calibrate")
     model, config = load_model(run_dir, device=device)
     folders = find_case_folders(list(healthy))
-    values, errors, scores = [], [], []
+    values, errors, scores, ratios = [], [], [], []
     for folder in folders:
         case = load_case(folder)
         if case.grid.shape != tuple(config.model.input_shape):
@@ -195,6 +195,7 @@ def calibrate(
         values.append(detection.anomaly[case.brain_mask.array])
         errors.append(detection.slice_errors)
         scores.append(detection.scan_score)
+        ratios.append(case.record.get("qc", {}).get("csf_to_white_matter"))
     if len({e.size for e in errors}) != 1:
         raise InputError(None, "healthy scans lie on different crop grids; preprocess them with one preset")
     pooled = np.concatenate(values)
@@ -206,8 +207,15 @@ def calibrate(
         "healthy_cases": [str(f) for f in folders],
         "slice_errors": {"mean": stack.mean(0).tolist(), "std": stack.std(0).tolist()},
         "healthy_scan_scores": scores,
+        # The healthy scans' contrast, to warn when detect is given another one (a T1 scan to a T2 model).
+        "csf_to_white_matter": _median_or_none(ratios),
         # One preset for all cases (slice counts checked above), so the last case's grid stands for them all.
         "postprocessing": postprocessing_sizes(case.grid.spacing_mm).to_dict(),
     }
     write_json(Path(run_dir) / CALIBRATION_FILE, calibration)
     return calibration
+
+
+def _median_or_none(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.median(known)) if known else None

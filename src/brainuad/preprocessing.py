@@ -157,6 +157,33 @@ def qc_warnings(brain_volume_ml: float, registration_dice: float) -> list[str]:
     return found
 
 
+def csf_to_white_matter(image_mni: np.ndarray, mask_mni: np.ndarray, grid: Grid) -> float | None:
+    """The scan's contrast in one number: mean scaled intensity in MNI CSF over that in MNI white matter (> 1: CSF
+    bright, T2-like; < 1: CSF dark, T1- or FLAIR-like); ``None`` when the crop holds too little of either."""
+    from brainuad.templates import tissue_masks_on
+
+    csf, white = (m & mask_mni for m in tissue_masks_on(grid))
+    if csf.sum() < 10 or white.sum() < 10:
+        return None
+    white_mean = float(image_mni[white].mean())
+    return float(image_mni[csf].mean()) / white_mean if white_mean > 0 else None
+
+
+def contrast_warning(ratio: float | None, reference: float | None) -> list[str]:
+    """A QC warning when a scan's contrast is on the other side of 1 from the healthy scans the model was calibrated
+    on (a T1 scan given to a T2 model, say)."""
+    if ratio is None or reference is None or (ratio > 1) == (reference > 1):
+        return []
+
+    def kind(r: float) -> str:
+        return "T2-like (CSF brighter than white matter)" if r > 1 else "T1/FLAIR-like (CSF darker than white matter)"
+
+    return [
+        f"QC: the scan's contrast looks {kind(ratio)} (CSF/WM {ratio:.2f}), but the model was calibrated on "
+        f"{kind(reference)} scans (CSF/WM {reference:.2f}): a different contrast is flagged as anomalous everywhere"
+    ]
+
+
 def _refuse_label_maps(volume: Volume) -> None:
     """A mask or label map stored beside the scans (brain mask, lesion mask) is not a scan: say so, naming it."""
     if np.unique(volume.array[::3, ::3, ::3]).size > 8:
@@ -255,6 +282,7 @@ def preprocess_volume(
             "registration_mask_dice": overlap["dice"],
             "registration_inside_template": overlap["inside"],
             "brain_fraction_outside_crop": fraction_outside_grid(mask_native, transform, grid),
+            "csf_to_white_matter": csf_to_white_matter(scaled, mask_mni, grid),
         },
         "timings": timings,
         "provenance": provenance(),

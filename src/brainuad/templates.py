@@ -169,3 +169,26 @@ def tissue_contrast_template(csf: float, grey: float, white: float) -> Volume:
     maps = mni_tissue_maps()
     array = csf * maps["csf"].array + grey * maps["grey"].array + white * maps["white"].array
     return maps["grey"].with_array(array.astype(np.float32))
+
+
+def tissue_masks_on(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels of ``grid`` that are almost surely CSF (ventricles) and white matter in MNI space (probability > 0.9):
+    where a scan's contrast is read (T2: CSF brighter than white matter; T1 and FLAIR: darker)."""
+    key = (grid.shape, tuple(map(tuple, np.asarray(grid.affine_array).round(6))))
+    if key not in _TISSUE_MASKS:
+        from scipy import ndimage
+
+        maps = mni_tissue_maps()
+        voxel_map = np.linalg.inv(maps["csf"].affine) @ grid.affine_array
+        on_grid = [
+            ndimage.affine_transform(
+                maps[t].array, voxel_map[:3, :3], offset=voxel_map[:3, 3], output_shape=grid.shape, order=1
+            )
+            > 0.9
+            for t in ("csf", "white")
+        ]
+        _TISSUE_MASKS[key] = (on_grid[0], on_grid[1])
+    return _TISSUE_MASKS[key]
+
+
+_TISSUE_MASKS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}

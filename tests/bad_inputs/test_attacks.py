@@ -182,9 +182,15 @@ def test_a_detect_folder_attacked(world, tmp_path, capsys):
     image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"PatientID=12345"))
     nib.save(image, str(scans / "scan.nii.gz"))
     out = scans / "findings"
+    # calibrate records the healthy scans' contrast (here T1-like: CSF darker than white matter); a model calibrated on
+    # T2 scans records CSF/WM > 1 — given this T1-like scan, detect must warn.
+    model = _copy_run(world, tmp_path)
+    calibration = json.loads((model / "calibration.json").read_text())
+    assert 0 < calibration["csf_to_white_matter"] < 1
+    (model / "calibration.json").write_text(json.dumps({**calibration, "csf_to_white_matter": 1.8}))
 
     def run(*extra) -> tuple[str, str]:
-        assert _detect([scans], world["run"], out, *extra) == 1  # the mask and the RGB file fail every time
+        assert _detect([scans], model, out, *extra) == 1  # the mask and the RGB file fail every time
         captured = capsys.readouterr()
         assert "Traceback" not in captured.err
         return captured.out, captured.err
@@ -198,6 +204,8 @@ def test_a_detect_folder_attacked(world, tmp_path, capsys):
     warnings = summary["preprocessing"]["warnings"]
     assert any("QC: brain volume" in w for w in warnings) and any("QC: registration overlap" in w for w in warnings)
     OUTCOMES[("child_size_brain", "detect")] = "QC warning"
+    assert any("QC: the scan's contrast looks T1/FLAIR-like" in w for w in warnings), warnings
+    OUTCOMES[("t1_scan_to_t2_model", "detect")] = "QC warning"
     header = nib.load(str(out / "scan" / "anomaly_map.nii.gz")).header
     assert header["descrip"].item() == b"" and not header.extensions
     assert (header["cal_min"], header["cal_max"], header["intent_code"]) == (0, 0, 0)
