@@ -475,3 +475,25 @@ def test_no_network(world, tmp_path):
     assert "socket creation blocked" in result.stderr and "Traceback" not in result.stderr
     for verb in codes:
         OUTCOMES[("no_network", verb)] = "works" if verb != "download" else "clear error"
+
+
+def test_sigterm_during_detect_leaves_no_partial_folder(world, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    import brainuad.detect
+    from brainuad.preprocessing import load_case
+
+    # Preprocessing is replaced by the world's finished case of the same scan (the costly part is not under test).
+    case = load_case(world["prep"] / "sub-01_T2w")
+    monkeypatch.setattr(brainuad.detect, "preprocess_volume", lambda volume, config, name: case)
+
+    def terminated(staging, detection):  # SIGTERM arrives while the findings folder is being written
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(brainuad.detect, "_write_figures", terminated)
+    out = tmp_path / "out"
+    assert _detect([world["good"]], world["run"], out) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert list(out.iterdir()) == []  # neither the staging folder nor a half-written case
+    OUTCOMES[("sigterm_while_writing", "detect")] = "cleaned up"
