@@ -357,6 +357,7 @@ def main() -> None:
 
     def attempt(label, produce):
         # One failed measurement (out of memory, a compiler error) must not cost the others.
+        print(f"[{time.strftime('%H:%M:%S')}] {label} …", flush=True)
         start = time.perf_counter()
         try:
             rows = produce()
@@ -366,6 +367,9 @@ def main() -> None:
         for row in rows if isinstance(rows, list) else [rows]:
             report.add({**row, "section_wall_s": round(time.perf_counter() - start, 1)})
 
+    # Cheapest and most important first: a run stopped by its time limit keeps the early rows.
+    if "augmentation" in sections:
+        attempt("augmentation", lambda: augmentation_rows(args, device))
     if "network" in sections:
         attempt("network", lambda: network_path(args, device, "fp32 eager", False, False, False))
         attempt("network", lambda: network_path(args, device, "bf16 + channels-last eager", True, True, False))
@@ -381,8 +385,6 @@ def main() -> None:
             attempt("loop", lambda: augmentation_cost_in_loop(report.rows))
         if "network" in sections and not args.no_compile:
             attempt("network", lambda: network_path(args, device, "bf16 + channels-last + compile", True, True, True))
-        if "augmentation" in sections:
-            attempt("augmentation", lambda: augmentation_rows(args, device))
         if "inference" in sections:
             attempt("inference", lambda: inference_rows(args, device, data / "case000"))
     print((args.out / "table.md").read_text(), flush=True)
