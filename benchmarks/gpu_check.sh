@@ -34,7 +34,7 @@ if [ "${GPU_CHECK_SMALL:-0}" = 1 ]; then
         --cases 6 --epochs 3 --monai-volumes 2 --augment-reps 2 --inference-reps 1 --no-compile --threads 1)
   LIMIT=900
 else
-  ARGS=(--steps 20 --warmup 3 --epochs 5 --cases 16 --monai-volumes 4 --augment-reps 4 --inference-reps 3)
+  ARGS=(--steps 20 --warmup 3 --epochs 5 --cases 12 --monai-volumes 4 --augment-reps 4 --inference-reps 3)
   LIMIT=${GPU_CHECK_LIMIT:-330}
 fi
 start=$(date +%s)

@@ -372,7 +372,6 @@ def main() -> None:
         attempt("augmentation", lambda: augmentation_rows(args, device))
     if "network" in sections:
         attempt("network", lambda: network_path(args, device, "fp32 eager", False, False, False))
-        attempt("network", lambda: network_path(args, device, "bf16 + channels-last eager", True, True, False))
     with tempfile.TemporaryDirectory(prefix="brainuad-bench-") as tmp:
         data = Path(tmp) / "cases"
         if "loop" in sections or "inference" in sections:
@@ -383,8 +382,11 @@ def main() -> None:
             attempt("loop", lambda: loop_row(args, device, data, Path(tmp) / "runs", "on"))
             attempt("loop", lambda: loop_row(args, device, data, Path(tmp) / "runs", "off"))
             attempt("loop", lambda: augmentation_cost_in_loop(report.rows))
-        if "network" in sections and not args.no_compile:
-            attempt("network", lambda: network_path(args, device, "bf16 + channels-last + compile", True, True, True))
+        if "network" in sections:
+            attempt("network", lambda: network_path(args, device, "bf16 + channels-last eager", True, True, False))
+            if not args.no_compile:
+                compiled = "bf16 + channels-last + compile"
+                attempt("network", lambda: network_path(args, device, compiled, True, True, True))
         if "inference" in sections:
             attempt("inference", lambda: inference_rows(args, device, data / "case000"))
     print((args.out / "table.md").read_text(), flush=True)
