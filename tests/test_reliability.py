@@ -41,6 +41,7 @@ def test_kill_9_during_training_then_resume(tmp_path):
     data = write_cases(tmp_path / "data", 4)
     run = tmp_path / "run"
     args = [*BRAINUAD, "train", "--data", str(data), "--out", str(run), "--epochs", "500", "--batch-size", "2"]
+    args += ["--checkpoint-minutes", "0"]  # a checkpoint after every epoch (the default waits 10 minutes)
     process = subprocess.Popen([*args, *TINY_CLI], stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: (run / "state.json").is_file(), process=process)

@@ -8,14 +8,18 @@ from pathlib import Path
 from brainuad.config import Config
 from brainuad.errors import BrainuadError, InputError
 
+#: Training settings that change how a run executes, not what it learns: a resumed run takes them as given.
+EXECUTION_SETTINGS = ("compile", "checkpoint_minutes")
+
 
 def resume_differences(saved: Config, given: Config) -> list[str]:
-    """Model and training settings of ``given`` that differ from a run's ``saved`` config (the epoch budget, and the
-    input shape taken from the data, excepted), as ``section.field: run X, given Y``."""
+    """Model and training settings of ``given`` that differ from a run's ``saved`` config (the epoch budget, the
+    input shape taken from the data, and how the run executes — compile, checkpoint interval — excepted), as
+    ``section.field: run X, given Y``."""
     from brainuad.config import to_dict
 
     old, new = to_dict(saved), to_dict(given)
-    ignored = {("training", "epochs"), ("model", "input_shape")}
+    ignored = {("training", k) for k in EXECUTION_SETTINGS} | {("training", "epochs"), ("model", "input_shape")}
     return [
         f"{section}.{key}: run {old[section][key]!r}, given {new[section].get(key)!r}"
         for section in ("model", "training")

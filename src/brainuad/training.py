@@ -49,7 +49,7 @@ from brainuad.errors import BrainuadError, InputError
 from brainuad.io import atomic_path, ensure_writable_folder, read_grid, read_json, write_json
 from brainuad.models import TRAINABLE_KINDS, build_model, count_parameters
 from brainuad.provenance import provenance
-from brainuad.runfolder import absolute_split, lock_run_folder, resume_differences
+from brainuad.runfolder import EXECUTION_SETTINGS, absolute_split, lock_run_folder, resume_differences
 from brainuad.train_step import TrainStep
 
 CPU = torch.device("cpu")
@@ -148,7 +148,8 @@ def _prepare_run(
                 f"{config_path}: --resume with settings that differ from the run's ({'; '.join(differ)}); only the "
                 "epoch budget may change — drop those flags or start a new run"
             )
-        config = replace(saved, training=replace(saved.training, epochs=config.training.epochs))
+        kept = {k: getattr(config.training, k) for k in ("epochs", *EXECUTION_SETTINGS)}
+        config = replace(saved, training=replace(saved.training, **kept))
         return config, absolute_split(read_json(run_dir / "split.json"), run_dir)
     if config_path.exists():
         raise BrainuadError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
