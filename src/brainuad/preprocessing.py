@@ -140,9 +140,19 @@ BRAIN_VOLUME_QC_ML = (800.0, 2200.0)
 REGISTRATION_DICE_QC = 0.6
 
 
-def qc_warnings(brain_volume_ml: float, registration_dice: float) -> list[str]:
+#: Brains vary in intensity (grey/white matter, CSF): a (p95 − p5) / median spread below this is not a brain
+#: (measured on the real T1, T2 and FLAIR scans in ../shared/data: 0.83–1.72; a uniform ball with noise: 0.03).
+MIN_INTENSITY_SPREAD = 0.25
+
+
+def qc_warnings(brain_volume_ml: float, registration_dice: float, spread: float | None = None) -> list[str]:
     """QC gates that do not stop a scan but make its result doubtful, in words (recorded in every summary)."""
     found = []
+    if spread is not None and spread < MIN_INTENSITY_SPREAD:
+        found.append(
+            f"QC: intensities inside the brain mask hardly vary ((p95 − p5) / median = {spread:.3f} < "
+            f"{MIN_INTENSITY_SPREAD}): no grey/white matter or CSF contrast — this may not be a brain MRI"
+        )
     low, high = BRAIN_VOLUME_QC_ML
     if not low <= brain_volume_ml <= high:
         found.append(
@@ -158,15 +168,17 @@ def qc_warnings(brain_volume_ml: float, registration_dice: float) -> list[str]:
 
 
 def csf_to_white_matter(image_mni: np.ndarray, mask_mni: np.ndarray, grid: Grid) -> float | None:
-    """The scan's contrast in one number: mean scaled intensity in MNI CSF over that in MNI white matter (> 1: CSF
-    bright, T2-like; < 1: CSF dark, T1- or FLAIR-like); ``None`` when the crop holds too little of either."""
+    """The scan's contrast in one number: median scaled intensity in MNI CSF over that in MNI white matter (> 1: CSF
+    bright, T2-like; < 1: CSF dark, T1- or FLAIR-like); ``None`` when the crop holds too little of either.
+
+    Measured at 2 mm: 52 real T1 scans 0.35–0.88, two real T2 1.4–1.8, one FLAIR 0.94."""
     from brainuad.templates import tissue_masks_on
 
     csf, white = (m & mask_mni for m in tissue_masks_on(grid))
     if csf.sum() < 10 or white.sum() < 10:
         return None
-    white_mean = float(image_mni[white].mean())
-    return float(image_mni[csf].mean()) / white_mean if white_mean > 0 else None
+    white_level = float(np.median(image_mni[white]))
+    return float(np.median(image_mni[csf])) / white_level if white_level > 0 else None
 
 
 def contrast_warning(ratio: float | None, reference: float | None) -> list[str]:
@@ -256,7 +268,10 @@ def preprocess_volume(
     timings["resample_scale_s"] = time.perf_counter() - start
 
     brain_ml = float(mask_native.sum() * volume.voxel_volume_ml)
-    warnings_found = degraded_input_warnings(volume) + qc_warnings(brain_ml, overlap["dice"])
+    contrast = csf_to_white_matter(scaled, mask_mni, grid)
+    p5, median, p95 = np.percentile(volume.array[mask_native], [5, 50, 95])
+    spread = float((p95 - p5) / median) if median > 0 else None
+    warnings_found = degraded_input_warnings(volume) + qc_warnings(brain_ml, overlap["dice"], spread)
     for message in warnings_found:
         warnings.warn(f"{volume.path or 'volume'}: {message}", DegradedInputWarning, stacklevel=2)
     grid_affine = grid.affine_array
@@ -282,7 +297,8 @@ def preprocess_volume(
             "registration_mask_dice": overlap["dice"],
             "registration_inside_template": overlap["inside"],
             "brain_fraction_outside_crop": fraction_outside_grid(mask_native, transform, grid),
-            "csf_to_white_matter": csf_to_white_matter(scaled, mask_mni, grid),
+            "csf_to_white_matter": contrast,
+            "intensity_spread": spread,
         },
         "timings": timings,
         "provenance": provenance(),

@@ -172,7 +172,7 @@ def tissue_contrast_template(csf: float, grey: float, white: float) -> Volume:
 
 
 def tissue_masks_on(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """Voxels of ``grid`` that are almost surely CSF (ventricles) and white matter in MNI space (probability > 0.9):
+    """Voxels of ``grid`` that are mostly CSF (probability > 0.5) and almost surely white matter (> 0.9) in MNI space:
     where a scan's contrast is read (T2: CSF brighter than white matter; T1 and FLAIR: darker)."""
     key = (grid.shape, tuple(map(tuple, np.asarray(grid.affine_array).round(6))))
     if key not in _TISSUE_MASKS:
@@ -184,8 +184,8 @@ def tissue_masks_on(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
             ndimage.affine_transform(
                 maps[t].array, voxel_map[:3, :3], offset=voxel_map[:3, 3], output_shape=grid.shape, order=1
             )
-            > 0.9
-            for t in ("csf", "white")
+            > threshold
+            for t, threshold in (("csf", 0.5), ("white", 0.9))
         ]
         _TISSUE_MASKS[key] = (on_grid[0], on_grid[1])
     return _TISSUE_MASKS[key]

@@ -306,7 +306,17 @@ def test_intensity_offset_and_huge_values(world, tmp_path, capsys):
     data, affine = _scan(world)
     shifted = tmp_path / "shifted.nii.gz"
     nib.save(nib.Nifti1Image(data - 1000.0, affine), str(shifted))
-    assert main(["preprocess", str(shifted), "--out", str(tmp_path / "o"), "--preset", "paper-2mm", "--quiet"]) == 0
+    # A uniform ball of brain size (with noise), not a brain: preprocessed, with a QC warning.
+    centre = (np.asarray(data.shape) - 1) / 2
+    radius_mm = np.sqrt(sum((axis - c) ** 2 for axis, c in zip(np.indices(data.shape), centre))) * 2.0
+    ball = np.where(radius_mm < 60, np.random.default_rng(0).normal(500, 5, data.shape), 0).astype(np.float32)
+    nib.save(nib.Nifti1Image(ball, affine), str(tmp_path / "ball.nii.gz"))
+    args = ["preprocess", str(shifted), str(tmp_path / "ball.nii.gz"), "--out", str(tmp_path / "o"), "--quiet"]
+    assert main([*args, "--preset", "paper-2mm"]) == 0
+    warnings = json.loads((tmp_path / "o" / "ball" / "record.json").read_text())["warnings"]
+    assert any("this may not be a brain MRI" in w for w in warnings), warnings
+    assert not json.loads((tmp_path / "o" / "shifted" / "record.json").read_text())["warnings"]
+    OUTCOMES[("uniform_ball_not_a_brain", "preprocess")] = "QC warning"
     original = nib.load(str(world["prep"] / "sub-01_T2w" / "image.nii.gz")).get_fdata()
     offset = nib.load(str(tmp_path / "o" / "shifted" / "image.nii.gz")).get_fdata()
     assert np.percentile(np.abs(original - offset), 99) < 0.01  # was 0.49: a different brain mask and scaling
