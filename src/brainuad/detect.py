@@ -33,10 +33,10 @@ from brainuad.preprocessing import (
     DegradedInputWarning,
     _remove_stale_partials,
     case_names,
-    contrast_warning,
     preprocess_volume,
 )
 from brainuad.provenance import provenance, sha256_file
+from brainuad.qc import contrast_warning
 
 OUTPUTS = (
     "anomaly_map.nii.gz",

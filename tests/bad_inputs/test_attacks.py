@@ -243,7 +243,7 @@ def test_nan_thresholds(world, tmp_path, capsys):
     assert "not a calibration (expected a JSON object" in capsys.readouterr().err
     assert not (tmp_path / "o" / "sub-01_T2w").exists()
     OUTCOMES[("nan_threshold", "detect")] = "clear error"
-    OUTCOMES[("calibration_without_threshold", "detect")] = "clear error"
+    OUTCOMES[("calibration_no_threshold", "detect")] = "clear error"
 
 
 def test_broken_weights(world, tiny_ae, tmp_path, capsys):
@@ -373,9 +373,9 @@ def test_world_size_without_torchrun(world, tmp_path, capsys, monkeypatch):
 
 
 def test_memory_estimate_before_loading(world, tmp_path, capsys, monkeypatch):
-    import brainuad.preprocessing
+    import brainuad.qc
 
-    monkeypatch.setattr(brainuad.preprocessing, "available_memory", lambda: 1024**2)
+    monkeypatch.setattr(brainuad.qc, "available_memory", lambda: 1024**2)
     assert main(["preprocess", str(world["good"]), "--out", str(tmp_path / "o"), "--quiet"]) == 1
     assert "GiB of memory" in capsys.readouterr().err
     OUTCOMES[("memory_estimate", "preprocess")] = "clear error"
