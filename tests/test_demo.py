@@ -1,10 +1,15 @@
 """``brainuad demo`` end to end at its smallest size, and the synthetic data it is built on."""
 
+import json
+import time
+
 import numpy as np
 import pytest
 
-from brainuad.cli import main
+from brainuad.demo import STAMP, prepare_folder
+from brainuad.errors import OutputError
 from brainuad.synthetic import LESION_KINDS, synthetic_subject
+from brainuad.training import train
 
 
 @pytest.mark.parametrize("kind", LESION_KINDS)
@@ -26,14 +31,35 @@ def test_synthetic_subjects_are_reproducible_and_varied():
     assert not np.array_equal(a.image.array, c.image.array)
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
+# The demo itself runs in tests/test_readme.py, exactly as the README's Quick start prints it.
+
+
+def test_training_stops_at_its_deadline_after_at_least_one_epoch(tmp_path):
+    from test_training import tiny_config, write_cases
+
+    data = write_cases(tmp_path / "prep", 2)
+    result = train([data], tmp_path / "run", tiny_config(epochs=50), progress=False, deadline=time.monotonic())
+    assert result.epochs_done == 1  # at least one epoch, then the budget (already spent) stops it
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["stopped_at_time_budget"] is True
+
+
+def test_demo_folder_is_reused_cleaned_or_refused(tmp_path):
+    settings = {"minutes": 1.0, "seed": 0}
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--size", "tiny", "--minutes", "0.1", "--device", "cpu", "--quiet"]) == 0
-    printed = capsys.readouterr().out
-    assert "SYNTHETIC" in printed and "brainuad download ixi" in printed
-    report = (out / "report.html").read_text()
-    assert "SYNTHETIC" in report and "<table>" in report and report.count("data:image/png;base64,") == 3
-    for name in ("ae", "intensity"):
-        assert (out / "evaluation" / name / "summary.json").is_file()
-    finding = next((out / "findings").iterdir())
-    assert (finding / "report.html").is_file() and (finding / "segmentation.nii.gz").is_file()
+    assert prepare_folder(out, settings) is None and (out / STAMP).is_file()
+    (out / "runs" / "ae").mkdir(parents=True)
+    (out / "report.html").write_text("old")
+    (out / "my-notes.txt").write_text("mine")
+    # Same settings: the earlier run's record comes back and nothing is removed (finished stages are reused).
+    assert prepare_folder(out, settings)["settings"] == settings and (out / "runs" / "ae").is_dir()
+    # Other settings: what the demo wrote goes, what it did not write stays.
+    assert prepare_folder(out, {**settings, "minutes": 2.0}) is None
+    assert not (out / "runs").exists() and not (out / "report.html").exists()
+    assert (out / "my-notes.txt").read_text() == "mine"
+    # A folder the demo never wrote is refused, untouched.
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "scan.nii.gz").write_bytes(b"x")
+    with pytest.raises(OutputError, match="not written by 'brainuad demo'"):
+        prepare_folder(foreign, settings)
+    assert [p.name for p in foreign.iterdir()] == ["scan.nii.gz"]

@@ -4,12 +4,15 @@ argument parser (flags, choices, verbs), and every call of a brainuad function m
 import ast
 import importlib
 import inspect
+import json
+import os
 import re
+import resource
 import shlex
 
 import pytest
 
-from brainuad.cli import build_parser
+from brainuad.cli import build_parser, main
 from conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -94,3 +97,85 @@ def test_readme_python_call_binds_to_the_real_signature(module, name, call):
         signature.bind(*[None] * len(call.args), **{k.arg: None for k in call.keywords if k.arg})
     except TypeError as exc:
         pytest.fail(f"README calls {module}.{name} with arguments its signature does not take: {exc}")
+
+
+# --- The README's commands run exactly as printed (small: the Quick start demo at a 1-minute budget, then the
+# step-by-step block on the demo's own synthetic data). ---
+
+DEMO_BUDGET_MINUTES = 1.0
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _quick_start_demo() -> list[str]:
+    """The Quick start's demo command exactly as printed (after ``pip install … &&``), without 'brainuad'."""
+    line = next(line for line in _blocks("bash")[0].splitlines() if "brainuad demo" in line)
+    return shlex.split(line.split("&&")[-1])[1:]
+
+
+def _step_lines() -> list[list[str]]:
+    block = next(b for b in _blocks("bash") if "brainuad-demo/data" in b)
+    lines = [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    assert all(line.startswith("brainuad ") for line in lines)
+    return [shlex.split(line)[1:] for line in lines]
+
+
+@pytest.fixture(scope="module")
+def quick_start(tmp_path_factory):
+    """The Quick start demo as printed — only ``--out``, default device — plus a small ``--minutes``."""
+    root = tmp_path_factory.mktemp("readme")
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        words = _quick_start_demo()
+        assert words == ["demo", "--out", "brainuad-demo"]
+        cpu = _cpu_seconds()
+        code = main([*words, "--minutes", str(DEMO_BUDGET_MINUTES)])
+        cpu = _cpu_seconds() - cpu
+    finally:
+        os.chdir(here)
+    assert code == 0
+    return root, cpu
+
+
+def test_quick_start_demo_runs_as_printed_within_its_budget(quick_start):
+    root, cpu = quick_start
+    out = root / "brainuad-demo"
+    record = json.loads((out / "demo.json").read_text())
+    assert record["complete"] and record["settings"]["device"] == "cpu"  # --device auto resolved, not passed on
+    # CPU time, not wall time (the machine may be shared): two cores, with 50 % to spare, catches a runaway or a
+    # training that ignores the budget without racing the clock.
+    assert cpu < 2 * 1.5 * DEMO_BUDGET_MINUTES * 60
+    training = json.loads((out / "runs" / "ae" / "summary.json").read_text())
+    assert 1 <= training["epochs_done"] < 50
+    report = (out / "report.html").read_text()
+    assert "SYNTHETIC" in report and "<table>" in report and report.count("data:image/png;base64,") == 3
+    finding = next((out / "findings").iterdir())
+    assert (finding / "report.html").is_file() and (finding / "segmentation.nii.gz").is_file()
+
+
+def test_demo_rerun_into_the_same_folder_reuses_the_finished_run(quick_start, monkeypatch, capsys):
+    root, _ = quick_start
+    monkeypatch.chdir(root)
+    report = root / "brainuad-demo" / "report.html"
+    before = report.stat().st_mtime_ns
+    cpu = _cpu_seconds()
+    assert main([*_quick_start_demo(), "--minutes", str(DEMO_BUDGET_MINUTES)]) == 0
+    assert _cpu_seconds() - cpu < 10  # nothing retrained (the old demo trained 300000 epochs here)
+    assert report.stat().st_mtime_ns == before and "reusing" in capsys.readouterr().out
+
+
+def test_readme_steps_run_as_printed_on_the_demo_data(quick_start, monkeypatch):
+    root, _ = quick_start
+    monkeypatch.chdir(root)
+    steps = _step_lines()
+    assert [s[0] for s in steps] == ["preprocess", "train", "calibrate", "detect", "evaluate"]
+    for words in steps:
+        assert main(words) == 0, f"README step failed: brainuad {' '.join(words)}"
+    calibration = json.loads((root / "runs" / "toy" / "calibration.json").read_text())
+    assert "validation split" in calibration["calibrated_on"]
+    assert any((root / "findings").glob("*/report.html"))
+    assert json.loads((root / "evaluation" / "summary.json").read_text())["cases"] >= 1

@@ -85,12 +85,12 @@ def _figure5(out: Path, names: list[str], cases: list[str | Path], modality: str
     """Each variant's reconstruction of the most lesioned axial slice of the first reported case."""
     from brainuad.checkpoints import load_model
     from brainuad.data import find_labelled_cases
+    from brainuad.device import resolve_device
     from brainuad.evaluation import lesion_on_crop
     from brainuad.figures import plot_reconstruction_panel
     from brainuad.inference import reconstruct
     from brainuad.io import safe_name
     from brainuad.preprocessing import load_case
-    from brainuad.training import resolve_device
 
     case = find_labelled_cases(cases[0], modality)[0]
     pre = load_case(out / "cache" / "cases" / safe_name(case.name))

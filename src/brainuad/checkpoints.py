@@ -178,9 +178,11 @@ def load_model(run_dir: str | Path, weights: str = "model.safetensors", device: 
     Raises:
         InputError: Missing files, an invalid config, or weights that do not fit the config.
     """
+    from brainuad.device import resolve_device
     from brainuad.models import build_model
     from brainuad.shipped import resolve_model_dir
 
+    device = resolve_device(device)  # "auto" is a word for users, never a torch device
     run_dir = resolve_model_dir(run_dir)  # builtin:NAME → the installed folder
     if not run_dir.is_dir():
         raise InputError(run_dir, "model folder not found")

@@ -13,6 +13,32 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MODEL_HELP = "a trained model folder, or builtin:NAME for a model shipped with brainuad (see 'brainuad models')"
 
 
+def _check_exist(paths: Sequence[str], what: str = "file or folder") -> None:
+    """Fail fast, before torch and friends are imported (seconds), when an input path does not exist."""
+    from brainuad.errors import InputError
+
+    for path in paths:
+        if not os.path.exists(path):
+            raise InputError(path, f"{what} not found")
+
+
+def _check_model_folder(path: str) -> None:
+    from brainuad.errors import InputError
+
+    if path.startswith("builtin:"):
+        return  # a shipped model: resolved (with a clear error for unknown names) where it is loaded
+    _check_exist([path], "model folder")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise InputError(path, "not a brainuad model folder (no config.json): pass the folder 'brainuad train' wrote")
+
+
+def _device(name: str):
+    """The ``--device`` word resolved once, here at the CLI's edge, into the torch.device every API receives."""
+    from brainuad.device import resolve_device
+
+    return resolve_device(name)
+
+
 def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "preprocess",
@@ -56,6 +82,7 @@ def _run_preprocess(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise SystemExit(_usage_error("--jobs must be at least 1"))
+    _check_exist(args.inputs)
     config = PreprocessConfig(
         preset=args.preset,
         skull_strip=args.skull_strip,
@@ -273,7 +300,8 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         metavar="DIR",
-        help="preprocessed healthy scans the model was not trained on (repeatable)",
+        help="preprocessed healthy scans the model was not trained on (repeatable; default: the run's own "
+        "validation split, as listed in RUN_DIR/split.json)",
     )
     p.add_argument(
         "--labelled",
@@ -290,23 +318,26 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from brainuad.inference import calibrate
-    from brainuad.training import resolve_device
-
     if not 0 < args.fpr < 1:
         return _usage_error("--fpr must be between 0 and 1")
-    if not args.healthy and not args.labelled:
-        return _usage_error("give --healthy DIR (healthy validation scans) and/or --labelled DIR (tuning cases)")
-    if args.healthy:
-        result = calibrate(args.model, args.healthy, args.fpr, device=resolve_device(args.device))
+    _check_model_folder(args.model)
+    _check_exist((args.healthy or []) + (args.labelled or []))
+    from brainuad.inference import calibrate
+
+    device = _device(args.device)
+    if args.healthy or not args.labelled:
+        # Without --healthy: the run's own validation split (split.json), scans it was not trained on.
+        result = calibrate(args.model, args.healthy, args.fpr, device=device)
         print(
-            f"calibrate: threshold {result['threshold']:.5g} at healthy voxel FPR {args.fpr} "
-            f"({len(result['healthy_cases'])} scans) -> {args.model}/calibration.json"
+            f"calibrate: threshold {result['threshold']:.5g} at healthy voxel FPR {args.fpr} on "
+            f"{result['calibrated_on']} -> {args.model}/calibration.json"
         )
+        for note in result.get("notes", []):
+            print(f"calibrate: note: {note}")
     if args.labelled:
         from brainuad.evaluation import calibrate_on_labelled
 
-        result = calibrate_on_labelled(args.model, args.labelled, args.modality, device=args.device, progress=False)
+        result = calibrate_on_labelled(args.model, args.labelled, args.modality, device=device, progress=False)
         print(
             f"calibrate: threshold {result['threshold']:.5g} = best pooled Dice {result['tuning_dice']:.3f} on "
             f"{len(result['tuning_cases'])} labelled tuning cases -> {args.model}/calibration.json"
@@ -341,16 +372,19 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
 def _run_detect(args: argparse.Namespace) -> int:
     import math
 
-    from brainuad.detect import detect_batch
-
     try:
         threshold = None if args.threshold == "auto" else float(args.threshold)
     except ValueError:
         return _usage_error(f"--threshold must be 'auto' or a number, got {args.threshold!r}")
     if threshold is not None and not math.isfinite(threshold):
         return _usage_error(f"--threshold must be a finite number, got {args.threshold!r}")
+    _check_exist(args.inputs)
+    _check_model_folder(args.model)
+    from brainuad.detect import detect_batch
+
+    device = _device(args.device)
     result = detect_batch(
-        args.inputs, args.model, args.out, threshold, args.skull_strip, args.device, args.force, progress=not args.quiet
+        args.inputs, args.model, args.out, threshold, args.skull_strip, device, args.force, progress=not args.quiet
     )
     return _report_batch("detect", result, args.out)
 
@@ -393,6 +427,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    _check_model_folder(args.model)
+    _check_exist(args.cases + (args.tune_cases or []))
     from brainuad.evaluation import evaluate
 
     summary = evaluate(
@@ -402,7 +438,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         tune_sources=args.tune_cases,
         modality=args.modality,
         cache_dir=args.cache,
-        device=args.device,
+        device=_device(args.device),
         progress=not args.quiet,
         seed=args.seed,
         healthy_sources=args.healthy,
@@ -468,9 +504,20 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "plus labelled case folders.",
     )
     p.add_argument("--out", default="brainuad-demo", help="output folder (default: brainuad-demo)")
-    p.add_argument("--minutes", type=float, default=5.0, help="training time budget (default: 5)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=5.0,
+        help="cap on the whole run, preprocessing included; training takes what is left, at least one epoch "
+        "(default: 5)",
+    )
     p.add_argument("--data", default=None, metavar="DIR", help="real data: DIR/healthy/ + labelled case folders")
-    p.add_argument("--size", default="small", choices=["tiny", "small", "standard"], help="cohort and model size")
+    p.add_argument(
+        "--size",
+        default="auto",
+        choices=["auto", "tiny", "small", "standard"],
+        help="cohort and model size (default: auto = the largest that fits --minutes on this machine)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quiet", action="store_true")
@@ -478,11 +525,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from brainuad.demo import REAL_DATA_COMMANDS, run_demo
-
     if args.minutes <= 0:
         return _usage_error("--minutes must be positive")
-    result = run_demo(args.out, args.minutes, args.data, args.size, args.seed, args.device, progress=not args.quiet)
+    if args.data is not None:
+        _check_exist([args.data], "data folder")
+    from brainuad.demo import REAL_DATA_COMMANDS, run_demo
+
+    device = _device(args.device)
+    result = run_demo(args.out, args.minutes, args.data, args.size, args.seed, device, progress=not args.quiet)
     if args.data is None:
         generator = result.data.removeprefix("synthetic: ")
         print(f"demo: the data were SYNTHETIC ({generator}; planted lesions); numbers show the chain working.")

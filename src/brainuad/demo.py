@@ -6,29 +6,43 @@ maps nilearn ships (:mod:`brainuad.synthetic`); the report says which;
 with ``data_dir`` it runs the same chain on a real folder: ``<data_dir>/healthy/`` holds healthy scans, and every
 other sub-folder labelled cases (BraTS- or MS-style). Labelled cases are split by name into tuning cases (the
 threshold is chosen on them) and test cases (reported), never mixed.
+
+``minutes`` caps the whole run, preprocessing included: the first scan is timed, the cohort size (``size="auto"``)
+is the largest whose data and preprocessing fit the budget on this machine, and training stops when the time left
+is what evaluation and detection are estimated to need (at least one epoch). ``demo.json`` records the settings and
+each stage's time; a re-run with the same settings reuses what is finished, other settings start clean.
 """
 
 from __future__ import annotations
 
+import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from brainuad.config import Config, ModelConfig, PreprocessConfig, TrainConfig, replace
-from brainuad.errors import BrainuadError
+from brainuad.errors import BrainuadError, OutputError
 
-#: Cohort sizes (healthy, tuning, test) and model widths per demo size.
+#: Cohort sizes (healthy, tuning, test), model widths, latent size and training steps per epoch per demo size.
 SIZES = {
-    "tiny": ((2, 1, 1), (4, 8, 8, 16), 32),
-    "small": ((12, 2, 4), (8, 16, 32, 64), 128),
-    "standard": ((40, 3, 9), (16, 32, 64, 128), 256),
+    "tiny": ((2, 1, 1), (4, 8, 8, 16), 32, 2),
+    "small": ((12, 2, 4), (8, 16, 32, 64), 128, 4),
+    "standard": ((40, 3, 9), (16, 32, 64, 128), 256, 8),
 }
+#: Data and preprocessing may take this share of the budget when the size is chosen from it; the rest trains.
+FIXED_SHARE = 0.7
+#: Upper bound on epochs; the time budget stops training long before.
+MAX_EPOCHS = 10_000
+STAMP = "demo.json"
+#: Everything the demo writes in its folder (a re-run with other settings removes these, and nothing else).
+ENTRIES = ("data", "prep", "runs", "cache", "evaluation", "findings", "report.html", "roc.png", "pr.png", STAMP)
 
 REAL_DATA_COMMANDS = """\
 brainuad download ixi --out data/                       # the paper's healthy cohort (IXI T2)
 brainuad preprocess data/IXI-T2 --out prep/ixi --jobs 2
 brainuad train --data prep/ixi --out runs/ae512         # the paper's recipe; a GPU is strongly advised
-brainuad calibrate --model runs/ae512 --healthy <validation cases listed in runs/ae512/split.json>
+brainuad calibrate --model runs/ae512                   # on the run's own validation split
 brainuad detect patients/ --model runs/ae512 --out findings/
 brainuad evaluate --model runs/ae512 --cases labelled/test --tune-cases labelled/tuning --out evaluation/"""
 
@@ -46,6 +60,12 @@ class DemoResult:
 def _log(message: str, progress: bool) -> None:
     if progress:
         print(f"[demo] {message}", flush=True)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _real_layout(data_dir: Path) -> tuple[list[Path], list[Path], list[Path]]:
@@ -72,8 +92,8 @@ def _real_layout(data_dir: Path) -> tuple[list[Path], list[Path], list[Path]]:
 
 def _synthetic_generator():
     """How the synthetic cohort is made: T2 simulated from BrainWeb anatomies when they are found
-    (:func:`brainuad.mrsim.find_anatomies`), else the MNI template's tissue maps. Each has its own data folder, so
-    a re-run never mixes the two."""
+    (:func:`brainuad.mrsim.find_anatomies`), else the MNI template's tissue maps. The generator is one of the demo's
+    settings, so a re-run never mixes the two (another generator starts clean)."""
     from functools import partial
 
     from brainuad.mrsim import find_anatomies, simulated_subject
@@ -82,93 +102,227 @@ def _synthetic_generator():
     anatomies = find_anatomies()
     if anatomies:
         text = f"T2 simulated from {len(anatomies)} BrainWeb anatomies in {anatomies[0].parent}, with skull"
-        return text, partial(simulated_subject, anatomies=anatomies), "data-brainweb"
-    return "T2-like contrast from the MNI template's tissue maps, skull-stripped", synthetic_subject, "data"
+        return text, partial(simulated_subject, anatomies=anatomies)
+    return "T2-like contrast from the MNI template's tissue maps, skull-stripped", synthetic_subject
+
+
+def prepare_folder(out: Path, settings: dict, progress: bool = False) -> dict | None:
+    """Make ``out`` ready for a demo with ``settings``; return the earlier run's record when it can be reused.
+
+    A folder holding a demo with the same settings is kept (finished stages are reused); one with other settings
+    is cleared of what the demo wrote (and only that); a non-empty folder the demo did not write is refused.
+    """
+    from brainuad.io import ensure_writable_folder, read_json, write_json
+
+    stamp = out / STAMP
+    if out.exists() and not out.is_dir():
+        raise OutputError(out, "exists and is not a folder")
+    if stamp.is_file():
+        try:
+            previous = read_json(stamp)
+        except BrainuadError:
+            previous = {}
+        if previous.get("settings") == settings:
+            return previous
+        _log(f"{out} holds a demo with other settings: removing its outputs and starting clean", progress)
+        for name in ENTRIES:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    elif out.is_dir() and any(out.iterdir()):
+        raise OutputError(out, "is not empty and was not written by 'brainuad demo'; choose a new --out")
+    ensure_writable_folder(out)
+    write_json(stamp, {"settings": settings, "complete": False})
+    return None
+
+
+def _choose_size(size: str, budget: float, spent: float, synth_s: float, prep_s: float) -> tuple[str, float]:
+    """The cohort size (the largest whose data and preprocessing fit the budget when ``size`` is auto) and the
+    estimated seconds of everything but training for it (one scan is already done)."""
+
+    def fixed(name: str) -> float:
+        n = sum(SIZES[name][0])
+        # Every scan is synthesised and preprocessed once; one test scan again by detect.
+        return spent + synth_s * (n - 1) + prep_s * n
+
+    if size != "auto":
+        return size, fixed(size)
+    fitting = [name for name in SIZES if fixed(name) <= FIXED_SHARE * budget]
+    chosen = fitting[-1] if fitting else "tiny"
+    return chosen, fixed(chosen)
 
 
 def run_demo(
     out_dir: str | Path = "brainuad-demo",
     minutes: float = 5.0,
     data_dir: str | Path | None = None,
-    size: str = "small",
+    size: str = "auto",
     seed: int = 0,
-    device: str = "auto",
+    device=None,
     progress: bool = True,
 ) -> DemoResult:
     """Run the demo and write ``out_dir/report.html``.
 
     Args:
         out_dir: Everything goes here (data, preprocessed scans, runs, findings, evaluation, report).
-        minutes: Training time budget (the number of epochs is set from the first epoch's duration).
+        minutes: Cap on the whole run, preprocessing included (training takes what the other stages leave; at
+            least one epoch, so a budget below this machine's smallest demo is exceeded, with a printed estimate).
         data_dir: A real data folder instead of synthetic data (see module docs).
-        size: ``tiny`` (CI), ``small`` (default) or ``standard``: cohort and model size.
+        size: ``auto`` (the largest cohort that fits ``minutes``), ``tiny``, ``small`` or ``standard``: cohort and
+            model size.
         seed: Seeds the synthetic data, the split and the training.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: A :class:`torch.device`, or ``auto``/``cpu``/``cuda`` (``None`` = ``auto``).
         progress: Print progress.
     """
-    from brainuad.detect import detect_batch
-    from brainuad.evaluation import evaluate
-    from brainuad.inference import calibrate
-    from brainuad.io import read_json
+    from brainuad import __version__
+    from brainuad.device import resolve_device
+    from brainuad.io import read_json, write_json
     from brainuad.preprocessing import preprocess_batch
     from brainuad.synthetic import write_cohort
-    from brainuad.training import train
 
-    if size not in SIZES:
-        raise BrainuadError(f"unknown demo size {size!r}; choose from {sorted(SIZES)}")
-    start = time.perf_counter()
+    if size not in (*SIZES, "auto"):
+        raise BrainuadError(f"unknown demo size {size!r}; choose from auto, {', '.join(SIZES)}")
+    if minutes <= 0:
+        raise BrainuadError("the demo's time budget (minutes) must be positive")
+    start, cpu_start, budget = time.monotonic(), _cpu_seconds(), minutes * 60.0
+    device = resolve_device(device or "auto")
     out = Path(out_dir)
-    (n_healthy, n_tune, n_test), channels, latent = SIZES[size]
+    data = str(Path(data_dir).resolve()) if data_dir is not None else None
+    generator, make_subject = _synthetic_generator() if data_dir is None else (None, None)
+    settings = {"brainuad": __version__, "minutes": minutes, "data": data, "generator": generator, "size": size,
+                "seed": seed, "device": device.type}  # fmt: skip
+    previous = prepare_folder(out, settings, progress)
+    if previous and previous.get("complete") and (out / "report.html").is_file():
+        _log(f"{out} holds this demo, finished, with the same settings: reusing it (other settings redo it)", progress)
+        summaries = {name: read_json(out / "evaluation" / name / "summary.json") for name in ("ae", "intensity")}
+        return DemoResult(out / "report.html", summaries, time.monotonic() - start, previous["source"])
+    record = {"settings": settings, "complete": False, "size_used": (previous or {}).get("size_used"), "seconds": {}}
+    stage_start = time.monotonic()
+
+    def stage_done(name: str) -> None:
+        nonlocal stage_start
+        record["seconds"][name] = round(time.monotonic() - stage_start, 1)
+        stage_start = time.monotonic()
+        write_json(out / STAMP, record)
+
+    preprocess = PreprocessConfig(preset="paper-2mm")
+    prep_healthy = out / "prep" / "healthy"
+    timing = record.setdefault("scan_seconds", (previous or {}).get("scan_seconds") or {})
     if data_dir is None:
-        generator, make_subject, folder = _synthetic_generator()
-        _log(f"building a SYNTHETIC cohort ({generator}): {n_healthy} healthy, {n_tune} tuning and {n_test} test "
-             "scans", progress)  # fmt: skip
-        cohort = write_cohort(out / folder, n_healthy, n_tune, n_test, seed=seed, subject=make_subject)
+        if not timing:
+            # Time one scan (synthesis, preprocessing) to size the cohort and the training to the budget.
+            first = time.monotonic()
+            write_cohort(out / "data", 1, 0, 0, seed=seed, subject=make_subject)
+            timing["synthesis"] = time.monotonic() - first
+            first = time.monotonic()
+            preprocess_batch([out / "data" / "healthy"], prep_healthy, preprocess, progress=False)
+            timing["preprocessing"] = time.monotonic() - first
+        chosen, fixed_s = _choose_size(
+            record["size_used"] or size, budget, time.monotonic() - start, timing["synthesis"], timing["preprocessing"]
+        )
+        record["size_used"] = chosen
+        (n_healthy, n_tune, n_test), _, _, _ = SIZES[chosen]
+        _log(
+            f"budget {minutes:g} min; one scan took {timing['synthesis']:.0f} s to synthesise and "
+            f"{timing['preprocessing']:.0f} s to preprocess: size '{chosen}' ({n_healthy} healthy, {n_tune} tuning, "
+            f"{n_test} test scans): data and preprocessing ≈ {fixed_s / 60:.1f} min, training the remaining "
+            f"≈ {max(0.0, budget - fixed_s) / 60:.1f} min (at least one epoch)",
+            progress,
+        )
+        if fixed_s > budget:
+            _log(f"the budget is below this machine's smallest demo: expect ≈ {fixed_s / 60:.1f} min", progress)
+        _log(f"building a SYNTHETIC cohort ({generator}; healthy brains, planted lesions)", progress)
+        cohort = write_cohort(out / "data", n_healthy, n_tune, n_test, seed=seed, subject=make_subject)
         healthy: list[Path] = [cohort.healthy]
         tune_dirs, test_dirs = [cohort.tuning], [cohort.test]
         test_scans = sorted(cohort.test.glob("*/*_t2.nii.gz"))
+        n_labelled = n_tune + n_test
         source = f"synthetic: {generator}"
     else:
+        chosen = record["size_used"] = "small" if size == "auto" else size
         healthy, tune_dirs, test_dirs = _real_layout(Path(data_dir))
         test_scans = [next(iter(sorted(d.glob("*t2*.nii*")) + sorted(d.glob("T2*.nii*"))), None) for d in test_dirs]
         test_scans = [p for p in test_scans if p is not None]
+        n_labelled = len(tune_dirs) + len(test_dirs)
         source = str(data_dir)
+    stage_done("data")
 
-    preprocess = PreprocessConfig(preset="paper-2mm")
     _log("preprocessing the healthy scans (skull strip, rigid registration to MNI, crop, scaling)", progress)
-    result = preprocess_batch(healthy, out / "prep" / "healthy", preprocess, progress=progress)
+    first = time.monotonic()
+    result = preprocess_batch(healthy, prep_healthy, preprocess, progress=progress)
     if not result.done + result.skipped:
         raise BrainuadError(f"no healthy scan could be preprocessed: {result.failed}")
+    if result.done and "preprocessing" not in timing:
+        timing["preprocessing"] = (time.monotonic() - first) / len(result.done)
+    stage_done("preprocess")
 
+    # What is left after training: preprocessing every labelled case once (evaluation caches them) and one test
+    # scan again for detect, plus a little for inference and the report.
+    later_s = timing.get("preprocessing", 10.0) * (n_labelled + 1) * 1.2 + 5.0
+    deadline = start + budget - later_s
+    _, channels, latent, steps = SIZES[chosen]
     config = Config(
         preprocessing=preprocess,
         model=ModelConfig(stem_channels=channels[0], channels=channels, latent=latent),
         training=TrainConfig(
-            epochs=1, batch_size=4, lr=5e-4, seed=seed, device=device, steps_per_epoch=2 if size == "tiny" else 8
+            epochs=MAX_EPOCHS, batch_size=4, lr=5e-4, seed=seed, device=device.type, steps_per_epoch=steps
         ),
     )
     run = out / "runs" / "ae"
-    resume = (run / "state.json").is_file()
-    first = time.perf_counter()
-    if not resume:
-        _log("training the autoencoder on healthy scans only", progress)
-        train([out / "prep" / "healthy"], run, config, progress=progress)
-    epoch_seconds = max(time.perf_counter() - first, 1e-3)
-    epochs = max(2, int(minutes * 60 / epoch_seconds))
-    _log(f"one epoch took {epoch_seconds:.1f} s: training {epochs} epochs to fit {minutes:g} minutes", progress)
-    train([out / "prep" / "healthy"], run, replace(config, training=replace(config.training, epochs=epochs)),
-          resume=True, progress=progress)  # fmt: skip
+    _train(prep_healthy, run, config, deadline, progress)
     baseline = out / "runs" / "intensity"
-    if not (baseline / "model.safetensors").is_file():
-        train(
-            [out / "prep" / "healthy"], baseline, replace(config, model=ModelConfig(kind="intensity")), progress=False
-        )
+    if not (baseline / "summary.json").is_file():
+        shutil.rmtree(baseline, ignore_errors=True)  # a baseline cut off before it finished (the demo wrote it)
+        _train(prep_healthy, baseline, replace(config, model=ModelConfig(kind="intensity")), None, False)
+    stage_done("train")
 
-    validation = read_json(run / "split.json")["val"]
-    _log("calibrating on the held-out healthy validation scans", progress)
-    calibrate(run, validation, device=device)
-    calibrate(baseline, validation, device=device)
+    summaries, findings = _calibrate_evaluate_detect(
+        out, run, baseline, tune_dirs, test_dirs, test_scans, device, seed, progress, stage_done
+    )
+    report = write_demo_report(out, summaries, findings, source, read_json(run / "calibration.json"))
+    stage_done("report")
+    record.update(complete=True, source=source, wall_seconds=round(time.monotonic() - start, 1),
+                  cpu_seconds=round(_cpu_seconds() - cpu_start, 1), budget_seconds=budget)  # fmt: skip
+    write_json(out / STAMP, record)
+    seconds = time.monotonic() - start
+    _log(f"done in {seconds / 60:.1f} minutes (budget {minutes:g}): open {report}", progress)
+    return DemoResult(report, summaries, seconds, source)
 
+
+def _train(data: Path, run: Path, config: Config, deadline: float | None, progress: bool) -> None:
+    """Train (or finish training) the demo's model in ``run`` until ``deadline``; a finished run is kept."""
+    from brainuad.io import read_json
+    from brainuad.training import train
+
+    if (run / "summary.json").is_file() and (run / "model.safetensors").is_file():
+        return  # finished by an earlier run with the same settings
+    resume = (run / "state.json").is_file()
+    if not resume and run.exists():
+        shutil.rmtree(run)  # cut off during its first epoch; the demo wrote it
+    if config.model.kind != "intensity":
+        left = (deadline - time.monotonic()) / 60 if deadline else 0.0
+        _log(f"training the autoencoder on healthy scans only, for ≈ {max(left, 0):.1f} min (at least one epoch)",
+             progress)  # fmt: skip
+    train([data], run, config, resume=resume, progress=progress, deadline=deadline)
+    if config.model.kind != "intensity":
+        summary = read_json(run / "summary.json")
+        why = ", stopped at the time budget" if summary.get("stopped_at_time_budget") else ""
+        _log(f"trained {summary['epochs_done']} epochs in {summary['train_seconds']:.0f} s{why}", progress)
+
+
+def _calibrate_evaluate_detect(out, run, baseline, tune_dirs, test_dirs, test_scans, device, seed, progress, done):
+    from brainuad.detect import detect_batch
+    from brainuad.evaluation import evaluate
+    from brainuad.inference import calibrate
+
+    calibration = calibrate(run, None, device=device)  # on the run's own validation split
+    calibrate(baseline, None, device=device)
+    _log(f"calibrated on {calibration['calibrated_on']}", progress)
+    for note in calibration["notes"]:
+        _log(f"note: {note}", progress)
+    done("calibrate")
     summaries = {}
     for name, model_dir in (("ae", run), ("intensity", baseline)):
         _log(f"evaluating {name} (threshold tuned on the tuning cases, reported on the test cases)", progress)
@@ -176,15 +330,21 @@ def run_demo(
             model_dir, test_dirs, out / "evaluation" / name, tune_sources=tune_dirs,
             cache_dir=out / "cache", device=device, progress=progress, seed=seed,
         )  # fmt: skip
-    _log("detecting anomalies in the first test scan (outputs in its own space and in MNI space)", progress)
-    findings = detect_batch(test_scans[:1], run, out / "findings", device=device, progress=progress)
-    report = write_demo_report(out, summaries, findings.done + findings.skipped, source)
-    seconds = time.perf_counter() - start
-    _log(f"done in {seconds / 60:.1f} minutes: open {report}", progress)
-    return DemoResult(report, summaries, seconds, source)
+    done("evaluate")
+    # The same threshold as the results table (tuned on the tuning cases), so the panels and the Dice agree.
+    threshold = float(summaries["ae"]["threshold"]["value"])
+    _log(f"detecting anomalies in the first test scan at the tuned threshold {threshold:.3g}", progress)
+    findings = detect_batch(
+        test_scans[:1], run, out / "findings", threshold, device=device, progress=progress,
+        threshold_source=f"the evaluation's: {summaries['ae']['threshold']['source']}",
+    )  # fmt: skip
+    done("detect")
+    return summaries, findings.done + findings.skipped
 
 
-def write_demo_report(out: Path, summaries: dict, findings: list[Path], source: str) -> Path:
+def write_demo_report(
+    out: Path, summaries: dict, findings: list[Path], source: str, calibration: dict | None = None
+) -> Path:
     """``out/report.html``: the data's origin, the results table, the methods' ROC/PR curves, a detection."""
     import html
 
@@ -206,13 +366,22 @@ def write_demo_report(out: Path, summaries: dict, findings: list[Path], source: 
         )
     table = TABLE_HEADER + "".join(table_row(name, s) for name, s in summaries.items())
     synthetic = source.startswith("synthetic")
+    threshold = summaries["ae"]["threshold"]
     notes = [
         f"<b>The data are SYNTHETIC</b> ({html.escape(source.removeprefix('synthetic: '))}, with planted lesions): "
         "the numbers show the chain working, not how brainuad performs on patients." if synthetic else
         f"Data: {html.escape(source)}.",
-        "Thresholds were tuned on the tuning cases only; the table reports the test cases. "
+        f"Thresholds were tuned on the tuning cases only ({html.escape(str(threshold['source']))}); the table reports "
+        f"the test cases. The detection panels use the same ae threshold, {threshold['value']:.4g}. "
         "Intervals: 95% bootstrap over cases. Metric definitions: see the README.",
-        "To run the same chain on real data:<pre>" + html.escape(REAL_DATA_COMMANDS) + "</pre>",
     ]  # fmt: skip
-    summary = {"results_table_markdown": table, "data": source}
+    if calibration is not None:
+        notes.append(
+            "Healthy calibration (calibrated z-scores, scan percentile): on "
+            + html.escape(str(calibration.get("calibrated_on")))
+            + "".join(f"; <b>{html.escape(n)}</b>" for n in calibration.get("notes", []))
+            + "."
+        )
+    notes.append("To run the same chain on real data:<pre>" + html.escape(REAL_DATA_COMMANDS) + "</pre>")
+    summary = {"data": source, "threshold (ae, tuned)": threshold["value"], "threshold source": threshold["source"]}
     return html_report("brainuad demo", summary, images, out / "report.html", notes=notes, table=table)

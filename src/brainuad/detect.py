@@ -70,39 +70,129 @@ def nearest_native_slices(detection: Detection) -> list[int]:
     return indices
 
 
-def _write_slice_table(path: Path, detection: Detection) -> None:
-    native = nearest_native_slices(detection)
+def mni_z_mm(detection: Detection) -> list[float]:
+    """Each axial slice's MNI z coordinate in mm."""
+    affine = detection.case.grid.affine_array
+    return [float(affine[2, 2] * u + affine[2, 3]) for u in range(detection.case.grid.shape[2])]
+
+
+def _write_slice_table(path: Path, detection: Detection, native: list[int], z_mm: list[float]) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["mni_slice", "native_slice", "summed_error", "normality_score", "calibrated_z"])
+        writer.writerow(["mni_slice", "mni_z_mm", "native_slice", "summed_error", "normality_score", "calibrated_z"])
         for u, (e, s) in enumerate(zip(detection.slice_errors, detection.normality)):
             z = "" if detection.calibrated is None else f"{detection.calibrated[u]:.4f}"
-            writer.writerow([u, native[u], f"{e:.6g}", f"{s:.6f}", z])
+            writer.writerow([u, f"{z_mm[u]:g}", native[u], f"{e:.6g}", f"{s:.6f}", z])
 
 
-def _write_figures(staging: Path, detection: Detection) -> None:
+def _write_figures(staging: Path, detection: Detection, native: list[int], z_mm: list[float]) -> None:
     from brainuad.figures import plot_detection_rows, plot_slice_scores
 
     # The three most abnormal slices that hold brain (lowest normality score first).
     brain_slices = np.flatnonzero(detection.case.brain_mask.array.any(axis=(0, 1)))
-    ranked = [int(u) for u in np.argsort(detection.normality) if u in set(brain_slices)][:3]
+    ranked = sorted([int(u) for u in np.argsort(detection.normality) if u in set(brain_slices)][:3])
     plot_detection_rows(
         detection.case.image.array,
         detection.reconstruction,
         detection.anomaly,
         detection.segmentation,
-        sorted(ranked),
+        ranked,
         staging / "figure_rows.png",
+        slice_labels=[f"MNI z {z_mm[u]:+.0f} mm\nnative slice {native[u]}" for u in ranked],
+        threshold=detection.threshold,
+        affine=detection.case.grid.affine_array,
     )
-    plot_slice_scores(detection.normality, staging / "figure_slice_scores.png", detection.calibrated)
+    plot_slice_scores(detection.normality, staging / "figure_slice_scores.png", detection.calibrated, z_mm)
+
+
+def learned_nothing_warning(run_dir: Path) -> str | None:
+    """The run's own verdict when its model did not beat the healthy mean image (``summary.json``), else ``None``."""
+    from brainuad.io import read_json
+
+    try:
+        check = read_json(run_dir / "summary.json").get("reconstruction_check")
+    except (BrainuadError, OSError, AttributeError):
+        return None
+    if not isinstance(check, dict) or check.get("beats_mean_image") is not False:
+        return None
+    numbers = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in check.items() if isinstance(v, float))
+    return (
+        "This model learned nothing beyond the healthy mean image: its reconstructions are no closer to healthy "
+        f"validation scans than the cohort's mean image is{f' ({numbers})' if numbers else ''}. Its anomaly maps "
+        "mostly show how a brain differs from the average brain; do not read them as findings."
+    )
+
+
+def _write_report(staging: Path, name: str, summary: dict, run_dir: Path) -> None:
+    import html
+
+    from brainuad.figures import html_report, records_table_html
+
+    columns = {
+        "id": "lesion",
+        "volume_ml_native": "volume (mL, native)",
+        "centroid_native_mm": "centroid, scanner mm (x, y, z)",
+        "centroid_mni_mm": "centroid, MNI mm (x, y, z)",
+        "peak_score": "peak score",
+        "mean_score": "mean score",
+    }
+    lesions = summary["lesions"]
+    table = records_table_html(lesions, columns) if lesions else "<p>No component above the threshold.</p>"
+    calibration = summary.get("calibration") or {}
+    notes = [
+        f"Segmentation threshold <b>{summary['threshold']:.4g}</b> ({html.escape(str(summary['threshold_source']))})"
+        " — the one used for the segmentation panels, the lesion table and the volumes.",
+        "Images are axial slices of the MNI crop in neurological view (the patient's right on the right, "
+        "marked R/L and A/P); rows are labelled by MNI z in mm and the nearest slice of the input file.",
+    ]
+    if calibration.get("calibrated_on"):
+        notes.append(
+            "Healthy reference (calibrated z, scan percentile): "
+            + html.escape(str(calibration["calibrated_on"]))
+            + "".join(f"; <b>{html.escape(n)}</b>" for n in calibration.get("notes", []))
+            + "."
+        )
+    warning = learned_nothing_warning(run_dir)
+    html_report(
+        f"brainuad findings: {name}",
+        {k: v for k, v in summary.items() if k != "provenance"},
+        {
+            "Most abnormal axial slices: input, reconstruction, anomaly heatmap, segmentation (MNI crop)": staging
+            / "figure_rows.png",
+            "Normality score s(u) per axial slice (0 = most abnormal) and calibrated z vs healthy scans": staging
+            / "figure_slice_scores.png",
+        },
+        staging / "report.html",
+        notes=notes,
+        banner=html.escape(warning) if warning else None,
+        sections={f"Lesions ({len(lesions)} components, largest first)": table},
+    )
 
 
 def write_detection(
-    detection: Detection, folder: Path, input_volume: Volume, run_dir: Path, settings: dict | None = None
+    detection: Detection,
+    folder: Path,
+    input_volume: Volume,
+    run_dir: Path,
+    settings: dict | None = None,
+    calibration: dict | None = None,
+    threshold_source: str | None = None,
 ) -> Path:
-    """Write one scan's outputs (native and MNI) into ``folder`` atomically; ``settings`` (input hash, threshold,
-    weights, preprocessing) go into ``summary.json`` so a re-run knows whether this result still holds."""
+    """Write one scan's outputs (native and MNI) into ``folder`` atomically.
+
+    ``settings`` (input hash, threshold, weights, preprocessing) go into ``summary.json`` so a re-run knows whether
+    this result still holds; ``calibration`` (the run's) and ``threshold_source`` describe the result in the summary
+    and the report.
+    """
+    from brainuad.postprocessing import describe_lesions
+
     case = detection.case
+    native_slices = nearest_native_slices(detection)
+    z_mm = mni_z_mm(detection)
+    native_labels = case.to_native(detection.segmentation, order=0)
+    lesions = describe_lesions(
+        detection.segmentation, detection.anomaly, case.grid.affine_array, native_labels.array, native_labels.affine
+    )
     with atomic_folder(folder, LEGACY_OUTPUTS) as staging:
         (staging / "mni").mkdir()
         low, high = case.record.get("intensity_range", [0.0, 1.0])
@@ -120,45 +210,31 @@ def write_detection(
             # Same geometry as the input file: its header, affine and voxel order.
             native = Volume(native.array, input_volume.affine, input_volume.source_axcodes, input_volume.header)
             save_volume(native, staging / name, dtype=dtype, protect=protect)
-        _write_slice_table(staging / "slice_scores.csv", detection)
-        _write_figures(staging, detection)
-        voxel_ml = case.grid.voxel_ml
-        sizes = np.bincount(detection.segmentation.ravel())[1:]
-        write_json(
-            staging / "summary.json",
-            {
-                "input": case.record.get("input"),
-                "scan_score": detection.scan_score,
-                "scan_score_definition": "99.9th percentile of the post-processed anomaly map inside the brain",
-                "scan_score_percentile_vs_healthy": detection.scan_percentile,
-                "threshold": detection.threshold,
-                "lesions": {
-                    "count": detection.components,
-                    "volume_ml": float(sizes.sum() * voxel_ml),
-                    "component_volumes_ml": sorted((float(s * voxel_ml) for s in sizes), reverse=True),
-                },
-                "most_abnormal_mni_slices": [int(u) for u in np.argsort(detection.normality)[:5]],
-                "model": {"run_dir": str(run_dir), "weights_sha256": sha256_file(run_dir / "model.safetensors")},
-                "preprocessing": {
-                    k: case.record.get(k) for k in ("preprocessing", "skull_strip_method", "qc", "grid", "warnings")
-                },
-                "settings": settings,
-                "provenance": provenance(),
+        _write_slice_table(staging / "slice_scores.csv", detection, native_slices, z_mm)
+        _write_figures(staging, detection, native_slices, z_mm)
+        summary = {
+            "input": case.record.get("input"),
+            "scan_score": detection.scan_score,
+            "scan_score_definition": "99.9th percentile of the post-processed anomaly map inside the brain",
+            "scan_score_percentile_vs_healthy": detection.scan_percentile,
+            "threshold": detection.threshold,
+            "threshold_source": threshold_source or "given",
+            "calibration": {k: (calibration or {}).get(k) for k in ("calibrated_on", "notes")} if calibration else None,
+            "lesion_count": detection.components,
+            "lesion_volume_ml_native": float(sum(r["volume_ml_native"] for r in lesions)),
+            "lesion_volume_ml_mni": float(sum(r["volume_ml_mni"] for r in lesions)),
+            # One record per component (postprocessing.describe_lesions), largest first.
+            "lesions": lesions,
+            "most_abnormal_mni_slices": [int(u) for u in np.argsort(detection.normality)[:5]],
+            "model": {"run_dir": str(run_dir), "weights_sha256": sha256_file(run_dir / "model.safetensors")},
+            "preprocessing": {
+                k: case.record.get(k) for k in ("preprocessing", "skull_strip_method", "qc", "grid", "warnings")
             },
-        )
-        from brainuad.figures import html_report
-
-        html_report(
-            f"brainuad findings: {folder.name}",
-            read_json(staging / "summary.json"),
-            {
-                "Most abnormal axial slices: input, reconstruction, anomaly heatmap, segmentation (MNI crop)": staging
-                / "figure_rows.png",
-                "Normality score s(u) per axial slice (0 = most abnormal) and calibrated z vs healthy scans": staging
-                / "figure_slice_scores.png",
-            },
-            staging / "report.html",
-        )
+            "settings": settings,
+            "provenance": provenance(),
+        }
+        write_json(staging / "summary.json", summary)
+        _write_report(staging, folder.name, summary, run_dir)
     return folder
 
 
@@ -171,6 +247,7 @@ def detect_batch(
     device: str = "auto",
     force: bool = False,
     progress: bool = True,
+    threshold_source: str | None = None,
 ) -> BatchResult:
     """Detect anomalies in raw scans (files or folders); finished scans are skipped, failures do not stop the batch.
 
@@ -183,12 +260,13 @@ def detect_batch(
         device: ``auto``, ``cpu`` or ``cuda``.
         force: Redo scans whose outputs are complete.
         progress: Show a progress bar.
+        threshold_source: Where a given ``threshold`` came from, for the summary and the report.
     """
     from tqdm import tqdm
 
     from brainuad.checkpoints import load_model
+    from brainuad.device import resolve_device
     from brainuad.shipped import resolve_model_dir
-    from brainuad.training import resolve_device
 
     run_dir, out_dir = resolve_model_dir(run_dir), Path(out_dir)
     ensure_writable_folder(out_dir)  # fail before loading anything, naming the folder
@@ -197,6 +275,7 @@ def detect_batch(
     calibration = load_calibration(run_dir)
     if threshold is None and calibration is None:
         raise BrainuadError(f"{run_dir}: model not calibrated; run 'brainuad calibrate' or pass --threshold VALUE")
+    source = (threshold_source or "given") if threshold is not None else f"calibration.json: {calibration['method']}"
     preprocess_config: PreprocessConfig = config.preprocessing
     if skull_strip:
         preprocess_config = replace(preprocess_config, skull_strip=skull_strip)
@@ -228,7 +307,7 @@ def detect_batch(
                 case.record["warnings"].append(message)
                 warnings.warn(f"{path}: {message}", DegradedInputWarning, stacklevel=2)
             detection = detect_case(model, case, threshold, calibration, torch_device)
-            result.done.append(write_detection(detection, folder, volume, run_dir, settings))
+            result.done.append(write_detection(detection, folder, volume, run_dir, settings, calibration, source))
         except BrainuadError as exc:
             result.failed.append((path, str(exc)))
         except Exception as exc:  # keep the batch going; report the unexpected error with its file

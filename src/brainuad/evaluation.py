@@ -425,9 +425,9 @@ def evaluate(
     from tqdm import tqdm
 
     from brainuad.checkpoints import load_model
+    from brainuad.device import resolve_device
     from brainuad.provenance import provenance, sha256_file
     from brainuad.shipped import resolve_model_dir
-    from brainuad.training import resolve_device
 
     start = time.perf_counter()
     run_dir, out_dir = resolve_model_dir(run_dir), Path(out_dir)
@@ -557,10 +557,10 @@ def calibrate_on_labelled(
     from tqdm import tqdm
 
     from brainuad.checkpoints import load_model
+    from brainuad.device import resolve_device
     from brainuad.inference import CALIBRATION_FILE
     from brainuad.provenance import sha256_file
     from brainuad.shipped import refuse_builtin
-    from brainuad.training import resolve_device
 
     refuse_builtin(run_dir, "calibrate")
     run_dir = Path(run_dir)

@@ -40,22 +40,60 @@ def _save(fig, path: str | Path) -> Path:
     return Path(path)
 
 
-def plot_detection_rows(image, reconstruction, anomaly, segmentation, slices, path: str | Path) -> Path:
-    """The paper's Figure 3 layout: one row per axial slice — input, reconstruction, heatmap, segmentation."""
+def _orientation_markers(ax, affine) -> None:
+    """L/R and A/P letters on an axial panel drawn as ``array.T`` with ``origin="lower"`` (x right, y up)."""
+    import numpy as np
+
+    affine = np.asarray(affine if affine is not None else np.eye(4))
+    right = "R" if affine[0, 0] >= 0 else "L"  # voxel x grows towards the patient's right: neurological view
+    up = "A" if affine[1, 1] >= 0 else "P"
+    left, down = {"R": "L", "L": "R"}[right], {"A": "P", "P": "A"}[up]
+    style = {"color": "yellow", "fontsize": 8, "fontweight": "bold", "transform": ax.transAxes}
+    ax.text(0.02, 0.5, left, ha="left", va="center", **style)
+    ax.text(0.98, 0.5, right, ha="right", va="center", **style)
+    ax.text(0.5, 0.98, up, ha="center", va="top", **style)
+    ax.text(0.5, 0.02, down, ha="center", va="bottom", **style)
+
+
+def plot_detection_rows(
+    image,
+    reconstruction,
+    anomaly,
+    segmentation,
+    slices,
+    path: str | Path,
+    slice_labels: list[str] | None = None,
+    threshold: float | None = None,
+    affine=None,
+) -> Path:
+    """The paper's Figure 3 layout: one row per axial slice — input, reconstruction, heatmap, segmentation.
+
+    Args:
+        image, reconstruction, anomaly, segmentation: Volumes on one grid (axis 2 axial).
+        slices: Axial indices to show.
+        path: PNG to write.
+        slice_labels: One label per row (e.g. MNI z in mm and the native slice); default: the index.
+        threshold: The segmentation threshold, named in the segmentation column's title.
+        affine: The grid's voxel → world affine, for the L/R and A/P markers (RAS+ assumed when absent).
+    """
     import numpy as np
 
     plt = _pyplot()
     slices = list(slices)
-    fig, axes = plt.subplots(len(slices), 4, figsize=(10, 2.6 * len(slices)), squeeze=False)
+    fig, axes = plt.subplots(len(slices), 4, figsize=(11, 2.7 * len(slices)), squeeze=False, layout="constrained")
     vmax = float(np.percentile(anomaly[anomaly > 0], 99.5)) if (anomaly > 0).any() else 1.0
-    titles = ("input", "reconstruction", "anomaly heatmap |x − x̂|", "segmentation")
+    segmentation_title = "segmentation" if threshold is None else f"segmentation (map > {threshold:.3g})"
+    titles = ("input", "reconstruction", "anomaly heatmap |x − x̂|", segmentation_title)
+    heat = None
     for row, u in enumerate(slices):
         panels = (image[:, :, u], reconstruction[:, :, u], anomaly[:, :, u], segmentation[:, :, u])
         for col, panel in enumerate(panels):
             ax = axes[row, col]
             if col == 2:
                 ax.imshow(image[:, :, u].T, origin="lower", cmap="gray", vmin=0, vmax=1)
-                ax.imshow(np.ma.masked_equal(panel.T, 0), origin="lower", cmap="inferno", vmin=0, vmax=vmax, alpha=0.8)
+                heat = ax.imshow(
+                    np.ma.masked_equal(panel.T, 0), origin="lower", cmap="inferno", vmin=0, vmax=vmax, alpha=0.8
+                )
             elif col == 3:
                 ax.imshow(image[:, :, u].T, origin="lower", cmap="gray", vmin=0, vmax=1)
                 ax.imshow(np.ma.masked_equal(panel.T > 0, False), origin="lower", cmap="autumn", alpha=0.6)
@@ -63,25 +101,41 @@ def plot_detection_rows(image, reconstruction, anomaly, segmentation, slices, pa
                 ax.imshow(panel.T, origin="lower", cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
+            _orientation_markers(ax, affine)
             if row == 0:
                 ax.set_title(titles[col], fontsize=9)
-        axes[row, 0].set_ylabel(f"axial slice {u}", fontsize=9)
-    fig.tight_layout()
+        label = slice_labels[row] if slice_labels else f"axial slice {u}"
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    if heat is not None:
+        bar = fig.colorbar(heat, ax=list(axes[:, 2]), shrink=0.9, pad=0.01)
+        bar.set_label("anomaly |x − x̂| (image scaled to 0…1)", fontsize=8)
     return _save(fig, path)
 
 
-def plot_slice_scores(normality, path: str | Path, calibrated=None) -> Path:
-    """The paper's Figure 2: normality score s(u) per axial slice (and the calibrated z-score when available)."""
+def plot_slice_scores(normality, path: str | Path, calibrated=None, z_mm=None) -> Path:
+    """The paper's Figure 2: normality score s(u) per axial slice (and the calibrated z-score when available).
+
+    Args:
+        normality: s(u) per axial slice.
+        path: PNG to write.
+        calibrated: z-scores against healthy scans (all NaN = no healthy reference; said on the plot).
+        z_mm: Each slice's MNI z in mm, for the x axis (default: the slice index).
+    """
+    import numpy as np
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3))
-    ax.plot(range(len(normality)), normality, color="tab:blue", label="normality s(u)")
-    ax.set_xlabel("axial slice (MNI crop, inferior → superior)")
+    x = np.arange(len(normality)) if z_mm is None else np.asarray(z_mm)
+    ax.plot(x, normality, color="tab:blue", label="normality s(u)")
+    ax.set_xlabel("axial slice (MNI crop, inferior → superior)" if z_mm is None else "MNI z (mm), inferior → superior")
     ax.set_ylabel("s(u)  (0 = most abnormal)")
     ax.set_ylim(-0.05, 1.05)
-    if calibrated is not None:
+    if calibrated is not None and np.isfinite(calibrated).any():
         twin = ax.twinx()
-        twin.plot(range(len(calibrated)), calibrated, color="tab:red", alpha=0.7, label="calibrated z")
+        twin.plot(x, calibrated, color="tab:red", alpha=0.7, label="calibrated z")
         twin.set_ylabel("z vs healthy", color="tab:red")
+    elif calibrated is not None:
+        ax.text(0.01, 0.02, "no calibrated z: fewer than 3 held-out healthy scans", transform=ax.transAxes, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
@@ -99,6 +153,45 @@ def _markdown_table_html(table: str) -> str:
     return "".join(lines) + "</table>"
 
 
+def _format_value(value) -> str:
+    """A value for a person: 4 significant digits, lists joined, nothing for missing."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(_format_value(v) for v in value[:12])
+        return f"{shown}, … ({len(value)} in all)" if len(value) > 12 else shown
+    return str(value)
+
+
+def summary_rows(summary: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """A nested summary flattened into (name, readable value) rows; lists of records are left to their own tables."""
+    rows = []
+    for key, value in summary.items():
+        name = f"{prefix}{key}".replace("_", " ")
+        if isinstance(value, dict):
+            rows += summary_rows(value, f"{prefix}{key} › ")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            continue
+        else:
+            rows.append((name, _format_value(value)))
+    return rows
+
+
+def records_table_html(records: list[dict], columns: dict[str, str]) -> str:
+    """An HTML table of ``records`` (dicts): ``columns`` maps a record key to its header."""
+    import html
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in columns.values())
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_format_value(r.get(k)))}</td>" for k in columns) + "</tr>" for r in records
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def html_report(
     title: str,
     summary: dict,
@@ -106,28 +199,33 @@ def html_report(
     path: str | Path,
     notes: list[str] | None = None,
     table: str | None = None,
+    banner: str | None = None,
+    sections: dict[str, str] | None = None,
 ) -> Path:
     """A self-contained HTML page (images embedded as base64, no network) with the summary and figures.
 
     Args:
         title: Page title.
-        summary: Shown as JSON at the end.
+        summary: Shown as a two-column table at the end (nested keys joined, numbers to 4 significant digits).
         images: Caption → PNG file.
         path: Where to write the page.
         notes: Paragraphs (trusted HTML written by brainuad itself) shown under the title.
         table: A Markdown table shown as an HTML table.
+        banner: A warning (trusted HTML) shown in a red box above everything else.
+        sections: Heading → trusted HTML (e.g. :func:`records_table_html`), shown after the figures.
     """
     import base64
     import html
-    import json
 
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%}"
         "pre{background:#f4f4f4;padding:1em;overflow:auto}table{border-collapse:collapse;font-size:90%}"
-        "td,th{border:1px solid #ccc;padding:4px 6px}</style></head><body>",
+        "td,th{border:1px solid #ccc;padding:4px 6px;overflow-wrap:anywhere}"
+        ".banner{border:2px solid #b00;background:#fee;padding:0.8em;font-weight:bold}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        *([f"<p class='banner'>{banner}</p>"] if banner else []),
         "<p><b>Research tool, not a medical device.</b> Findings are unsupervised anomalies, not diagnoses.</p>",
         *(f"<p>{note}</p>" for note in notes or []),
     ]
@@ -139,7 +237,13 @@ def html_report(
             f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
-    parts.append(f"<h2>Summary</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre></body></html>")
+    for heading, content in (sections or {}).items():
+        parts.append(f"<h2>{html.escape(heading)}</h2>{content}")
+    rows = "".join(
+        f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+        for k, v in summary_rows(summary)
+    )
+    parts.append(f"<h2>Summary</h2><table class='summary'>{rows}</table></body></html>")
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(parts))
     return Path(path)

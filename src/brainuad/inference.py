@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from brainuad.device import resolve_device
 from brainuad.errors import BrainuadError, InputError
 from brainuad.io import read_json, write_json
 from brainuad.postprocessing import (
@@ -56,7 +57,7 @@ def postprocessing_sizes(spacing_mm: float) -> PostprocessingSizes:
 def reconstruct(model: nn.Module, image: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
     """The model's reconstruction of one volume, always in eval mode (BatchNorm uses its learned statistics)."""
     model.eval()
-    device = torch.device(device)
+    device = resolve_device(device)
     x = torch.as_tensor(image, dtype=torch.float32, device=device)[None, None]
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         out = model(x)
@@ -142,8 +143,10 @@ def detect_case(
         reference = calibration.get("slice_errors")
         if reference is not None and len(reference["mean"]) == errors.size:
             calibrated = calibrated_slice_scores(errors, np.asarray(reference["mean"]), np.asarray(reference["std"]))
+        elif "held_out_healthy_scans" in calibration:
+            calibrated = np.full(errors.shape, np.nan)  # too few held-out healthy scans for a reference
         healthy = np.asarray(calibration.get("healthy_scan_scores", []))
-        percentile = float((healthy < score).mean() * 100) if healthy.size else None
+        percentile = float((healthy < score).mean() * 100) if healthy.size >= MIN_HEALTHY_REFERENCE_SCANS else None
     return Detection(
         case,
         reconstruction,
@@ -159,9 +162,14 @@ def detect_case(
     )
 
 
+#: Fewer held-out healthy scans than this give no healthy references: a mean and spread over one or two scans turn
+#: every slice into a z-score of thousands (or 1e10) and every scan into the "100th percentile".
+MIN_HEALTHY_REFERENCE_SCANS = 3
+
+
 def calibrate(
     run_dir: str | Path,
-    healthy: list[str | Path],
+    healthy: list[str | Path] | None = None,
     false_positive_rate: float = 1e-3,
     device: str | torch.device = "cpu",
 ) -> dict:
@@ -169,18 +177,40 @@ def calibrate(
 
     The threshold is the anomaly value exceeded by ``false_positive_rate`` of brain voxels in healthy scans; the
     slice reference is the mean and standard deviation of e(u) per axial slice; the scan scores place a new scan's
-    score among healthy ones. Use scans the model was not trained on (the run's validation split).
+    score among healthy ones. Use scans the model was not trained on: by default the run's own validation split
+    (``split.json``). Scans the run was trained on are counted and named in the result's ``notes``; with fewer than
+    :data:`MIN_HEALTHY_REFERENCE_SCANS` held-out scans the slice reference and scan percentiles are left out (z-scores
+    come out NaN) and a note says why.
+
+    Args:
+        run_dir: Trained model folder.
+        healthy: Folders of preprocessed healthy scans; ``None`` = the validation cases in ``RUN_DIR/split.json``.
+        false_positive_rate: Fraction of healthy brain voxels above the threshold.
+        device: Where to run the network.
 
     Returns:
-        The calibration written to ``RUN_DIR/calibration.json``.
+        The calibration written to ``RUN_DIR/calibration.json`` (``calibrated_on`` says what it was fitted on).
     """
     from brainuad.checkpoints import load_model
     from brainuad.data import find_case_folders
     from brainuad.shipped import refuse_builtin
 
     refuse_builtin(run_dir, "calibrate")
+    run_dir = Path(run_dir)
+    device = resolve_device(device)
     model, config = load_model(run_dir, device=device)
+    split_path = run_dir / "split.json"
+    split = read_json(split_path) if split_path.is_file() else None
+    if healthy is None:
+        if split is None or not split.get("val"):
+            raise InputError(split_path, "no validation split recorded: pass the healthy scans to calibrate on")
+        healthy, origin = list(split["val"]), "the run's validation split"
+    else:
+        origin = "the healthy scans given"
     folders = find_case_folders(list(healthy))
+    trained_on = {Path(p).resolve() for p in (split or {}).get("train", [])}
+    in_training = [f for f in folders if f.resolve() in trained_on]
+    held_out = len(folders) - len(in_training)
     values, errors, scores, ratios = [], [], [], []
     for folder in folders:
         case = load_case(folder)
@@ -200,19 +230,34 @@ def calibrate(
         raise InputError(None, "healthy scans lie on different crop grids; preprocess them with one preset")
     pooled = np.concatenate(values)
     stack = np.stack(errors)
+    notes = []
+    if in_training:
+        notes.append(
+            f"{len(in_training)} of the {len(folders)} calibration scans were used in training "
+            f"({', '.join(f.name for f in in_training)}): the threshold is optimistic, not a held-out estimate"
+        )
+    references = held_out >= MIN_HEALTHY_REFERENCE_SCANS
+    if not references:
+        notes.append(
+            f"{held_out} held-out healthy scan(s), fewer than {MIN_HEALTHY_REFERENCE_SCANS}: no healthy slice "
+            "reference (calibrated z-scores are NaN) and no scan percentile"
+        )
     calibration = {
         "method": "healthy voxel false-positive rate",
         "false_positive_rate": false_positive_rate,
         "threshold": float(np.quantile(pooled, 1.0 - false_positive_rate)),
+        "calibrated_on": f"{len(folders)} healthy scans ({origin}; {held_out} held out from training)",
         "healthy_cases": [str(f) for f in folders],
-        "slice_errors": {"mean": stack.mean(0).tolist(), "std": stack.std(0).tolist()},
-        "healthy_scan_scores": scores,
+        "held_out_healthy_scans": held_out,
+        "notes": notes,
+        "slice_errors": {"mean": stack.mean(0).tolist(), "std": stack.std(0).tolist()} if references else None,
+        "healthy_scan_scores": scores if references else [],
         # The healthy scans' contrast, to warn when detect is given another one (a T1 scan to a T2 model).
         "csf_to_white_matter": _median_or_none(ratios),
         # One preset for all cases (slice counts checked above), so the last case's grid stands for them all.
         "postprocessing": postprocessing_sizes(case.grid.spacing_mm).to_dict(),
     }
-    write_json(Path(run_dir) / CALIBRATION_FILE, calibration)
+    write_json(run_dir / CALIBRATION_FILE, calibration)
     return calibration
 
 

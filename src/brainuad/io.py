@@ -346,6 +346,19 @@ def check_replaceable(folder: str | Path, legacy: tuple[str, ...] = ()) -> None:
     )
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux exposes it (``os.umask`` can only swap it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_folder(folder: str | Path, legacy: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a staging folder beside ``folder``; on success it replaces ``folder``, on failure it is deleted.
@@ -360,6 +373,8 @@ def atomic_folder(folder: str | Path, legacy: tuple[str, ...] = ()) -> Iterator[
     ensure_writable_folder(folder.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
     _STAGING.add(staging)
+    # mkdtemp makes 0700; outputs are for colleagues too: 0755 under the usual umask, as mkdir would give.
+    os.chmod(staging, 0o777 & ~current_umask())
     try:
         yield staging
         (staging / OWNER_MARKER).write_text("written by brainuad; replaced only by brainuad\n")
@@ -408,6 +423,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ensure_writable_folder(parent)
     # Keep the full suffix (.nii.gz) so libraries that look at the name pick the right format.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=parent)
+    # mkstemp makes 0600; give the file the mode open() would (0644 under the usual umask).
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp = Path(tmp_name)
     try:

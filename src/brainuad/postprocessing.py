@@ -140,3 +140,64 @@ def calibrated_slice_scores(errors: np.ndarray, healthy_mean: np.ndarray, health
     if errors.shape != np.shape(healthy_mean) or errors.shape != np.shape(healthy_std):
         raise ValueError("healthy reference does not match the number of slices")
     return (errors - healthy_mean) / np.maximum(healthy_std, 1e-8)
+
+
+def describe_lesions(
+    labels: np.ndarray,
+    anomaly: np.ndarray,
+    mni_affine: np.ndarray,
+    native_labels: np.ndarray | None = None,
+    native_affine: np.ndarray | None = None,
+) -> list[dict]:
+    """One row per segmented component (a "lesion"), largest first.
+
+    Args:
+        labels: Component labels on the MNI crop grid (0 = background, 1…n), from :func:`segment`.
+        anomaly: The anomaly map the components were thresholded from (same grid): peak and mean score.
+        mni_affine: The crop grid's voxel → MNI mm affine.
+        native_labels: The same labels mapped onto the scan's own grid (nearest neighbour), if known.
+        native_affine: That grid's voxel → scanner mm (RAS+) affine.
+
+    Returns:
+        Dicts with ``id`` (the label), ``volume_ml_native`` (voxels in the scan's own grid × its voxel volume; ``None``
+        without ``native_labels``), ``volume_ml_mni``, ``centroid_mni_mm``, ``centroid_native_mm`` (scanner
+        coordinates; ``None`` without native labels or when the component vanishes at the native resolution),
+        ``peak_score`` and ``mean_score`` (the anomaly map inside the component, on the 0…1 intensity scale).
+    """
+    labels = np.asarray(labels)
+    ids = [int(i) for i in np.unique(labels) if i > 0]
+    if not ids:
+        return []
+    index = np.arange(1, max(ids) + 1)
+    mni_ml = abs(np.linalg.det(np.asarray(mni_affine)[:3, :3])) / 1000
+    counts = ndimage.sum_labels(np.ones(labels.shape), labels, index)
+    centroids = ndimage.center_of_mass(np.ones(labels.shape), labels, index)
+    peaks = ndimage.maximum(anomaly, labels, index)
+    means = ndimage.mean(anomaly, labels, index)
+    native_counts = native_centroids = None
+    if native_labels is not None and native_affine is not None:
+        native_ml = abs(np.linalg.det(np.asarray(native_affine)[:3, :3])) / 1000
+        native_counts = ndimage.sum_labels(np.ones(native_labels.shape), native_labels, index)
+        native_centroids = ndimage.center_of_mass(np.ones(native_labels.shape), native_labels, index)
+
+    def world(affine: np.ndarray, voxel) -> list[float]:
+        return [round(float(v), 1) for v in np.asarray(affine)[:3, :3] @ np.asarray(voxel) + np.asarray(affine)[:3, 3]]
+
+    rows = []
+    for i in ids:
+        k = i - 1
+        row = {
+            "id": i,
+            "volume_ml_native": None,
+            "volume_ml_mni": float(counts[k] * mni_ml),
+            "centroid_native_mm": None,
+            "centroid_mni_mm": world(mni_affine, centroids[k]),
+            "peak_score": float(peaks[k]),
+            "mean_score": float(means[k]),
+        }
+        if native_counts is not None:
+            row["volume_ml_native"] = float(native_counts[k] * native_ml)
+            if native_counts[k] > 0:
+                row["centroid_native_mm"] = world(native_affine, native_centroids[k])
+        rows.append(row)
+    return sorted(rows, key=lambda r: -(r["volume_ml_native"] or r["volume_ml_mni"]))

@@ -45,6 +45,7 @@ from brainuad.checkpoints import (
 )
 from brainuad.config import Config, PreprocessConfig, TrainConfig, from_dict, replace
 from brainuad.data import VolumeCache, find_case_folders
+from brainuad.device import resolve_device  # also imported from here by older code
 from brainuad.errors import BrainuadError, InputError
 from brainuad.io import atomic_path, ensure_writable_folder, read_grid, read_json, write_json
 from brainuad.models import TRAINABLE_KINDS, build_model, count_parameters
@@ -65,15 +66,6 @@ class TrainResult:
     best_val_loss: float
     best_epoch: int
     history: list[dict]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BrainuadError("--device cuda was asked for, but no CUDA GPU is available")
-    return torch.device(name)
 
 
 def make_split(cases: list[Path], val_fraction: float, seed: int) -> dict:
@@ -164,6 +156,7 @@ def train(
     config: Config | None = None,
     resume: bool = False,
     progress: bool = True,
+    deadline: float | None = None,
 ) -> TrainResult:
     """Train the autoencoder on preprocessed healthy scans.
 
@@ -172,7 +165,9 @@ def train(
         run_dir: Run folder to create (or to continue with ``resume``).
         config: Model and training settings; the model's ``input_shape`` is taken from the data.
         resume: Continue from the last completed epoch.
-        progress: Show a progress bar.
+        progress: Show a progress bar (steps within the epoch, loss, ETA).
+        deadline: A :func:`time.monotonic` time budget: after the first epoch of this call, no epoch starts that
+            would (at the last epoch's pace) end after it; ``summary.json`` then says training stopped at the budget.
 
     Raises:
         InputError: No cases, mismatched shapes, nothing to resume.
@@ -264,22 +259,37 @@ def train(
     if resume:
         history = _resume_log(run_dir / "log.csv", state["epoch"], rewrite=rank == 0)
     total_epochs = tc.epochs
-    bar = tqdm(total=total_epochs, initial=state["epoch"], desc="train", unit="epoch", disable=not progress or rank)
+    stopped_at_budget, seconds = False, 0.0
+    steps = len(plan_batches(train_ids, tc.batch_size, tc.seed, 1, rank, world, tc.steps_per_epoch))
+    # One bar per epoch (steps, loss, the epoch's ETA); the epoch count and last losses in its description.
+    bar = tqdm(total=steps, desc="train", unit="step", disable=not progress or rank)
+    of = "until the time budget" if deadline else f"of {total_epochs}"
     try:
         for epoch in range(state["epoch"] + 1, total_epochs + 1):
             start = time.perf_counter()
             model.train()
             batches = plan_batches(train_ids, tc.batch_size, tc.seed, epoch, rank, world, tc.steps_per_epoch)
+            bar.reset(total=len(batches))
+            bar.set_description(f"train epoch {epoch} {of}")
             loss_sum = torch.zeros((), device=device)
             for step, ids, host in Prefetcher(cache, batches, pin=use_cuda, device=device):
                 batch = to_device(host, ids, device, augmenter, (tc.seed, epoch, step))
-                loss_sum += train_step(batch, batch_seed(tc.seed, epoch, step, rank, 1))
+                loss = train_step(batch, batch_seed(tc.seed, epoch, step, rank, 1))
+                loss_sum += loss
+                bar.update(1)
+                if progress and not rank and not use_cuda:  # on a GPU, float() would wait for it at every step
+                    bar.set_postfix(loss=f"{float(loss):.5f}")
             if world > 1:
                 # DDP keeps parameters identical; BatchNorm running statistics drift per rank: take rank 0's.
                 for buffer in model.buffers():
                     torch.distributed.broadcast(buffer, 0)
             train_loss = float(loss_sum) / max(1, len(batches))  # the epoch's one wait for the device
-            validate = epoch % tc.val_every == 0 or epoch == total_epochs
+            # Single process with a time budget: stop when another epoch at this pace (the last one's, validation
+            # included) would end after it.
+            pace = max(time.perf_counter() - start, seconds)
+            stopped_at_budget = bool(deadline) and world == 1 and time.monotonic() + pace > deadline
+            last = epoch == total_epochs or stopped_at_budget
+            validate = epoch % tc.val_every == 0 or last
             val_loss = evaluate_loss(model, cache, val_ids, device, tc.batch_size, autocast) if validate else math.nan
             if not math.isfinite(train_loss) or (validate and not math.isfinite(val_loss)):
                 # Diverged: the weights are garbage now; the last checkpoint (before this) stays for --resume.
@@ -305,9 +315,10 @@ def train(
                 _append_log(run_dir / "log.csv", row)
                 if writer is not None:
                     writer.add_scalars("loss", {"train": train_loss, **({"val": val_loss} if validate else {})}, epoch)
-            checkpointer.maybe_save(dict(state), force=epoch == total_epochs)
-            bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
-            bar.update(1)
+            checkpointer.maybe_save(dict(state), force=last)
+            bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}", epoch_s=f"{seconds:.1f}")
+            if stopped_at_budget:
+                break
     except torch.cuda.OutOfMemoryError as exc:
         raise BrainuadError(
             f"out of GPU memory at batch size {tc.batch_size}; try --batch-size {max(1, tc.batch_size // 2)}"
@@ -325,6 +336,9 @@ def train(
     in_sync = _check_ranks_in_sync(model, world)
     if rank == 0:
         _finish(run_dir, model, state, history, world, in_sync)
+        if stopped_at_budget:
+            summary = read_json(run_dir / "summary.json")
+            write_json(run_dir / "summary.json", {**summary, "stopped_at_time_budget": True})
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -131,7 +131,7 @@ def test_detect_on_real_lesions(model_dir, shared_data, image, lesion, segmentat
     print(
         image,
         f"lesion/rest anomaly {lesion_mean:.4f}/{rest_mean:.4f}, precision {precision:.3f} vs prevalence "
-        f"{prevalence:.4f}, lesions {summary['lesions']['count']}",
+        f"{prevalence:.4f}, lesions {summary['lesion_count']}",
     )
     assert lesion_mean > rest_mean
     if segmentation_beats_chance:
