@@ -45,6 +45,9 @@ def test_brats_and_ms_layouts(tmp_path):
     ]
     stroke = find_labelled_cases(tmp_path / "stroke")
     assert stroke[0].label_path.name == "lesion.nii.gz"
+    # Named by its folder even when the folder itself is given, and not called "ms": it is a stroke.
+    assert (stroke[0].name, stroke[0].layout) == ("stroke", "image+mask")
+    assert find_ms_cases(tmp_path / "ms" / "patient07")[0].name == "patient07"
     assert len(find_labelled_cases(tmp_path)) == 4
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no labelled cases"):

@@ -119,8 +119,9 @@ def find_ms_cases(folder: str | Path, modality: str = "T2") -> list[LabelledCase
             p for p in files if p not in masks and re.match(rf"^{re.escape(modality)}([_\-.]|$)", p.name, re.IGNORECASE)
         ]
         if len(images) == 1 and len(masks) == 1 and not masks[0].name.lower().endswith(f"_seg{masks[0].suffix}"):
-            name = case_dir.name if case_dir != folder else strip_nifti_suffix(images[0])
-            cases.append(LabelledCase(name, images[0], masks[0], layout="ms"))
+            # The case is its folder (named by it even when given directly: 'stroke', not 'T2_head'); the layout
+            # is "an image and a mask in one folder", whatever the disease.
+            cases.append(LabelledCase(case_dir.resolve().name, images[0], masks[0], layout="image+mask"))
         elif len(images) == 1 and len(masks) > 1:
             raise InputError(case_dir, f"several lesion masks ({', '.join(m.name for m in masks)}); keep one")
     return cases

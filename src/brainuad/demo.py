@@ -309,7 +309,7 @@ def _train(data: Path, run: Path, config: Config, deadline: float | None, progre
     if config.model.kind != "intensity":
         summary = read_json(run / "summary.json")
         why = ", stopped at the time budget" if summary.get("stopped_at_time_budget") else ""
-        _log(f"trained {summary['epochs_done']} epochs in {summary['train_seconds']:.0f} s{why}", progress)
+        _log(f"trained {summary['epochs_done']} epoch(s) in {summary['train_seconds']:.0f} s{why}", progress)
 
 
 def _calibrate_evaluate_detect(out, run, baseline, tune_dirs, test_dirs, test_scans, device, seed, progress, done):
@@ -350,6 +350,7 @@ def write_demo_report(
 
     import numpy as np
 
+    from brainuad.detect import learned_nothing_warning
     from brainuad.evaluation import TABLE_HEADER, table_row
     from brainuad.figures import html_report, plot_pr_curves, plot_roc_curves
 
@@ -384,4 +385,6 @@ def write_demo_report(
         )
     notes.append("To run the same chain on real data:<pre>" + html.escape(REAL_DATA_COMMANDS) + "</pre>")
     summary = {"data": source, "threshold (ae, tuned)": threshold["value"], "threshold source": threshold["source"]}
-    return html_report("brainuad demo", summary, images, out / "report.html", notes=notes, table=table)
+    warning = learned_nothing_warning(out / "runs" / "ae")
+    banner = html.escape(warning) if warning else None
+    return html_report("brainuad demo", summary, images, out / "report.html", notes=notes, table=table, banner=banner)

@@ -32,6 +32,8 @@ from brainuad.registration import fraction_outside_grid, native_to_mni
 from brainuad.templates import Grid
 
 BOOTSTRAP_RESAMPLES = 1000
+#: Below this many cases a bootstrap over cases has too few distinct resamples to be an interval: none is given.
+MIN_BOOTSTRAP_CASES = 5
 
 
 @dataclass
@@ -234,14 +236,20 @@ def summarise(
     counted = _slice_arrays(evaluations)
     every = _slice_arrays(evaluations, counted_only=False)
     sensitivity, specificity = metrics.sensitivity_specificity(counted["abnormal"], counted["flagged"])
-    by_score = scores.slice_score_metrics(*scores.counted_slices(evaluations), seed, BOOTSTRAP_RESAMPLES)
+    n = len(evaluations)
+    resamples = BOOTSTRAP_RESAMPLES if n >= MIN_BOOTSTRAP_CASES else 0  # 0 resamples: (NaN, NaN)
+    by_score = scores.slice_score_metrics(*scores.counted_slices(evaluations), seed, resamples)
     slice_score = slice_score if slice_score in by_score else "paper_eu"
     default = by_score[slice_score]
     voxel = [e for e in evaluations if e.has_voxels]
     dices = np.array([e.dice for e in voxel])
-    n = len(evaluations)
     summary: dict = {
         "cases": n,
+        "intervals": {
+            "method": f"95% percentile bootstrap over cases, {BOOTSTRAP_RESAMPLES} resamples",
+            "given": n >= MIN_BOOTSTRAP_CASES,
+            "note": None if resamples else f"no intervals: {n} case(s), fewer than {MIN_BOOTSTRAP_CASES}",
+        },
         "slices": {
             "rule": "axial MNI slices whose brain area is >= 1% of the case's largest axial brain cross-section",
             "counted": int(counted["abnormal"].size),
@@ -278,7 +286,10 @@ def summarise(
             "ap_region": "brain mask ∪ lesion on the crop grid, pooled over cases; lesion outside the crop = missed",
             "dice_mean": float(np.nanmean(dices)) if np.isfinite(dices).any() else float("nan"),
             "dice_mean_ci95": metrics.bootstrap_ci(
-                len(voxel), lambda idx: float(np.nanmean(dices[idx])), BOOTSTRAP_RESAMPLES, seed=seed
+                len(voxel),
+                lambda idx: float(np.nanmean(dices[idx])),
+                BOOTSTRAP_RESAMPLES if len(voxel) >= MIN_BOOTSTRAP_CASES else 0,
+                seed=seed,
             ),
             "dice_nan_cases": int(np.isnan(dices).sum()),
             "dice_pooled": _pooled_dice(voxel),
@@ -356,6 +367,8 @@ TABLE_HEADER = (
 def table_row(method: str, summary: dict) -> str:
     """One row of the paper's Table 2/3 layout (95 % bootstrap intervals over cases in brackets)."""
     s, v = summary["slices"], summary.get("voxels", {})
+    if not summary.get("intervals", {}).get("given", True):
+        method += f" (n={summary['cases']}: too few cases for intervals)"
     cells = [
         method,
         _fmt(s["auroc"], s["auroc_ci95"]),

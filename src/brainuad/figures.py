@@ -107,7 +107,7 @@ def plot_detection_rows(
         label = slice_labels[row] if slice_labels else f"axial slice {u}"
         axes[row, 0].set_ylabel(label, fontsize=8)
     if heat is not None:
-        bar = fig.colorbar(heat, ax=list(axes[:, 2]), shrink=0.9, pad=0.01)
+        bar = fig.colorbar(heat, ax=list(axes[:, 2]), shrink=0.9, pad=0.01, aspect=40)
         bar.set_label("anomaly |x − x̂| (image scaled to 0…1)", fontsize=8)
     return _save(fig, path)
 
