@@ -500,7 +500,7 @@ def test_sigterm_during_detect_leaves_no_partial_folder(world, tmp_path, capsys,
     case = load_case(world["prep"] / "sub-01_T2w")
     monkeypatch.setattr(brainuad.detect, "preprocess_volume", lambda volume, config, name: case)
 
-    def terminated(staging, detection):  # SIGTERM arrives while the findings folder is being written
+    def terminated(*args):  # SIGTERM arrives while the findings folder is being written
         os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(brainuad.detect, "_write_figures", terminated)
