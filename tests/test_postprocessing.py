@@ -85,3 +85,29 @@ def test_postprocessing_sizes_are_kept_in_millimetres():
     coarse = postprocessing_sizes(2.0)
     assert (coarse.median_size, coarse.erosion_voxels, coarse.min_component_voxels) == (3, 1, 3)
     assert postprocessing_sizes(1.5).median_size % 2 == 1
+
+
+def test_describe_lesions_measures_each_component_in_both_spaces():
+    from brainuad.postprocessing import describe_lesions
+
+    labels = np.zeros((10, 10, 10), np.int32)
+    labels[1:3, 1:3, 1:3] = 1  # 8 voxels
+    labels[5:9, 5:9, 5:9] = 2  # 64 voxels
+    anomaly = np.where(labels == 2, 0.5, 0.0).astype(np.float32)
+    anomaly[6, 6, 6] = 0.9
+    anomaly[labels == 1] = 0.2
+    mni = np.diag([2.0, 2.0, 2.0, 1.0])
+    mni[:3, 3] = -10.0
+    native = np.diag([1.0, 2.0, 2.0, 1.0])  # the same labels on a grid twice as fine along x
+    rows = describe_lesions(labels, anomaly, mni, np.repeat(labels, 2, axis=0), native)
+    assert [r["id"] for r in rows] == [2, 1]  # largest first
+    big, small = rows
+    assert big["volume_ml_mni"] == pytest.approx(64 * 8 / 1000) and small["volume_ml_mni"] == pytest.approx(0.064)
+    assert big["volume_ml_native"] == pytest.approx(128 * 4 / 1000)
+    assert big["centroid_mni_mm"] == [3.0, 3.0, 3.0]  # voxel 6.5 → 2 * 6.5 - 10
+    assert big["centroid_native_mm"] == [13.5, 13.0, 13.0]
+    assert big["peak_score"] == pytest.approx(0.9) and big["mean_score"] == pytest.approx((63 * 0.5 + 0.9) / 64)
+    assert small["mean_score"] == pytest.approx(0.2)
+    assert describe_lesions(np.zeros_like(labels), anomaly, mni) == []
+    (only,) = describe_lesions(labels * (labels == 1), anomaly, mni)
+    assert only["volume_ml_native"] is None and only["centroid_native_mm"] is None

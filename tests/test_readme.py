@@ -180,5 +180,7 @@ def test_readme_steps_run_as_printed_on_the_demo_data(quick_start, monkeypatch):
         assert main(words) == 0, f"README step failed: brainuad {' '.join(words)}"
     calibration = json.loads((root / "runs" / "toy" / "calibration.json").read_text())
     assert "validation split" in calibration["calibrated_on"]
+    # One held-out healthy scan in the toy cohort: a threshold, but no z-scores, and the calibration says why.
+    assert calibration["slice_errors"] is None and any("fewer than 3" in n for n in calibration["notes"])
     assert any((root / "findings").glob("*/report.html"))
     assert json.loads((root / "evaluation" / "summary.json").read_text())["cases"] >= 1
