@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -63,13 +64,14 @@ def t1_split(prep: Path, split_file: Path = SPLIT) -> dict[str, list[Path]]:
     return {part: [f for f in folders if f.name.split("-")[0] in set(split[part])] for part in ("train", "val", "test")}
 
 
-def intensity_t1(out: Path, train_folders: list[Path]) -> Path:
+def baseline_t1(out: Path, kind: str, train_folders: list[Path]) -> Path:
+    """Fit (or reuse) a T1 baseline that needs no gradient training (``intensity``, ``normative``)."""
     from brainuad.config import Config, ModelConfig, PreprocessConfig, TrainConfig
     from brainuad.training import train
 
-    run_dir = out / "runs_t1" / "intensity"
+    run_dir = out / "runs_t1" / kind
     if not (run_dir / "summary.json").is_file():
-        config = Config(PreprocessConfig(preset="paper-2mm"), ModelConfig(kind="intensity"), TrainConfig(device="cpu"))
+        config = Config(PreprocessConfig(preset="paper-2mm"), ModelConfig(kind=kind), TrainConfig(device="cpu"))
         train(train_folders, run_dir, config, progress=False)
     return run_dir
 
@@ -93,10 +95,15 @@ def evaluate_all(args: argparse.Namespace) -> dict:
     split = t1_split(args.t1_prep, args.split)
     results["t1_split"] = {k: [f.name for f in v] for k, v in split.items()}
     results["t1_split_file"] = {"path": str(args.split), "sha256": hashlib.sha256(args.split.read_bytes()).hexdigest()}
-    runs = {"intensity": intensity_t1(out, split["train"])} | {Path(r).name: Path(r) for r in args.t1_runs}
+    runs = {kind: baseline_t1(out, kind, split["train"]) for kind in args.t1_baselines}
+    for given in map(Path, args.t1_runs):  # calibrated as a copy: another's run folder is never written to
+        copy = out / "runs_t1" / given.name
+        if copy.exists():
+            shutil.rmtree(copy)
+        shutil.copytree(given, copy, ignore=shutil.ignore_patterns("calibration.json", "*.lock"))
+        runs[given.name] = copy
     for name, run_dir in runs.items():
-        if name != "intensity" or not (run_dir / "calibration.json").is_file():
-            calibrate(run_dir, split["val"], device="cpu")
+        calibrate(run_dir, split["val"], device="cpu")
         results["t1"][name] = evaluate(
             run_dir, [*report, DATA / "ms"], out / "eval_t1" / name, tune_sources=tune, modality="t1",
             cache_dir=out / "cache_t1", device="cpu", progress=False, seed=args.seed, healthy_sources=split["test"],
@@ -283,6 +290,7 @@ def main() -> None:
     parser.add_argument("--t1-prep", type=Path, default=Path("/work/prep/t1_2mm"),
                         help="the 52 healthy T1 individuals preprocessed with paper-2mm")  # fmt: skip
     parser.add_argument("--split", type=Path, default=SPLIT, help="subject split of the healthy T1 individuals")
+    parser.add_argument("--t1-baselines", nargs="*", default=["intensity"], help="intensity, normative")
     parser.add_argument("--t1-runs", nargs="*", default=[], help="T1 models trained on the split's train subjects")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--steps-per-epoch", type=int, default=15)

@@ -87,6 +87,7 @@ def test_calibrate_then_detect_writes_aligned_outputs(trained, skull_stripped_sc
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["threshold"] == pytest.approx(calibration["threshold"])
     assert summary["scan_score_percentile_vs_healthy"] is None  # fewer than 3 held-out healthy scans
+    assert "Scan triage" in report and "no percentile among healthy scans" in report
     assert all(r["calibrated_z"] == "nan" for r in rows)
     # Re-running skips the finished scan.
     assert (

@@ -77,7 +77,8 @@ def test_lesion_matching_split_merged_missed_and_false_positive():
     assert match.reference_detected.sum() == 3 and not match.reference_detected[missed - 1]
     assert match.predicted_true.sum() == 3 and match.false_positives == 1
     anomaly = np.where(predicted, 0.9, 0.1).astype(np.float32)
-    rows = scores.lesion_rows("c", match, anomaly, voxel_ml=0.05)
+    spacing = 0.05 ** (1 / 3) * 10  # a voxel of 0.05 mL
+    rows = scores.lesion_rows("c", match, anomaly, np.diag([spacing, spacing, spacing, 1.0]))
     summary = scores.lesion_summary(rows, cases=1, min_reference_ml=0.0)
     assert summary["reference_lesions"] == 4 and summary["detected"] == 3
     assert summary["sensitivity"] == pytest.approx(0.75) and summary["false_positives_per_scan"] == 1

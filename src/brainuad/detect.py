@@ -145,6 +145,12 @@ def _write_report(staging: Path, name: str, summary: dict, run_dir: Path) -> Non
         "Images are axial slices of the MNI crop in neurological view (the patient's right on the right, "
         "marked R/L and A/P); rows are labelled by MNI z in mm and the nearest slice of the input file.",
     ]
+    percentile = summary.get("scan_score_percentile_vs_healthy")
+    notes.append(
+        f"Scan triage: scan score <b>{summary['scan_score']:.4g}</b> (99.9th percentile of the anomaly map in the "
+        + (f"brain), higher than <b>{percentile:.0f} %</b> of the healthy calibration scans."
+           if percentile is not None else "brain); no healthy calibration, so no percentile among healthy scans.")
+    )  # fmt: skip
     if calibration.get("calibrated_on"):
         notes.append(
             "Healthy reference (calibrated z, scan percentile): "

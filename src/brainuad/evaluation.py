@@ -178,7 +178,8 @@ def apply_threshold(evaluation: CaseEvaluation, threshold: float) -> None:
         # Reference lesions smaller than the segmentation's smallest component cannot be reported: not counted.
         reference, references = segment(evaluation.lesion, 0.5, evaluation.sizes.min_component_voxels)
         match = metrics.match_lesions(labels, count, reference, references)
-        evaluation.lesion_rows = scores.lesion_rows(evaluation.name, match, evaluation.anomaly, evaluation.voxel_ml)
+        affine = evaluation.grid.affine_array if evaluation.grid is not None else np.eye(4)
+        evaluation.lesion_rows = scores.lesion_rows(evaluation.name, match, evaluation.anomaly, affine)
         evaluation.true_positive = int(np.logical_and(predicted, evaluation.lesion).sum())
         evaluation.dice = metrics.dice(predicted, evaluation.lesion, evaluation.lesion_outside_crop)
         # Keep only what the pooled voxel metrics need — brain ∪ lesion voxels as flat arrays, not whole volumes —

@@ -22,6 +22,7 @@ import numpy as np
 from brainuad import metrics
 from brainuad.postprocessing import (
     calibrated_slice_scores,
+    describe_lesions,
     segmented_area,
     slice_errors,
     slice_means,
@@ -203,43 +204,33 @@ def size_bin(volume_ml: float) -> str:
     return next(label for label, low, high in SIZE_BINS if low <= volume_ml < high)
 
 
-def lesion_rows(case: str, match: metrics.LesionMatch, anomaly: np.ndarray, voxel_ml: float) -> list[dict]:
+def lesion_rows(case: str, match: metrics.LesionMatch, anomaly: np.ndarray, mni_affine: np.ndarray) -> list[dict]:
     """One row per reference lesion and per predicted component of one case (volume, centroid, scores, outcome).
 
     Args:
         case: Case name.
         match: The case's matched lesions.
         anomaly: The anomaly map on the same grid (peak and mean score per lesion).
-        voxel_ml: Volume of one voxel.
+        mni_affine: The crop grid's voxel → MNI mm affine.
     """
-    from scipy import ndimage
-
     rows = []
-    for kind, labels, count, hit in (
-        ("reference", match.reference_labels, match.reference_count, match.reference_detected),
-        ("predicted", match.predicted_labels, match.predicted_count, match.predicted_true),
+    for kind, labels, hit in (
+        ("reference", match.reference_labels, match.reference_detected),
+        ("predicted", match.predicted_labels, match.predicted_true),
     ):
-        if count == 0:
-            continue
-        index = np.arange(1, count + 1)
-        volumes = ndimage.sum_labels(np.ones(labels.shape), labels, index)
-        centroids = ndimage.center_of_mass(np.ones(labels.shape), labels, index)
-        peaks = ndimage.maximum(anomaly, labels, index)
-        means = ndimage.mean(anomaly, labels, index)
-        for i in range(count):
-            volume = float(volumes[i] * voxel_ml)
+        for lesion in describe_lesions(labels, anomaly, mni_affine):
             rows.append(
                 {
                     "case": case,
                     "kind": kind,
-                    "id": i + 1,
-                    "volume_ml": round(volume, 4),
-                    "size_bin": size_bin(volume),
-                    "centroid_voxel": " ".join(f"{c:.1f}" for c in centroids[i]),
-                    "peak_score": float(peaks[i]),
-                    "mean_score": float(means[i]),
+                    "id": lesion["id"],
+                    "volume_ml": round(lesion["volume_ml_mni"], 4),
+                    "size_bin": size_bin(lesion["volume_ml_mni"]),
+                    "centroid_mni_mm": " ".join(f"{c:.1f}" for c in lesion["centroid_mni_mm"]),
+                    "peak_score": lesion["peak_score"],
+                    "mean_score": lesion["mean_score"],
                     # reference: found by >= 1 predicted component; predicted: overlaps >= 1 reference lesion
-                    "matched": bool(hit[i]),
+                    "matched": bool(hit[lesion["id"] - 1]),
                 }
             )
     return rows
