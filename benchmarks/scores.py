@@ -86,6 +86,7 @@ def evaluate_all(args: argparse.Namespace) -> dict:
     results: dict = {"t2": {}, "t1": {}, "tune": [p.name for p in tune], "report": [p.name for p in report]}
     for method in args.t2_methods:
         run_dir = train_t2(out, method, args.epochs, args.steps_per_epoch, args.seed)
+        results.setdefault("trained_by", {})[method] = read_json(run_dir / "provenance.json").get("git")
         calibrate(run_dir, read_json(run_dir / "split.json")["val"], device="cpu")
         results["t2"][method] = evaluate(
             run_dir, [*report, DATA / "stroke", DATA / "ms"], out / "eval_t2" / method, tune_sources=tune,
@@ -218,7 +219,9 @@ def markdown(results: dict, command: str, info: dict, seconds: dict) -> str:
         "",
         "### T2: the paper's e(u) against the default slice score (4 BraTS, stroke, MS)",
         "",
-        f"Models: {', '.join(t2)} (trained as in `benchmarks/results.py` with --epochs 8 --steps-per-epoch 15; "
+        f"Models: {', '.join(t2)} (trained as in `benchmarks/results.py` with --epochs 8 --steps-per-epoch 15, by "
+        + "; ".join(f"{m} git {g}" for m, g in results.get("trained_by", {}).items())
+        + "; "
         "vae was the best learned model on slice AP in the table above). No held-out healthy T2 individual exists in "
         "../shared/data (the one real T2 subject trains the models), so T2 has no scan-level result.",
         "",
