@@ -91,3 +91,18 @@ def test_real_anatomy_crop_with_lesion(shared_data):
     assert subject.lesion.any() and not (subject.lesion & ~subject.brain).any()
     image = subject.image.array
     assert np.median(image[subject.lesion]) > 1.5 * medians["wm"]  # MS plaques: T2-hyperintense
+
+
+def test_demo_generator_falls_back_to_the_template_without_anatomies(tmp_path, monkeypatch):
+    from brainuad.demo import _synthetic_generator
+
+    monkeypatch.chdir(tmp_path)  # no ../shared/data/brainweb from here
+    monkeypatch.setenv("BRAINUAD_BRAINWEB", str(tmp_path / "nothing"))
+    text, _, folder = _synthetic_generator()
+    assert folder == "data" and "MNI template" in text
+    labels = tmp_path / "brainweb"
+    labels.mkdir()
+    (labels / "subject04_crisp.nii.gz").write_bytes(b"")
+    monkeypatch.setenv("BRAINUAD_BRAINWEB", str(labels))
+    text, _, folder = _synthetic_generator()
+    assert folder == "data-brainweb" and "1 BrainWeb anatomies" in text
