@@ -1,0 +1,528 @@
+"""Retrain a shipped model (``builtin:t1`` or ``builtin:t2``) from ../shared/data and compare it with its card.
+
+Usage (from the repository root):
+    OMP_NUM_THREADS=1 python benchmarks/builtin_models.py t2 [--out benchmarks/out/builtin_t2] [--epochs N]
+    OMP_NUM_THREADS=1 python benchmarks/builtin_models.py t1 [--prep /work/prep/t1_2mm]
+    ... --install      # also write the result into src/brainuad/builtin/<name>/ (fp16 weights, config, card)
+
+Without ``--epochs`` the shipped model's epoch count is used (so a rerun repeats it), or, for a first run, as many
+epochs as fit ``--minutes``. Steps: (1) data — t2: T2 simulated from 16 BrainWeb anatomies (1 scan each: random
+1.5/3 T sequence, pose, 1–2 mm in-plane, thick slices, skull-stripped) plus IXI002's T2 and the three T2 templates;
+calibration: 4 other anatomies (1 scan each), never trained on. t1: the 52 real healthy IXI T1 individuals, split
+by ``benchmarks/splits/t1_2mm.json`` when it exists (else a seeded 80/20 split), calibration on the held-out
+part. All preprocessed with ``paper-2mm``. (2) train, (3) calibrate (healthy voxel FPR 1e-3), (4) evaluate on the
+shared labelled cases, with the shipped calibration's threshold and with the docs/results.md protocol (threshold
+tuned on the first two BraTS cases, reported on the others + stroke + MS), the intensity baseline beside it, (5)
+detect on one shared raw scan (the card's reference number), (6) compare with the shipped ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+BUILTIN = ROOT / "src" / "brainuad" / "builtin"
+T2_REAL = [
+    "healthy/IXI002-Guys-0828-T2_brain.nii.gz",
+    "templates/MNI152_T2_1mm_brain.nii.gz",
+    "templates/MNI152_T2_2mm.nii.gz",
+    "templates/avg152T2.nii.gz",
+]
+T1_FOLDERS = ["healthy_t1/ixi_2mm", "healthy_t1/ixi_1mm/brain", "healthy_t1/ixi_1mm/head"]
+T1_EXTRA = ["healthy/IXI002-Guys-0828-T1_brain.nii.gz", "healthy/IXI012-HH-1211-T1_2mm_head.nii.gz",
+            "healthy/IXI015-HH-1258-T1_2mm_head.nii.gz"]  # fmt: skip
+REFERENCE_SCAN = {"t2": "stroke/T2_head.nii.gz", "t1": "brats2018/Brats18_2013_3_1/Brats18_2013_3_1_t1.nii.gz"}
+RECIPE = {  # the network and training settings of each shipped model
+    "t2": {"channels": (16, 32, 64, 128), "latent": 256, "lr": 3e-4, "batch_size": 2, "steps_per_epoch": 25},
+    "t1": {"channels": (16, 32, 64, 128), "latent": 256, "lr": 3e-4, "batch_size": 2, "steps_per_epoch": 25},
+}
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def prepare_t2(out: Path) -> tuple[list[Path], list[Path], dict]:
+    """Simulate and preprocess the T2 training and calibration scans; returns their preprocessed folders."""
+    from brainuad import mrsim
+    from brainuad.config import PreprocessConfig
+    from brainuad.io import save_volume
+    from brainuad.preprocessing import preprocess_batch
+
+    anatomies = mrsim.find_anatomies(DATA / "brainweb")
+    train_anat, cal_anat = anatomies[:16], anatomies[16:]
+    raw = {"train": [], "cal": []}
+    for split, group, per in (("train", train_anat, 1), ("cal", cal_anat, 1)):
+        for a, path in enumerate(group):
+            labels = mrsim.load_anatomy(path)
+            for k in range(per):
+                seed = 1000 * (a + (0 if split == "train" else 100)) + k
+                target = out / "raw" / split / f"sim-{path.name.split('_')[0]}-{k}.nii.gz"
+                if not target.exists():
+                    rng = np.random.default_rng(seed)
+                    spacing = float(rng.uniform(1.0, 2.0))  # clinical in-plane sizes, thick slices
+                    thickness = float(rng.choice([spacing, 3.0, 4.0, 5.0]))
+                    # Skull-stripped with the exact brain mask: deepbet on ~40 heads costs more than this
+                    # shared CPU has; detect still skull-strips real heads with deepbet.
+                    subject = mrsim.simulate(labels, seed, "t2", spacing, thickness, skull=False)
+                    save_volume(subject.image, target)
+                raw[split].append(target)
+    config = PreprocessConfig(preset="paper-2mm")
+    train_inputs = raw["train"] + [DATA / rel for rel in T2_REAL]
+    for split, inputs in (("train", train_inputs), ("cal", raw["cal"])):
+        result = preprocess_batch(inputs, out / "prep" / split, config, progress=False)
+        if result.failed:
+            raise SystemExit(f"preprocessing failed: {result.failed}")
+    data = {
+        "train": [p.name for p in sorted((out / "prep" / "train").iterdir()) if p.is_dir()],
+        "calibration": [p.name for p in sorted((out / "prep" / "cal").iterdir()) if p.is_dir()],
+        "train_anatomies": [p.name for p in train_anat],
+        "calibration_anatomies": [p.name for p in cal_anat],
+    }
+    return [out / "prep" / "train"], [out / "prep" / "cal"], data
+
+
+def prepare_t1(out: Path, prep: Path | None, split_file: Path) -> tuple[list[Path], list[Path], dict]:
+    """Preprocess (or reuse) the 52 real T1 individuals and split them into training and calibration folders."""
+    from brainuad.config import PreprocessConfig
+    from brainuad.preprocessing import preprocess_batch
+
+    if prep is None:
+        inputs = [DATA / f for f in T1_FOLDERS] + [DATA / f for f in T1_EXTRA]
+        prep = out / "prep" / "all"
+        result = preprocess_batch(inputs, prep, PreprocessConfig(preset="paper-2mm"), progress=False)
+        if result.failed:
+            raise SystemExit(f"preprocessing failed: {result.failed}")
+    cases = sorted(p for p in prep.iterdir() if p.is_dir() and (p / "image.nii.gz").is_file())
+    if split_file.is_file():  # subject ids (IXI123): train → training, val → calibration; test stays unseen
+        split = json.loads(split_file.read_text())
+        subject = {c.name: c.name.split("-")[0] for c in cases}
+        train_names = {c.name for c in cases if subject[c.name] in split["train"]}
+        cases = [c for c in cases if subject[c.name] in split["train"] or subject[c.name] in split["val"]]
+        source = f"benchmarks/splits/{split_file.name} (train → training, val → calibration; its test subjects unused)"
+    else:
+        order = np.random.default_rng(0).permutation(len(cases))
+        train_names = {cases[i].name for i in order[: round(0.8 * len(cases))]}
+        source = "seeded 80/20 split (seed 0)"
+    for name, chosen in (("train", [c for c in cases if c.name in train_names]),
+                         ("cal", [c for c in cases if c.name not in train_names])):  # fmt: skip
+        folder = out / "split" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for case in chosen:
+            link = folder / case.name
+            if not link.exists():
+                link.symlink_to(case.resolve(), target_is_directory=True)
+    data = {
+        "train": sorted(c.name for c in cases if c.name in train_names),
+        "calibration": sorted(c.name for c in cases if c.name not in train_names),
+        "split": source,
+    }
+    return [out / "split" / "train"], [out / "split" / "cal"], data
+
+
+def train_model(
+    name: str, out: Path, train_dirs: list[Path], epochs: int | None, minutes: float, device: str = "cpu"
+) -> dict:
+    import torch
+
+    from brainuad.config import Config, ModelConfig, PreprocessConfig, TrainConfig, replace
+    from brainuad.training import train
+
+    torch.set_num_threads(1)
+    recipe = RECIPE[name]
+    config = Config(
+        preprocessing=PreprocessConfig(preset="paper-2mm"),
+        model=ModelConfig(channels=recipe["channels"], stem_channels=recipe["channels"][0] // 2,
+                          latent=recipe["latent"]),
+        # No validation split (calibration scans stay unseen), so validating on the training scans every epoch
+        # would cost time for nothing: only after the last epoch, whose weights are kept.
+        training=TrainConfig(epochs=1, batch_size=recipe["batch_size"], lr=recipe["lr"], val_fraction=0.0,
+                             device=device, augment="on", steps_per_epoch=recipe["steps_per_epoch"], seed=0,
+                             val_every=100_000),
+    )  # fmt: skip
+    run = out / "run"
+    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+    if not (run / "state.json").is_file():
+        train(train_dirs, run, config, progress=False)
+    if epochs is None:  # the first epoch's own time (log.csv), not the cache building before it
+        import csv
+
+        with open(run / "log.csv", newline="") as handle:
+            per_epoch = float(list(csv.DictReader(handle))[-1]["seconds"])
+        epochs = max(2, int(minutes * 60 / max(per_epoch, 1e-3)))
+    train(train_dirs, run, replace(config, training=replace(config.training, epochs=epochs)), resume=True,
+          progress=False)  # fmt: skip
+    return {
+        "epochs": epochs,
+        "steps": epochs * recipe["steps_per_epoch"],
+        "batch_size": recipe["batch_size"],
+        "wall_seconds": round(time.perf_counter() - wall0, 1),
+        "cpu_seconds": round(_cpu_seconds() - cpu0, 1),
+        "threads": 1,
+        "device": device,
+        "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in recipe.items()},
+    }
+
+
+def _held_out_mse(run: Path, train_dirs: list[Path], cal_dirs: list[Path]) -> dict:
+    """Mean squared reconstruction error in the brain on the calibration scans: model vs the mean training image."""
+    import torch
+
+    from brainuad.checkpoints import load_model
+    from brainuad.data import find_case_folders
+    from brainuad.preprocessing import load_case
+
+    model, _ = load_model(run)
+    mean = np.mean([load_case(f).image.array for f in find_case_folders(train_dirs)], axis=0)
+    model_mse, mean_mse = [], []
+    for folder in find_case_folders(cal_dirs):
+        case = load_case(folder)
+        brain = case.brain_mask.array
+        with torch.no_grad():
+            recon = model(torch.from_numpy(case.image.array)[None, None])[0, 0].numpy()
+        model_mse.append(float(((recon - case.image.array)[brain] ** 2).mean()))
+        mean_mse.append(float(((mean - case.image.array)[brain] ** 2).mean()))
+    return {"model": float(np.mean(model_mse)), "mean_image": float(np.mean(mean_mse)), "n": len(model_mse),
+            "model_better_on": int(np.sum(np.array(model_mse) < np.array(mean_mse)))}  # fmt: skip
+
+
+def _summary_numbers(summary: dict) -> dict:
+    slices = summary["slices"]
+    numbers = {
+        "cases": summary["cases"],
+        "slice_auroc": slices["auroc"],
+        "slice_auroc_ci95": slices["auroc_ci95"],
+        "slice_ap": slices["ap_abnormal_class"],
+        "slice_ap_ci95": slices["ap_abnormal_class_ci95"],
+        "threshold": summary["threshold"]["value"],
+        "threshold_source": summary["threshold"]["source"],
+    }
+    if "voxels" in summary:
+        numbers["dice_mean"] = summary["voxels"]["dice_mean"]
+        numbers["dice_mean_ci95"] = summary["voxels"]["dice_mean_ci95"]
+        numbers["voxel_ap_pooled"] = summary["voxels"]["ap_pooled"]
+    return numbers
+
+
+def evaluate_model(name: str, out: Path, cal_dirs: list[Path]) -> dict:
+    from brainuad.config import Config, ModelConfig, PreprocessConfig
+    from brainuad.evaluation import evaluate
+    from brainuad.inference import calibrate
+    from brainuad.training import train
+
+    calibrate(out / "run", cal_dirs)
+    baseline = out / "intensity"
+    if not (baseline / "model.safetensors").is_file():
+        config = Config(preprocessing=PreprocessConfig(preset="paper-2mm"), model=ModelConfig(kind="intensity"))
+        train(cal_dirs, baseline, config, progress=False)
+    calibrate(baseline, cal_dirs)
+    brats = sorted(p for p in (DATA / "brats2018").iterdir() if p.is_dir())
+    others = [DATA / "stroke", DATA / "ms"] if name == "t2" else [DATA / "ms"]
+    results = {}
+    for model_name, model_dir in (("model", out / "run"), ("intensity", baseline)):
+        cache = out / "cache"
+        calibrated = evaluate(model_dir, [*brats, *others], out / "eval" / model_name / "calibrated", modality=name,
+                              cache_dir=cache, progress=False)  # fmt: skip
+        protocol = evaluate(model_dir, [*brats[2:], *others], out / "eval" / model_name / "results_protocol",
+                            tune_sources=brats[:2], modality=name, cache_dir=cache, progress=False)  # fmt: skip
+        results[model_name] = {"calibrated_threshold": _summary_numbers(calibrated),
+                               "results_protocol": _summary_numbers(protocol)}  # fmt: skip
+    return results
+
+
+def reference_detection(name: str, out: Path) -> dict:
+    from brainuad.detect import detect_batch
+    from brainuad.io import read_json
+
+    scan = DATA / REFERENCE_SCAN[name]
+    wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+    result = detect_batch([scan], out / "run", out / "detect", device="cpu", force=True, progress=False)
+    if not result.done:
+        raise SystemExit(f"detect failed on {scan}: {result.failed}")
+    summary = read_json(result.done[0] / "summary.json")
+    return {"scan": REFERENCE_SCAN[name], "scan_score": summary["scan_score"],
+            "lesion_count": summary.get("lesion_count"), "wall_seconds": round(time.perf_counter() - wall0, 1),
+            "cpu_seconds": round(_cpu_seconds() - cpu0, 1)}  # fmt: skip
+
+
+def install(name: str, out: Path, metrics: dict) -> Path:
+    """Write fp16 weights, config, calibration (case names only) and metrics into src/brainuad/builtin/<name>/."""
+    from safetensors.torch import load_file, save_file
+
+    from brainuad.io import read_json, write_json
+
+    target = BUILTIN / name
+    target.mkdir(parents=True, exist_ok=True)
+    state = load_file(str(out / "run" / "model.safetensors"))
+    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    save_file(half, str(target / "model.safetensors"), metadata={"brainuad_builtin": name})
+    shutil.copyfile(out / "run" / "config.json", target / "config.json")
+    calibration = read_json(out / "run" / "calibration.json")
+    calibration["healthy_cases"] = [Path(p).name for p in calibration["healthy_cases"]]
+    write_json(target / "calibration.json", calibration)
+    write_json(target / "metrics.json", metrics)
+    (target / "MODEL_CARD.md").write_text(write_card(name, metrics), encoding="utf-8")
+    for path in target.iterdir():
+        path.chmod(0o644)  # package data: readable by every user of an installation
+    return target
+
+
+CARD_INTRO = {
+    "t2": (
+        "T2-weighted brain MRI: 3D residual autoencoder (Luo et al.'s dense-latent network, reduced channels) on the "
+        "paper-2mm grid",
+        "- **Training data**: {n_train} healthy T2 volumes — {n_sim} T2 scans simulated with `brainuad.mrsim` from 16 "
+        "of BrainWeb's 20 normal anatomies ({train_anatomies}; one scan each: random 1.5/3 T TSE parameters, pose, "
+        "in-plane 1–2 mm, slices up to 5 mm, bias field, Rician noise; skull-stripped with the simulation's exact "
+        "brain mask, whereas `detect` strips real heads with deepbet), IXI002's T2 (one real person, IXI, CC BY-SA "
+        "3.0), the FSL MNI152 T2 templates at 1 mm and 2 mm (HCP pipelines / FSL licence) and SPM's avg152T2 "
+        "(GPL). BrainWeb: research use; cite Aubert-Broche, Evans & Collins, NeuroImage 32:138 (2006) and Kwan, "
+        "Evans & Pike, IEEE TMI 18:1085 (1999). IXI: https://brain-development.org/ixi-dataset/ (CC BY-SA 3.0).\n"
+        "- **Calibration** (threshold at a healthy voxel false-positive rate of 1e-3, slice and scan references): "
+        "{n_cal} T2 scans simulated from the 4 anatomies never trained on ({cal_anatomies}).",
+    ),
+    "t1": (
+        "T1-weighted brain MRI: 3D residual autoencoder (Luo et al.'s dense-latent network, reduced channels) on the "
+        "paper-2mm grid",
+        "- **Training data**: {n_train} real healthy IXI T1 individuals from ../shared/data (IXI data only, CC BY-SA "
+        "3.0, https://brain-development.org/ixi-dataset/; IXI's London sites, adults) — split: {split}; the exact "
+        "training and calibration case names are in this folder's metrics.json.\n"
+        "- **Calibration** (threshold at a healthy voxel false-positive rate of 1e-3, slice and scan references): "
+        "the {n_cal} held-out IXI T1 individuals, never trained on.",
+    ),
+}
+LIMITS = {
+    "t2": [
+        "Trained mostly on simulated T2 (one real person and three population templates besides): real scans carry "
+        "texture, vessels and artefacts the simulator lacks, so healthy real tissue may look anomalous; the "
+        "calibration was made on simulated scans and may not transfer to real ones.",
+        "Never saw FLAIR, T1, PD, contrast-enhanced scans, children, or scanners outside the simulated 1.5/3 T range.",
+        "2 mm grid (paper-2mm, axial MNI z −26…+69 mm): the cerebellum and vertex are outside; lesions under ~3 voxels "
+        "(24 mm³) are dropped by post-processing.",
+    ],
+    "t1": [
+        "IXI adults only (two London sites, 1.5/3 T): other scanners, children and pathology-free elderly beyond IXI's "
+        "range were never seen.",
+        "Never saw T2, FLAIR, PD or contrast-enhanced T1; gliomas are often T1-iso/hypointense, so T1 is a weak "
+        "contrast for this task whatever the model.",
+        "2 mm grid (paper-2mm, axial MNI z −26…+69 mm): the cerebellum and vertex are outside.",
+    ],
+}
+
+
+def _ci(values: list | None) -> str:
+    return f"[{values[0]:.2f}, {values[1]:.2f}]" if values else "n/a"
+
+
+def write_card(name: str, metrics: dict) -> str:
+    """The model card, rendered from the run's metrics (numbers are never typed by hand)."""
+    title, data_text = CARD_INTRO[name]
+    data = metrics["data"]
+    fields = {
+        "n_train": len(data["train"]),
+        "n_cal": len(data["calibration"]),
+        "n_sim": sum(n.startswith("sim-") for n in data["train"]),
+        "train_anatomies": ", ".join(a.split("_")[0] for a in data.get("train_anatomies", [])),
+        "cal_anatomies": ", ".join(a.split("_")[0] for a in data.get("calibration_anatomies", [])),
+        "split": data.get("split", ""),
+    }
+    training, mse, ref = metrics["training"], metrics["held_out_mse"], metrics["reference"]
+    lines = [
+        f"# builtin:{name}",
+        "",
+        f"{title}. Research use only, not a medical device.",
+        "",
+        "## Training data",
+        "",
+        data_text.format(**fields),
+        "",
+        "## Preprocessing",
+        "",
+        "`brainuad preprocess --preset paper-2mm`: deepbet skull stripping (skipped for skull-stripped input), rigid "
+        "registration to the MNI ICBM152 2009c template (T1 contrast), 80×96×48 crop at 2 mm, 0.5–99.5 percentile "
+        "scaling. `detect` applies the same to every input scan.",
+        "",
+        "## Recipe",
+        "",
+        f"`benchmarks/builtin_models.py {name}`: network {training['recipe']['channels']} channels, dense latent "
+        f"{training['recipe']['latent']}; MSE, Adam lr {training['recipe']['lr']}, batch {training['batch_size']}, "
+        f"{training['epochs']} epochs × {training['recipe']['steps_per_epoch']} steps = {training['steps']} steps, "
+        "augmentation on (affine, elastic, bias, brightness/gamma, noise), seed 0, no validation split (the weights "
+        "with the lower training-scan loss of the first and last epochs). This is brainuad's current training code "
+        "with a reduced 2 mm network; the learned-anatomy recipe (issue: T1 recipe) was not on main when it was "
+        f"trained. Trained on {training.get('device', 'cpu')} in {training['wall_seconds'] / 60:.1f} min wall, "
+        f"{training['cpu_seconds'] / 60:.1f} min CPU, 1 thread, on a 2-core x86 machine shared with other jobs "
+        "(this process got ~15 % of it). Weights stored as float16 (cast to float32 on load).",
+        "",
+        "## Numbers",
+        "",
+        f"Held-out healthy scans (the {mse['n']} calibration scans): mean squared reconstruction error in the brain "
+        f"{mse['model']:.4f} vs {mse['mean_image']:.4f} for the mean training image (model better on "
+        f"{mse['model_better_on']} of {mse['n']}). "
+        + (f"The model does **not** beat the mean image: under-trained ({training['steps']} steps on a starved CPU), "
+           "its reconstructions are further from a healthy scan than the average brain is, so its anomaly maps carry "
+           "reconstruction error everywhere, not only at lesions."
+           if mse["model"] >= mse["mean_image"] else "The model beats the mean image."),
+        "",
+        "Shared labelled cases (../shared/data; slice-level metrics count brain-containing axial slices, AP is for "
+        "the abnormal class, pooled over cases; Dice per case then averaged; 95 % bootstrap intervals over cases — "
+        "with 5–8 cases they are wide, read them as such):",
+        "",
+        "| model | threshold | cases | slice AUROC | slice AP | Dice |",
+        "|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for model in ("model", "intensity"):
+        for protocol, label in (("calibrated_threshold", "shipped calibration"),
+                                ("results_protocol", "tuned on 2 BraTS (docs/results.md)")):  # fmt: skip
+            m = metrics["evaluation"][model][protocol]
+            shown = f"builtin:{name}" if model == "model" else "intensity baseline"
+            lines.append(
+                f"| {shown} | {label} | {m['cases']} | {m['slice_auroc']:.3f} {_ci(m.get('slice_auroc_ci95'))} | "
+                f"{m['slice_ap']:.3f} {_ci(m.get('slice_ap_ci95'))} | "
+                f"{m.get('dice_mean', float('nan')):.3f} {_ci(m.get('dice_mean_ci95'))} |"
+            )
+    ours, base = (metrics["evaluation"][m]["results_protocol"] for m in ("model", "intensity"))
+    cal = metrics["evaluation"]["model"]["calibrated_threshold"]
+    (a0, a1), (b0, b1) = ours["slice_auroc_ci95"], base["slice_auroc_ci95"]
+    overlap = a0 <= b1 and b0 <= a1
+    verdict = [
+        f"{label} {ours[key]:.3f} vs {base[key]:.3f} ({'higher' if ours[key] > base[key] else 'not higher'})"
+        for key, label in (("slice_auroc", "slice AUROC"), ("slice_ap", "slice AP"), ("dice_mean", "Dice"))
+    ]
+    lines += [
+        "",
+        "Against the intensity baseline (the scaled image itself as the anomaly map), docs/results.md protocol: "
+        + "; ".join(verdict)
+        + f". {ours['cases']} reported cases: "
+        + (
+            "the slice AUROC intervals overlap, so no difference is established either way. "
+            if overlap
+            else "the slice AUROC intervals do not overlap. "
+        )
+        + f"The shipped calibration (healthy FPR 1e-3) sets the threshold at {cal['threshold']:.3f}, far above the "
+        f"{ours['threshold']:.3f} that the tuning cases prefer: its segmentations miss most lesion voxels (Dice "
+        f"{cal.get('dice_mean', float('nan')):.3f}); pass `--threshold` or calibrate a copy on labelled tuning cases "
+        "for segmentation.",
+    ]
+    lines += [
+        "",
+        f"Reference detection (recomputed by the tests): `brainuad detect ../shared/data/{ref['scan']} --model "
+        f"builtin:{name}` gives scan score {ref['scan_score']:.5f} ({ref['wall_seconds']:.0f} s wall, "
+        f"{ref['cpu_seconds']:.0f} s CPU, shared machine).",
+        "",
+        "## Known limits",
+        "",
+        *[f"- {limit}" for limit in LIMITS[name]],
+        "",
+        f"Reproduce: `OMP_NUM_THREADS=1 python benchmarks/builtin_models.py {name}` (compares with `metrics.json`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+RESULTS_START, RESULTS_END = "<!-- builtin-models: begin -->", "<!-- builtin-models: end -->"  # results.py keeps it
+
+
+def update_results_md() -> Path:
+    """Rewrite the shipped models' section of docs/results.md from every installed ``metrics.json``."""
+    lines = [
+        RESULTS_START,
+        "## Shipped models (`--model builtin:t1`, `builtin:t2`)",
+        "",
+        "Written by `benchmarks/builtin_models.py --install` from each shipped model's `metrics.json` (not by "
+        "results.py). Same reported cases and tuning cases as above for T2 (T1: the 4 BraTS cases + MS patient07 on "
+        "T1); *shipped* calibration uses the model's own threshold (healthy voxel FPR 1e-3 on held-out healthy "
+        "scans) on all shared cases, none of which it has seen. Brackets: 95 % bootstrap over cases (5–8 cases: "
+        "wide). Training data, recipe and limits: `brainuad models t1|t2`.",
+        "",
+        "| model | threshold | cases | slice AUROC | slice AP (abnormal) | Dice (mean) | voxel AP |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in sorted(RECIPE):
+        path = BUILTIN / name / "metrics.json"
+        if not path.is_file():
+            continue
+        metrics = json.loads(path.read_text())
+        for model in ("model", "intensity"):
+            for protocol, label in (("results_protocol", "tuned on 2 BraTS"), ("calibrated_threshold", "shipped")):
+                m = metrics["evaluation"][model][protocol]
+                shown = f"builtin:{name}" if model == "model" else f"intensity ({name.upper()})"
+                lines.append(
+                    f"| {shown} | {label} | {m['cases']} | {m['slice_auroc']:.3f} {_ci(m['slice_auroc_ci95'])} | "
+                    f"{m['slice_ap']:.3f} {_ci(m['slice_ap_ci95'])} | {m.get('dice_mean', float('nan')):.3f} "
+                    f"{_ci(m.get('dice_mean_ci95'))} | {m.get('voxel_ap_pooled', float('nan')):.3f} |"
+                )
+    lines.append(RESULTS_END)
+    path = ROOT / "docs" / "results.md"
+    text = path.read_text()
+    if RESULTS_START in text:
+        text = text[: text.index(RESULTS_START)] + text[text.index(RESULTS_END) + len(RESULTS_END) :].lstrip("\n")
+    path.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def compare(name: str, metrics: dict) -> None:
+    shipped = BUILTIN / name / "metrics.json"
+    if not shipped.is_file():
+        print(f"no shipped metrics for {name} to compare with")
+        return
+    card = json.loads(shipped.read_text())
+    for model in ("model", "intensity"):
+        for protocol in ("calibrated_threshold", "results_protocol"):
+            for key in ("slice_auroc", "slice_ap", "dice_mean"):
+                new = metrics["evaluation"][model][protocol].get(key)
+                old = card["evaluation"][model][protocol].get(key)
+                print(f"{model:9s} {protocol:20s} {key:11s} card {old} rerun {new}")
+    print(f"reference scan score: card {card['reference']['scan_score']} rerun {metrics['reference']['scan_score']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=sorted(RECIPE))
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the shipped model's, else --minutes")
+    parser.add_argument("--minutes", type=float, default=20.0, help="training budget for a first run")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="training device (default: cpu)")
+    parser.add_argument("--prep", type=Path, default=None, help="t1: reuse these preprocessed paper-2mm cases")
+    parser.add_argument("--split", type=Path, default=ROOT / "benchmarks" / "splits" / "t1_2mm.json", help="t1 split")
+    parser.add_argument("--install", action="store_true", help="write the result into src/brainuad/builtin/NAME")
+    parser.add_argument("--install-only", action="store_true", help="install the finished run in --out, no rerun")
+    args = parser.parse_args()
+    out = args.out or ROOT / "benchmarks" / "out" / f"builtin_{args.name}"
+    if args.install_only:
+        print(f"installed -> {install(args.name, out, json.loads((out / 'metrics.json').read_text()))}")
+        print(f"updated -> {update_results_md()}")
+        return
+    shipped = BUILTIN / args.name / "metrics.json"
+    epochs = args.epochs or (json.loads(shipped.read_text())["training"]["epochs"] if shipped.is_file() else None)
+    t0 = time.perf_counter()
+    if args.name == "t2":
+        train_dirs, cal_dirs, data = prepare_t2(out)
+    else:
+        train_dirs, cal_dirs, data = prepare_t1(out, args.prep, args.split)
+    print(f"data ready in {time.perf_counter() - t0:.0f} s: {len(data['train'])} train, "
+          f"{len(data['calibration'])} calibration", flush=True)  # fmt: skip
+    training = train_model(args.name, out, train_dirs, epochs, args.minutes, args.device)
+    print(f"trained: {training}", flush=True)
+    metrics = {"data": data, "training": training, "held_out_mse": _held_out_mse(out / "run", train_dirs, cal_dirs)}
+    metrics["evaluation"] = evaluate_model(args.name, out, cal_dirs)
+    metrics["reference"] = reference_detection(args.name, out)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    compare(args.name, metrics)
+    if args.install:
+        print(f"installed -> {install(args.name, out, metrics)}")
+        print(f"updated -> {update_results_md()}")
+    print(json.dumps({k: v for k, v in metrics.items() if k != "data"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
