@@ -98,11 +98,11 @@ def test_demo_generator_falls_back_to_the_template_without_anatomies(tmp_path, m
 
     monkeypatch.chdir(tmp_path)  # no ../shared/data/brainweb from here
     monkeypatch.setenv("BRAINUAD_BRAINWEB", str(tmp_path / "nothing"))
-    text, _, folder = _synthetic_generator()
-    assert folder == "data" and "MNI template" in text
+    text, make = _synthetic_generator()
+    assert "MNI template" in text and make.__module__ == "brainuad.synthetic"
     labels = tmp_path / "brainweb"
     labels.mkdir()
     (labels / "subject04_crisp.nii.gz").write_bytes(b"")
     monkeypatch.setenv("BRAINUAD_BRAINWEB", str(labels))
-    text, _, folder = _synthetic_generator()
-    assert folder == "data-brainweb" and "1 BrainWeb anatomies" in text
+    text, make = _synthetic_generator()
+    assert "1 BrainWeb anatomies" in text and make.func.__module__ == "brainuad.mrsim"
