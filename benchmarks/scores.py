@@ -148,7 +148,8 @@ def _slice_table(summaries: dict) -> list[str]:
 
 NOTES_T2 = (
     "As we read it: which area-free score wins on two tuning cases is close to a coin toss, and six reported "
-    "cases give intervals that all overlap. The vae here is a fresh run with the current code (its e(u) numbers "
+    "cases give intervals that all overlap. The vae here was trained this session (the git named above; its e(u) "
+    "numbers "
     "differ from the table above, which is an earlier run). Lesion level: the large lesions (gliomas, the infarct) "
     "are found; the MS case's many small plaques (< 1 mL, at 2 mm and a 5 mm median filter) are almost "
     "never, and the low best-Dice thresholds tuned on gliomas leave tens of false-positive components per scan."
@@ -173,6 +174,19 @@ def _area_free_sentence(summaries: dict) -> str:
             above.append(method)
     return (f"Every area-free score ({', '.join(f'`{n}`' for n in area_free)}) has a higher slice AP than e(u) for: "
             f"{', '.join(above) or 'no model'}.")  # fmt: skip
+
+
+def _missing_z(summaries: dict) -> list[str]:
+    """A sentence when a model has no calibrated z (fewer than three held-out healthy calibration scans)."""
+    without = [m for m, s in summaries.items() if "calibrated_z" not in s["slices"]["by_score"]]
+    if not without:
+        return []
+    return [
+        f"No `calibrated_z` for {', '.join(without)}: brainuad gives no healthy z-scores from fewer than three "
+        "held-out healthy calibration scans, and the T2 models have one (the run's validation split of three "
+        "healthy T2 volumes).",
+        "",
+    ]
 
 
 def _verdict(summaries: dict, method: str) -> str:
@@ -227,6 +241,7 @@ def markdown(results: dict, command: str, info: dict, seconds: dict) -> str:
         "",
         *_slice_table(t2),
         "",
+        *_missing_z(t2),
         "Does the new default beat e(u) on slice AP (reported cases)?",
         "",
         _verdict(t2, "intensity"),
@@ -264,7 +279,9 @@ def markdown(results: dict, command: str, info: dict, seconds: dict) -> str:
                 f"{sl['ap_abnormal_class']:.3f} (`{sl['score']}`) | {_ci(les['sensitivity'], None)} "
                 f"| {les['false_positives_per_scan']:.1f} |"
             )
-        lines += ["", "Does the new default beat e(u) on slice AP (T1 reported cases)?", ""]
+        lines += ["", "Slice scores on T1 (threshold and default chosen on the BraTS tuning cases' T1):", ""]
+        lines += [*_slice_table(t1), "", *_missing_z(t1)]
+        lines += ["Does the new default beat e(u) on slice AP (T1 reported cases)?", ""]
         lines += [_verdict(t1, name) for name in t1] + ["", NOTES_T1]
     lines += [
         "",
