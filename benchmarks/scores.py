@@ -98,11 +98,12 @@ def evaluate_all(args: argparse.Namespace) -> dict:
     results["t1_split_file"] = {"path": str(args.split), "sha256": hashlib.sha256(args.split.read_bytes()).hexdigest()}
     runs = {kind: baseline_t1(out, kind, split["train"]) for kind in args.t1_baselines}
     for given in map(Path, args.t1_runs):  # calibrated as a copy: another's run folder is never written to
-        copy = out / "runs_t1" / given.name
+        name = f"builtin:{given.name}" if given.parent.name == "builtin" else given.name
+        copy = out / "runs_t1" / name.replace(":", "-")
         if copy.exists():
             shutil.rmtree(copy)
         shutil.copytree(given, copy, ignore=shutil.ignore_patterns("calibration.json", "*.lock"))
-        runs[given.name] = copy
+        runs[name] = copy
     for name, run_dir in runs.items():
         calibrate(run_dir, split["val"], device="cpu")
         results["t1"][name] = evaluate(
