@@ -360,8 +360,10 @@ def write_card(name: str, metrics: dict) -> str:
         "with the lower training-scan loss of the first and last epochs). This is brainuad's current training code "
         "with a reduced 2 mm network; the learned-anatomy recipe (issue: T1 recipe) was not on main when it was "
         f"trained. Trained on {training.get('device', 'cpu')} in {training['wall_seconds'] / 60:.1f} min wall, "
-        f"{training['cpu_seconds'] / 60:.1f} min CPU, 1 thread, on a 2-core x86 machine shared with other jobs "
-        "(this process got ~15 % of it). Weights stored as float16 (cast to float32 on load).",
+        f"{training['cpu_seconds'] / 60:.1f} min CPU"
+        + (", 1 thread, on a 2-core x86 machine shared with other jobs (this process got ~15 % of it)"
+           if training.get("device", "cpu") == "cpu" else "")
+        + ". Weights stored as float16 (cast to float32 on load).",
         "",
         "## Numbers",
         "",

@@ -569,9 +569,8 @@ def _run_models(args: argparse.Namespace) -> int:
         print("models: no built-in models in this installation")
     for name in names:
         card = model_card(name).splitlines()
-        title = next((line.lstrip("# ").strip() for line in card if line.startswith("#")), name)
         summary = next((line.strip() for line in card if line.strip() and not line.startswith("#")), "")
-        print(f"{PREFIX}{name}  {title}\n  {summary}\n  folder: {resolve_model_dir(PREFIX + name)}")
+        print(f"{PREFIX}{name}\n  {summary}\n  folder: {resolve_model_dir(PREFIX + name)}")
     if names:
         print("Full card: brainuad models NAME. Use: brainuad detect SCAN --model builtin:NAME --out findings/")
     return EXIT_OK
