@@ -81,11 +81,10 @@ class Prefetcher:
         self.cache, self.batches, self.pin, self.device = cache, batches, pin, device
 
     def _start_thread(self) -> None:
-        if self.pin and self.device is not None and self.device.type == "cuda":
-            # As DataLoader's pin-memory thread: pin for this rank's GPU, not in a new context on GPU 0.
-            # A bare "cuda" device has no index: the thread then stays on the default GPU.
-            if self.device.index is not None:
-                torch.cuda.set_device(self.device)
+        # As DataLoader's pin-memory thread: pin for this rank's GPU, not in a new context on GPU 0.
+        # A bare "cuda" device has no index: the thread then stays on the default GPU.
+        if self.pin and self.device is not None and self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)
 
     def __iter__(self) -> Iterator[tuple[int, list[int], torch.Tensor]]:
         if not self.batches:
