@@ -54,8 +54,12 @@ class PreprocessConfig:
             raise ConfigError(f"preprocessing.percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
 
 
-ModelKind = Literal["ae", "spatial-ae", "vae", "dae", "fanogan", "intensity"]
+ModelKind = Literal["ae", "spatial-ae", "vae", "dae", "fanogan", "intensity", "normative"]
+NormativeCentre = Literal["median", "mean"]
+NormativeScore = Literal["abs", "z"]
+NormKind = Literal["batch", "group"]
 AugmentMode = Literal["auto", "on", "off"]
+LrSchedule = Literal["constant", "cosine"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -67,37 +71,66 @@ class ModelConfig:
         kind: ``ae`` = dense latent (the paper's); ``spatial-ae`` = spatial latent at 1/16 resolution; baselines:
             ``vae`` = variational AE with a dense latent (Baur et al.), ``dae`` = denoising U-Net trained to remove
             coarse noise (Kascenas et al.), ``fanogan`` = f-AnoGAN in 3D (Schlegl et al., two-stage WGAN-GP + encoder),
-            ``intensity`` = no network, the scaled image itself is the anomaly map.
+            ``intensity`` = no network, the scaled image itself is the anomaly map; ``normative`` = no network, the
+            voxel-wise centre (and spread) of the healthy training cohort is the reconstruction.
         latent: Size of the dense latent z (paper: 512; ablation 128–1024).
         spatial_channels: Channels of the spatial latent (ablation: 1–64).
         stem_channels: Channels of the first convolution (16 in the published code).
-        channels: Output channels of the four down-sampling residual blocks.
-        input_shape: Volume shape the model is built for (the crop grid); every side divisible by 16.
+        channels: Output channels of the down-sampling residual blocks: four (the paper's); ``ae``/``spatial-ae``
+            also take two to five.
+        input_shape: Volume shape the model is built for (the crop grid); every side divisible by
+            ``input_pool`` × 2 ** len(channels) (16 for the paper's network).
+        input_pool: ``ae``/``spatial-ae``: the network sees the volume average-pooled by this factor and its output
+            is up-sampled back (trilinear) — a cheap quick-run network; 1 = full resolution (the paper's).
         kl_weight: ``vae``: weight of the KL term, per voxel (the loss is MSE + kl_weight × KL / voxels).
         noise_std: ``dae``: standard deviation of the coarse training noise (on the 0…1 intensity scale).
         noise_scale: ``dae``: the noise is drawn on a grid this many times coarser per side, then upsampled.
+        mean_skip: ``ae``/``spatial-ae``: the output is the training cohort's mean image (stored with the weights)
+            plus the decoder's output, so the network learns only the individual's deviation from the average brain
+            (off = the paper's network).
+        norm: ``batch`` (the paper's BatchNorm) or ``group`` (GroupNorm, independent of the batch size).
+        normative_centre: ``normative``: voxel-wise ``median`` (spread = 1.4826 × MAD) or ``mean`` (spread = SD).
+        normative_score: ``normative``: anomaly map ``abs`` = |x − centre| or ``z`` = |x − centre| / spread.
+        normative_floor: ``normative``: lower bound of the spread (0…1 intensity scale), keeping z-scores finite.
     """
 
     kind: ModelKind = "ae"
     latent: int = 512
     spatial_channels: int = 16
     stem_channels: int = 16
-    channels: tuple[int, int, int, int] = (32, 64, 128, 256)
+    channels: tuple[int, ...] = (32, 64, 128, 256)
     input_shape: tuple[int, int, int] = (160, 192, 96)
     kl_weight: float = 1.0
     noise_std: float = 0.2
     noise_scale: int = 8
+    mean_skip: bool = False
+    norm: NormKind = "batch"
+    input_pool: int = 1
+    normative_centre: NormativeCentre = "median"
+    normative_score: NormativeScore = "abs"
+    normative_floor: float = 0.02
 
     def __post_init__(self) -> None:
+        if self.normative_floor <= 0:
+            raise ConfigError("model.normative_floor must be > 0")
         if self.kl_weight < 0 or self.noise_std < 0 or self.noise_scale < 1:
             raise ConfigError("model.kl_weight and model.noise_std must be >= 0 and model.noise_scale >= 1")
         if self.latent < 1 or self.spatial_channels < 1 or self.stem_channels < 1 or min(self.channels) < 1:
             raise ConfigError("model sizes (latent, spatial_channels, stem_channels, channels) must be positive")
-        bad = [s for s in self.input_shape if s < 16 or s % 16]
+        if self.input_pool not in (1, 2, 4):
+            raise ConfigError("model.input_pool must be 1, 2 or 4")
+        residual_ae = self.kind in ("ae", "spatial-ae")
+        if not 2 <= len(self.channels) <= 5 or (not residual_ae and len(self.channels) != 4):
+            raise ConfigError("model.channels: four values (ae and spatial-ae also take two to five)")
+        if not residual_ae and (self.input_pool != 1 or self.mean_skip):
+            raise ConfigError("model.input_pool and model.mean_skip apply to the ae and spatial-ae models only")
+        factor = self.input_pool * 2 ** len(self.channels)
+        bad = [s for s in self.input_shape if s < factor or s % factor]
         if bad:
             raise ConfigError(
-                f"model.input_shape {self.input_shape}: every side must be a positive multiple of 16 "
-                "(four stride-2 stages); use a crop preset or pad the volume"
+                f"model.input_shape {self.input_shape}: every side must be a positive multiple of {factor} "
+                f"(input_pool {self.input_pool} × {len(self.channels)} stride-2 stages); use a crop preset or pad "
+                "the volume"
             )
 
 
@@ -124,6 +157,10 @@ class TrainConfig:
         val_every: Validate every this many epochs (and after the last); the best weights are chosen among these.
         checkpoint_minutes: Write a resumable checkpoint at most this often (wall time; 0 = every epoch), and at
             the end.
+        loss_mask: Reconstruction loss inside the brain only (voxels > 0: preprocessed scans are zero outside the
+            brain); off = over the whole volume (the paper's).
+        lr_schedule: ``constant`` (the paper's) or ``cosine`` decay to zero over the whole run.
+        warmup_steps: Linear learning-rate warm-up over this many steps (0 = none).
     """
 
     epochs: int = 200
@@ -142,12 +179,15 @@ class TrainConfig:
     steps_per_epoch: int = 0
     val_every: int = 1
     checkpoint_minutes: float = 10.0
+    loss_mask: bool = False
+    lr_schedule: LrSchedule = "constant"
+    warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.val_every < 1 or self.checkpoint_minutes < 0:
             raise ConfigError("training.val_every must be >= 1 and training.checkpoint_minutes >= 0")
-        if self.steps_per_epoch < 0:
-            raise ConfigError("training.steps_per_epoch must be >= 0")
+        if self.steps_per_epoch < 0 or self.warmup_steps < 0:
+            raise ConfigError("training.steps_per_epoch and training.warmup_steps must be >= 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("training.epochs and training.batch_size must be at least 1")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -132,7 +132,10 @@ def detect_case(
     image, brain = case.image.array, case.brain_mask.array
     reconstruction = reconstruct(model, image, device)
     sizes = postprocessing_sizes(case.grid.spacing_mm)
-    anomaly = anomaly_map(image, reconstruction, brain, sizes.median_size, sizes.erosion_voxels, device=device)
+    # The normative model's z-score option: |x − centre| / spread = |x/spread − centre/spread|.
+    scale = model.residual_scale() if hasattr(model, "residual_scale") else None
+    scaled = (image, reconstruction) if scale is None else (image / scale, reconstruction / scale)
+    anomaly = anomaly_map(*scaled, brain, sizes.median_size, sizes.erosion_voxels, device=device)
     labels, count = segment(anomaly, threshold, sizes.min_component_voxels)
     errors = slice_errors(anomaly)
     calibrated = None

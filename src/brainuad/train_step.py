@@ -6,6 +6,7 @@ inside an epoch waits for the GPU.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -17,6 +18,36 @@ from brainuad.config import TrainConfig
 def compile_enabled(tc: TrainConfig, device: torch.device) -> bool:
     """``training.compile``: ``None`` (the default) compiles on CUDA only."""
     return device.type == "cuda" if tc.compile is None else bool(tc.compile)
+
+
+def learning_rate(tc: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate at a (0-based) optimiser step: linear warm-up, then constant or cosine decay to zero."""
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    if tc.lr_schedule == "cosine":
+        progress = (step - tc.warmup_steps) / max(1, total_steps - tc.warmup_steps)
+        return tc.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return tc.lr
+
+
+def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, brain_only: bool = False) -> torch.Tensor:
+    """Mean squared error over the volume, or over the brain only (target > 0: preprocessed scans are zero outside
+    the brain; a mask product, not indexing, so the GPU never waits on a voxel count)."""
+    if not brain_only:
+        return nn.functional.mse_loss(output, target)
+    inside = (target > 0).to(output.dtype)
+    return ((output - target) ** 2 * inside).sum() / inside.sum().clamp_min(1.0)
+
+
+def fit_cohort(model: nn.Module, volumes, train_ids: list[int]) -> None:
+    """Give the model the training cohort's statistics it carries: the normative model's centre and spread, the
+    mean-skip autoencoder's mean image (both computed in one place, :mod:`brainuad.cohort`)."""
+    if hasattr(model, "fit_cohort"):
+        model.fit_cohort(volumes, train_ids)
+    elif getattr(getattr(model, "config", None), "mean_skip", False):
+        from brainuad.cohort import cohort_mean
+
+        model.set_mean_image(torch.from_numpy(cohort_mean(volumes, train_ids)))
 
 
 class TrainStep:
@@ -35,6 +66,7 @@ class TrainStep:
     ):
         cuda = device.type == "cuda"
         self.model, self.eager, self.optimizer = model, step_model, optimizer
+        self.brain_only = tc.loss_mask
         self.channels_last = cuda and tc.channels_last
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and tc.bf16)
         self.compiled = compile_enabled(tc, device)
@@ -45,7 +77,7 @@ class TrainStep:
 
     def _loss_and_backward(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with self.autocast:
-            loss = nn.functional.mse_loss(self.forward(inputs).float(), target)
+            loss = reconstruction_loss(self.forward(inputs).float(), target, self.brain_only)
             extra = self.model.regulariser()
             if extra is not None:
                 loss = loss + extra

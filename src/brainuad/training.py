@@ -47,11 +47,11 @@ from brainuad.config import Config, PreprocessConfig, TrainConfig, from_dict, re
 from brainuad.data import VolumeCache, find_case_folders
 from brainuad.device import resolve_device  # also imported from here by older code
 from brainuad.errors import BrainuadError, InputError
-from brainuad.io import atomic_path, ensure_writable_folder, read_grid, read_json, write_json
+from brainuad.io import atomic_path, ensure_writable_folder, load_volume, read_grid, read_json, write_json
 from brainuad.models import TRAINABLE_KINDS, build_model, count_parameters
 from brainuad.provenance import provenance
 from brainuad.runfolder import EXECUTION_SETTINGS, absolute_split, lock_run_folder, resume_differences
-from brainuad.train_step import TrainStep
+from brainuad.train_step import TrainStep, fit_cohort, learning_rate, reconstruction_loss
 
 CPU = torch.device("cpu")
 LOG_FIELDS = ("epoch", "train_loss", "val_loss", "seconds", "volumes_per_s", "lr")
@@ -222,12 +222,14 @@ def train(
         torch.cuda.set_device(device)
     torch.manual_seed(tc.seed)
     model = build_model(config.model).to(device)
+    fit_cohort(model, cache.array, train_ids)
     if config.model.kind not in TRAINABLE_KINDS:
-        # The intensity baseline has nothing to learn: its run folder holds the config, split and empty weights,
-        # so calibrate, detect and evaluate treat it like any model.
+        # The intensity and normative baselines learn nothing: the run folder holds the config, split and their
+        # (empty or cohort-fitted) weights, so calibrate, detect and evaluate treat them like any model.
         if rank == 0:
             save_weights(model, run_dir / "model.safetensors")
-            _finish(run_dir, model, {"epoch": 0, "best_val_loss": math.nan, "best_epoch": 0}, [], world, None)
+            check = _reconstruction_check(run_dir, config, cache, train_ids, val_ids, all_cases, device)
+            _finish(run_dir, model, {"epoch": 0, "best_val_loss": math.nan, "best_epoch": 0}, [], world, None, check)
         return TrainResult(run_dir, 0, math.nan, 0, [])
     if config.model.kind == "fanogan":
         if resume or world > 1:
@@ -236,7 +238,8 @@ def train(
 
         outcome = train_fanogan(model, cache, train_ids, val_ids, config, run_dir, device, augmenter, progress)
         state, history = outcome["state"], outcome["history"]
-        _finish(run_dir, model, state, history, world, None)
+        check = _reconstruction_check(run_dir, config, cache, train_ids, val_ids, all_cases, device)
+        _finish(run_dir, model, state, history, world, None, check)
         return TrainResult(run_dir, state["epoch"], state["best_val_loss"], state["best_epoch"], history)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0}
@@ -261,6 +264,7 @@ def train(
     total_epochs = tc.epochs
     stopped_at_budget, seconds = False, 0.0
     steps = len(plan_batches(train_ids, tc.batch_size, tc.seed, 1, rank, world, tc.steps_per_epoch))
+    steps_per_epoch = steps
     # One bar per epoch (steps, loss, the epoch's ETA); the epoch count and last losses in its description.
     bar = tqdm(total=steps, desc="train", unit="step", disable=not progress or rank)
     of = "until the time budget" if deadline else f"of {total_epochs}"
@@ -273,6 +277,9 @@ def train(
             bar.set_description(f"train epoch {epoch} {of}")
             loss_sum = torch.zeros((), device=device)
             for step, ids, host in Prefetcher(cache, batches, pin=use_cuda, device=device):
+                lr = learning_rate(tc, (epoch - 1) * steps_per_epoch + step, total_epochs * steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
                 batch = to_device(host, ids, device, augmenter, (tc.seed, epoch, step))
                 loss = train_step(batch, batch_seed(tc.seed, epoch, step, rank, 1))
                 loss_sum += loss
@@ -290,7 +297,11 @@ def train(
             stopped_at_budget = bool(deadline) and world == 1 and time.monotonic() + pace > deadline
             last = epoch == total_epochs or stopped_at_budget
             validate = epoch % tc.val_every == 0 or last
-            val_loss = evaluate_loss(model, cache, val_ids, device, tc.batch_size, autocast) if validate else math.nan
+            val_loss = (
+                evaluate_loss(model, cache, val_ids, device, tc.batch_size, autocast, tc.loss_mask)
+                if validate
+                else math.nan
+            )
             if not math.isfinite(train_loss) or (validate and not math.isfinite(val_loss)):
                 # Diverged: the weights are garbage now; the last checkpoint (before this) stays for --resume.
                 raise BrainuadError(
@@ -304,7 +315,7 @@ def train(
                 "val_loss": val_loss,
                 "seconds": round(seconds, 3),
                 "volumes_per_s": round(sum(map(len, batches)) * world / seconds, 3),
-                "lr": tc.lr,
+                "lr": optimizer.param_groups[0]["lr"],
             }
             history.append(row)
             state["epoch"] = epoch
@@ -335,7 +346,8 @@ def train(
             writer.close()
     in_sync = _check_ranks_in_sync(model, world)
     if rank == 0:
-        _finish(run_dir, model, state, history, world, in_sync)
+        check = _reconstruction_check(run_dir, config, cache, train_ids, val_ids, all_cases, device)
+        _finish(run_dir, model, state, history, world, in_sync, check)
         if stopped_at_budget:
             summary = read_json(run_dir / "summary.json")
             write_json(run_dir / "summary.json", {**summary, "stopped_at_time_budget": True})
@@ -347,18 +359,45 @@ def train(
 
 @torch.no_grad()
 def evaluate_loss(
-    model: nn.Module, cache: VolumeCache, ids: list[int], device: torch.device, batch_size: int, autocast=None
+    model: nn.Module,
+    cache: VolumeCache,
+    ids: list[int],
+    device: torch.device,
+    batch_size: int,
+    autocast=None,
+    brain_only: bool = False,
 ) -> float:
-    """Mean squared reconstruction error over volumes, in eval mode (no augmentation)."""
+    """Mean squared reconstruction error over volumes (or inside the brain only), in eval mode (no augmentation)."""
     model.eval()
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.float64, device=device)
     batches = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
     for _step, chunk, host in Prefetcher(cache, batches, pin=device.type == "cuda", device=device):
         batch = to_device(host, chunk, device)
         with autocast or torch.autocast("cpu", enabled=False):
-            total += torch.nn.functional.mse_loss(model(batch).float(), batch, reduction="sum").double()
-        count += batch.numel()
-    return float(total) / max(1, count)
+            output = model(batch).float()
+        inside = (batch > 0) if brain_only else torch.ones_like(batch, dtype=torch.bool)
+        total += reconstruction_loss(output, batch, brain_only).double() * inside.sum()
+        count += inside.sum()
+    return float(total) / max(1.0, float(count))
+
+
+def _reconstruction_check(
+    run_dir: Path,
+    config: Config,
+    cache: VolumeCache,
+    train_ids: list[int],
+    val_ids: list[int],
+    cases: list[str],
+    device: torch.device,
+) -> dict:
+    """The learned-nothing guard (:mod:`brainuad.guard`) on the validation split, with the saved (best) weights."""
+    from brainuad.guard import reconstruction_check
+
+    best = build_model(config.model).to(device)
+    load_weights(best, run_dir / "model.safetensors")
+    masks = [load_volume(Path(cases[i]) / "brain_mask.nii.gz").array > 0.5 for i in val_ids]
+    return reconstruction_check(best, cache.array, train_ids, val_ids, masks, device, config.model.kind)
 
 
 def _check_ranks_in_sync(model: nn.Module, world: int) -> bool | None:
@@ -401,7 +440,13 @@ def _append_log(path: Path, row: dict) -> None:
 
 
 def _finish(
-    run_dir: Path, model: nn.Module, state: dict, history: list[dict], world: int, in_sync: bool | None
+    run_dir: Path,
+    model: nn.Module,
+    state: dict,
+    history: list[dict],
+    world: int,
+    in_sync: bool | None,
+    check: dict | None = None,
 ) -> None:
     from brainuad.figures import plot_loss_curve
 
@@ -418,5 +463,6 @@ def _finish(
             "train_seconds": round(sum(r["seconds"] for r in history), 2),
             "world_size": world,
             "ddp_ranks_in_sync": in_sync,
+            "reconstruction_check": check,
         },
     )

@@ -8,8 +8,9 @@ from brainuad.config import ModelConfig
 from brainuad.models.ae import ResidualAutoencoder3D, count_parameters
 from brainuad.models.baselines import DenoisingUNet3D, IntensityBaseline, VariationalAutoencoder3D
 from brainuad.models.fanogan import FAnoGAN3D
+from brainuad.models.normative import NormativeModel
 
-#: Kinds that have weights to learn (``intensity`` has none).
+#: Kinds that have weights to learn (``intensity`` has none; ``normative`` is fitted to the cohort, not trained).
 TRAINABLE_KINDS = ("ae", "spatial-ae", "vae", "dae", "fanogan")
 
 
@@ -25,6 +26,8 @@ def build_model(config: ModelConfig) -> nn.Module:
         return FAnoGAN3D(config)
     if config.kind == "intensity":
         return IntensityBaseline(config)
+    if config.kind == "normative":
+        return NormativeModel(config)
     raise ValueError(f"unknown model kind {config.kind!r}")
 
 
@@ -33,6 +36,7 @@ __all__ = [
     "DenoisingUNet3D",
     "FAnoGAN3D",
     "IntensityBaseline",
+    "NormativeModel",
     "ResidualAutoencoder3D",
     "VariationalAutoencoder3D",
     "build_model",

@@ -22,21 +22,30 @@ from torch import nn
 from brainuad.config import ModelConfig
 
 
-def conv_act_norm(conv: nn.Module, channels: int) -> nn.Sequential:
-    """The published code's unit: convolution, then LeakyReLU(0.2), then BatchNorm."""
-    return nn.Sequential(conv, nn.LeakyReLU(0.2, inplace=True), nn.BatchNorm3d(channels))
+def make_norm(channels: int, norm: str = "batch") -> nn.Module:
+    """BatchNorm (the published code's) or GroupNorm (independent of the batch size: up to 8 groups)."""
+    if norm == "group":
+        return nn.GroupNorm(math.gcd(channels, 8), channels)
+    return nn.BatchNorm3d(channels)
+
+
+def conv_act_norm(conv: nn.Module, channels: int, norm: str = "batch") -> nn.Sequential:
+    """The published code's unit: convolution, then LeakyReLU(0.2), then BatchNorm (or GroupNorm)."""
+    return nn.Sequential(conv, nn.LeakyReLU(0.2, inplace=True), make_norm(channels, norm))
 
 
 class ResidualDown(nn.Module):
     """Halves the resolution: conv3 s1 → conv3 s2 on the main path, strided conv3 on the shortcut."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
         super().__init__()
         self.main = nn.Sequential(
-            conv_act_norm(nn.Conv3d(in_channels, out_channels, 3, stride=1, padding=1), out_channels),
-            conv_act_norm(nn.Conv3d(out_channels, out_channels, 3, stride=2, padding=1), out_channels),
+            conv_act_norm(nn.Conv3d(in_channels, out_channels, 3, stride=1, padding=1), out_channels, norm),
+            conv_act_norm(nn.Conv3d(out_channels, out_channels, 3, stride=2, padding=1), out_channels, norm),
         )
-        self.shortcut = conv_act_norm(nn.Conv3d(in_channels, out_channels, 3, stride=2, padding=1), out_channels)
+        self.shortcut = conv_act_norm(
+            nn.Conv3d(in_channels, out_channels, 3, stride=2, padding=1), out_channels, norm
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x) + self.shortcut(x)
@@ -45,14 +54,14 @@ class ResidualDown(nn.Module):
 class ResidualUp(nn.Module):
     """Doubles the resolution: transposed conv k4 s2 → conv3 s1 on the main path, transposed conv on the shortcut."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
         super().__init__()
         self.main = nn.Sequential(
-            conv_act_norm(nn.ConvTranspose3d(in_channels, out_channels, 4, stride=2, padding=1), out_channels),
-            conv_act_norm(nn.Conv3d(out_channels, out_channels, 3, stride=1, padding=1), out_channels),
+            conv_act_norm(nn.ConvTranspose3d(in_channels, out_channels, 4, stride=2, padding=1), out_channels, norm),
+            conv_act_norm(nn.Conv3d(out_channels, out_channels, 3, stride=1, padding=1), out_channels, norm),
         )
         self.shortcut = conv_act_norm(
-            nn.ConvTranspose3d(in_channels, out_channels, 4, stride=2, padding=1), out_channels
+            nn.ConvTranspose3d(in_channels, out_channels, 4, stride=2, padding=1), out_channels, norm
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,9 +93,13 @@ class ResidualAutoencoder3D(TrainingHooks, nn.Module):
         super().__init__()
         self.config = config
         channels = (config.stem_channels, *config.channels)
-        self.bottleneck_shape = tuple(s // 16 for s in config.input_shape)
-        self.stem = conv_act_norm(nn.Conv3d(1, config.stem_channels, 3, stride=1, padding=1), config.stem_channels)
-        self.encoder = nn.Sequential(*[ResidualDown(a, b) for a, b in itertools.pairwise(channels)])
+        factor = config.input_pool * 2 ** len(config.channels)
+        self.bottleneck_shape = tuple(s // factor for s in config.input_shape)
+        norm = config.norm
+        self.stem = conv_act_norm(
+            nn.Conv3d(1, config.stem_channels, 3, stride=1, padding=1), config.stem_channels, norm
+        )
+        self.encoder = nn.Sequential(*[ResidualDown(a, b, norm) for a, b in itertools.pairwise(channels)])
         deepest = channels[-1]
         flat = deepest * math.prod(self.bottleneck_shape)
         if config.kind in ("ae", "vae"):
@@ -98,8 +111,20 @@ class ResidualAutoencoder3D(TrainingHooks, nn.Module):
         else:
             raise ValueError(f"unknown model kind {config.kind!r}")
         reversed_channels = channels[::-1]
-        self.decoder = nn.Sequential(*[ResidualUp(a, b) for a, b in itertools.pairwise(reversed_channels)])
+        self.decoder = nn.Sequential(*[ResidualUp(a, b, norm) for a, b in itertools.pairwise(reversed_channels)])
         self.head = nn.Conv3d(config.stem_channels, 1, 1)
+        if config.mean_skip:
+            # The output is the cohort mean image plus the decoder's deviation from it: the head starts at zero, so
+            # an untrained model already reconstructs the average brain and training only learns the individual.
+            self.register_buffer("mean_image", torch.zeros(1, 1, *config.input_shape))
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def set_mean_image(self, mean: torch.Tensor) -> None:
+        """Store the training cohort's mean image (``mean_skip`` models; saved with the weights)."""
+        if not self.config.mean_skip:
+            raise ValueError("set_mean_image needs a model built with model.mean_skip = true")
+        self.mean_image.copy_(torch.as_tensor(mean, dtype=torch.float32).reshape(self.mean_image.shape))
 
     def _check_input(self, x: torch.Tensor) -> None:
         expected = (1, *self.config.input_shape)
@@ -109,6 +134,8 @@ class ResidualAutoencoder3D(TrainingHooks, nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Volume → latent code (``(batch, latent)`` dense, ``(batch, C, *bottleneck)`` spatial)."""
         self._check_input(x)
+        if self.config.input_pool > 1:
+            x = nn.functional.avg_pool3d(x, self.config.input_pool)
         features = self.encoder(self.stem(x))
         if self.config.kind != "spatial-ae":
             return self.to_latent(features.flatten(1))
@@ -120,7 +147,12 @@ class ResidualAutoencoder3D(TrainingHooks, nn.Module):
         if self.config.kind != "spatial-ae":
             features = features.view(z.shape[0], -1, *self.bottleneck_shape)
             features = features.contiguous(memory_format=torch.channels_last_3d) if z.is_cuda else features
-        return self.head(self.decoder(features))
+        out = self.head(self.decoder(features))
+        if self.config.input_pool > 1:
+            out = nn.functional.interpolate(out, scale_factor=self.config.input_pool, mode="trilinear")
+        if self.config.mean_skip:
+            out = out + self.mean_image.to(out.dtype)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
