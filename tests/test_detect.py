@@ -58,7 +58,9 @@ def test_detect_requires_calibration_or_threshold(trained, skull_stripped_scan, 
 
 def test_calibrate_then_detect_writes_aligned_outputs(trained, skull_stripped_scan):
     run = trained / "run"
-    assert main(["calibrate", "--model", str(run), "--healthy", str(trained / "prep"), "--device", "cpu"]) == 0
+    # One synthetic scan trains and calibrates the tiny model (the refusal is tested in test_cohort.py).
+    args = ["calibrate", "--model", str(run), "--healthy", str(trained / "prep"), "--allow-training-scans"]
+    assert main([*args, "--device", "cpu"]) == 0
     calibration = json.loads((run / "calibration.json").read_text())
     # One healthy scan, and the one the model was trained on: a threshold, but no healthy reference, and it says so.
     assert calibration["threshold"] > 0 and calibration["slice_errors"] is None

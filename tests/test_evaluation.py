@@ -245,6 +245,7 @@ def test_thresholded_case_keeps_only_the_region_voxels():
     assert summary["voxels"]["dice_pooled"] == pytest.approx(case.dice)
 
 
+<<<<<<< HEAD
 def test_evaluate_reports_slice_scores_lesions_and_scans_against_healthy(setup, skull_stripped_scan, capsys):
     img = nib.load(str(skull_stripped_scan))
     data = np.asarray(img.dataobj, dtype=np.float32)
@@ -274,3 +275,37 @@ def test_evaluate_reports_slice_scores_lesions_and_scans_against_healthy(setup, 
     # The model's own training scans are not held-out healthy scans.
     assert main([*args, "--out", str(setup / "z"), "--healthy", str(setup / "prep")]) == 1
     assert "report false positives on held-out healthy scans only" in capsys.readouterr().err
+=======
+def test_normative_model_train_calibrate_detect_evaluate(setup, skull_stripped_scan, tmp_path):
+    """The normative baseline runs the same chain as every model: fitted on healthy scans (copies of the fixture's
+    preprocessed scan with varied contrast), calibrated on a held-out one, then detect and evaluate."""
+    import shutil
+
+    from brainuad.io import Volume, load_volume, save_volume
+
+    case = next(p for p in (setup / "prep").iterdir() if p.is_dir())
+    for i, gain in enumerate((0.9, 1.0, 1.1, 0.95)):
+        copy = shutil.copytree(case, tmp_path / ("val" if i == 3 else "healthy") / f"h{i}")
+        image = load_volume(copy / "image.nii.gz")
+        save_volume(Volume(np.clip(image.array * gain, 0, 1), image.affine), copy / "image.nii.gz")
+        record = json.loads((copy / "record.json").read_text())  # another individual's scan, not the same file
+        (copy / "record.json").write_text(json.dumps({**record, "input": {**record["input"], "sha256": f"h{i}"}}))
+    run = tmp_path / "normative"
+    args = ["train", "--data", str(tmp_path / "healthy"), "--val-data", str(tmp_path / "val"), "--out", str(run)]
+    assert main([*args, "--model", "normative", "--quiet"]) == 0
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) == 3 and [p.split("/")[-1] for p in split["val"]] == ["h3"]
+    assert main(["calibrate", "--model", str(run), "--healthy", str(tmp_path / "val"), "--device", "cpu"]) == 0
+    out = tmp_path / "found"
+    args = ["detect", str(setup / "cases" / "case01" / "case01_t2.nii.gz"), "--model", str(run), "--out", str(out)]
+    assert main([*args, "--device", "cpu", "--quiet"]) == 0
+    assert any(out.rglob("*anomaly*.nii.gz"))
+    args = ["evaluate", "--model", str(run), "--cases", str(setup / "cases"), "--tune-cases", str(setup / "tune")]
+    args += ["--out", str(tmp_path / "eval"), "--cache", str(setup / "cache"), "--quiet", "--device", "cpu"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    # The healthy copies match the scan but for contrast and the planted lesions: |x − centre| finds them well above
+    # chance (the lesion share of the brain); re-registration of the lesion cases blurs the edges.
+    assert summary["model"]["kind"] == "normative" and summary["voxels"]["ap_pooled"] > 0.1  # chance: < 0.01
+    assert summary["warning"] is None  # a baseline is not flagged as a model that learned nothing
+>>>>>>> 9d1d214 (normative baseline (train --model normative: cohort median/MAD or mean/SD, |x-centre| or z-score), one cohort module, learned-nothing guard (summary.json reconstruction_check; train warning, calibrate/evaluate banner), refusals: mixed modality/grid cohorts and calibration on training scans (--allow-training-scans), train --val-data, --recipe quick, mean-skip/GroupNorm/input-pool/loss-mask/cosine options; tests)

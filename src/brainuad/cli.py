@@ -140,28 +140,37 @@ def _add_model_and_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="ae",
-        choices=["ae", "spatial-ae", "vae", "dae", "fanogan", "intensity"],
+        choices=["ae", "spatial-ae", "vae", "dae", "fanogan", "intensity", "normative"],
         help="ae = dense latent (the paper's), spatial-ae = spatial latent; baselines: vae, dae (denoising U-Net), "
-        "fanogan (f-AnoGAN, two-stage), intensity (no training: the scaled image is the anomaly map)",
+        "fanogan (f-AnoGAN, two-stage), intensity (no training: the scaled image is the anomaly map), normative "
+        "(no training: voxel-wise centre and spread of the healthy training scans)",
     )
-    p.add_argument("--latent", type=int, default=512, help="dense latent size (default: 512)")
+    p.add_argument(
+        "--recipe",
+        default="paper",
+        choices=["paper", "quick"],
+        help="paper = Luo et al.'s network and training (default); quick = the CPU recipe measured on real T1 "
+        "individuals (benchmarks/README.md): mean-image skip, brain-only loss, cosine learning rate, a network on "
+        "the volume pooled ×2. Flags given explicitly override the recipe",
+    )
+    p.add_argument("--latent", type=int, default=None, help="dense latent size (paper: 512)")
     p.add_argument("--spatial-channels", type=int, default=16, help="spatial latent channels (default: 16)")
     p.add_argument("--kl-weight", type=float, default=1.0, help="vae: weight of the per-voxel KL term")
     p.add_argument("--noise-std", type=float, default=0.2, help="dae: standard deviation of the coarse noise")
     p.add_argument("--noise-scale", type=int, default=8, help="dae: noise grid is this many times coarser")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=None, help="paper: 200")
+    p.add_argument("--batch-size", type=int, default=None, help="paper: 8")
+    p.add_argument("--lr", type=float, default=None, help="paper: 1e-4")
     p.add_argument("--weight-decay", type=float, default=1e-5)
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument(
         "--steps-per-epoch",
         type=int,
-        default=0,
+        default=None,
         help="0 = one pass over the training scans per epoch; N = N random batches (small cohorts)",
     )
     p.add_argument(
-        "--augment", default="auto", choices=["auto", "on", "off"], help="auto = on for cohorts under 50 training scans"
+        "--augment", default=None, choices=["auto", "on", "off"], help="auto = on for cohorts under 50 training scans"
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
@@ -180,36 +189,75 @@ def _add_model_and_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--channels",
         type=int,
-        nargs=4,
+        nargs="+",
         default=None,
         metavar="C",
-        help="channels of the 4 down blocks (default: 32 64 128 256); smaller for quick runs",
+        help="channels of the down blocks (paper: 32 64 128 256); ae/spatial-ae take 2 to 5 blocks",
     )
-    p.add_argument("--stem-channels", type=int, default=16)
+    p.add_argument("--stem-channels", type=int, default=None, help="paper: 16")
+    p.add_argument("--input-pool", type=int, default=None, choices=[1, 2, 4], help="ae: network on the volume pooled")
+    p.add_argument("--norm", default=None, choices=["batch", "group"], help="ae: BatchNorm (paper) or GroupNorm")
+    p.add_argument(
+        "--mean-skip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ae: output = training cohort's mean image + the decoder's deviation from it",
+    )
+    p.add_argument(
+        "--loss-mask", action=argparse.BooleanOptionalAction, default=None, help="loss inside the brain only"
+    )
+    p.add_argument("--lr-schedule", default=None, choices=["constant", "cosine"], help="paper: constant")
+    p.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up steps")
+    p.add_argument("--normative-centre", default=None, choices=["median", "mean"], help="normative: voxel centre")
+    p.add_argument(
+        "--normative-score", default=None, choices=["abs", "z"], help="normative: |x - centre| (abs) or z-score"
+    )
 
 
 def _config_from_args(args: argparse.Namespace):
-    """The config tree the model and training flags describe (raises ConfigError on bad values)."""
-    from brainuad.config import Config, ModelConfig, TrainConfig
+    """The config tree the model and training flags describe: the recipe's, with every flag given on top (raises
+    ConfigError on bad values)."""
+    from brainuad.config import Config, quick_recipe, replace
 
-    model = ModelConfig(
-        kind=args.model,
-        latent=args.latent,
+    base = quick_recipe() if args.recipe == "quick" else Config()
+
+    def given(**values):  # the flags the user set (None = take the recipe's value)
+        return {k: v for k, v in values.items() if v is not None}
+
+    model_kind = args.model
+    model_base = base.model if model_kind in ("ae", "spatial-ae") else Config().model  # the recipe is for the AE
+    model = replace(
+        model_base,
+        kind=model_kind,
+        **given(
+            latent=args.latent,
+            stem_channels=args.stem_channels,
+            channels=tuple(args.channels) if args.channels else None,
+            input_pool=args.input_pool,
+            norm=args.norm,
+            mean_skip=args.mean_skip,
+            normative_centre=args.normative_centre,
+            normative_score=args.normative_score,
+        ),
         spatial_channels=args.spatial_channels,
-        stem_channels=args.stem_channels,
-        channels=tuple(args.channels) if args.channels else ModelConfig().channels,
         kl_weight=args.kl_weight,
         noise_std=args.noise_std,
         noise_scale=args.noise_scale,
     )
-    training = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
+    training = replace(
+        base.training,
+        **given(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            steps_per_epoch=args.steps_per_epoch,
+            augment=args.augment,
+            loss_mask=args.loss_mask,
+            lr_schedule=args.lr_schedule,
+            warmup_steps=args.warmup_steps,
+        ),
         weight_decay=args.weight_decay,
         val_fraction=args.val_fraction,
-        steps_per_epoch=args.steps_per_epoch,
-        augment=args.augment,
         device=args.device,
         seed=args.seed,
         compile=args.compile,
@@ -235,6 +283,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="folder of preprocessed healthy cases (repeatable)",
     )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
+    p.add_argument(
+        "--val-data",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="preprocessed healthy cases for validation (repeatable); default: --val-fraction of --data, drawn",
+    )
     _add_model_and_training_options(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -251,12 +306,26 @@ def _run_train(args: argparse.Namespace) -> int:
             config = _resume_config(args, config)
     except ConfigError as exc:
         return _usage_error(str(exc))
-    result = train(args.data, args.out, config, resume=args.resume, progress=not args.quiet)
+    result = train(args.data, args.out, config, resume=args.resume, progress=not args.quiet, val_data=args.val_data)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(
-            f"train: {result.epochs_done} epochs, best validation MSE {result.best_val_loss:.6f} at epoch "
-            f"{result.best_epoch} -> {result.run_dir}"
-        )
+        from brainuad.guard import banner, read_check
+
+        if result.epochs_done:
+            print(
+                f"train: {result.epochs_done} epochs, best validation MSE {result.best_val_loss:.6f} at epoch "
+                f"{result.best_epoch} -> {result.run_dir}"
+            )
+        else:
+            print(f"train: {config.model.kind}: nothing to learn, fitted to the training scans -> {result.run_dir}")
+        check = read_check(result.run_dir)
+        if check and check.get("beats_mean_image") is not None:
+            print(
+                f"train: held-out reconstruction MSE inside the brain: model {check['model_mse']:.5f}, cohort mean "
+                f"image {check['mean_image_mse']:.5f}, nearest training scan {check['nearest_training_mse']:.5f}"
+            )
+        warning = banner(result.run_dir)
+        if warning:
+            print(f"train: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -313,6 +382,11 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--modality", default="t2", help="modality of the --labelled case files (default: t2)")
     p.add_argument("--fpr", type=float, default=1e-3, help="healthy voxel false-positive rate (default: 0.001)")
+    p.add_argument(
+        "--allow-training-scans",
+        action="store_true",
+        help="accept --healthy scans the model was trained on (its threshold will be too low)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_run_calibrate)
 
@@ -322,12 +396,18 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         return _usage_error("--fpr must be between 0 and 1")
     _check_model_folder(args.model)
     _check_exist((args.healthy or []) + (args.labelled or []))
+    from brainuad.guard import banner
     from brainuad.inference import calibrate
 
+    warning = banner(args.model)
+    if warning:
+        print(f"calibrate: {warning}", file=sys.stderr)
     device = _device(args.device)
     if args.healthy or not args.labelled:
         # Without --healthy: the run's own validation split (split.json), scans it was not trained on.
-        result = calibrate(args.model, args.healthy, args.fpr, device=device)
+        result = calibrate(
+            args.model, args.healthy, args.fpr, device=device, allow_training_scans=args.allow_training_scans
+        )
         print(
             f"calibrate: threshold {result['threshold']:.5g} at healthy voxel FPR {args.fpr} on "
             f"{result['calibrated_on']} -> {args.model}/calibration.json"
@@ -453,6 +533,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if "voxels" in summary:
         line += f", Dice {summary['voxels']['dice_mean']:.3f}"
     print(f"{line} -> {args.out}")
+    if summary.get("warning"):
+        print(f"evaluate: {summary['warning']}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from brainuad.errors import InputError
+from brainuad.errors import BrainuadError, InputError
 from brainuad.io import is_nifti_path, strip_nifti_suffix
 
 IXI_NAME = re.compile(r"^(?P<subject>IXI\d{3})-(?P<site>Guys|HH|IOP)-(?P<number>\d{4})-(?P<modality>[A-Za-z0-9]+)")
@@ -297,3 +297,62 @@ def _reserve(path: Path) -> None:
             f"cannot allocate the training cache ({exc.strerror or exc}); free some disk space, "
             "then run the same command with --resume",
         ) from exc
+
+
+#: Modality words in file names (``IXI002-Guys-0828-T2``, ``Brats18_x_t1ce``, ``T1.nii.gz``), separated by - _ .
+_MODALITY_WORD = re.compile(r"(?:^|[-_.\s])(t1ce|t1c|t1w?|t2w?|flair|pd)(?=$|[-_.\s])", re.IGNORECASE)
+
+
+def modality_from_name(name: str) -> str | None:
+    """The MRI modality a file name states (``T1``, ``T2``, ``FLAIR``, ``PD``, ``T1CE``), or ``None``."""
+    match = _MODALITY_WORD.search(Path(name).name)
+    if not match:
+        return None
+    word = match[1].upper()
+    return {"T1W": "T1", "T2W": "T2", "T1C": "T1CE"}.get(word, word)
+
+
+def case_signature(folder: Path) -> dict[str, str | None]:
+    """What must agree between the preprocessed cases of one cohort: crop grid, template contrast, modality.
+
+    Read from ``record.json`` (missing fields are ``None``: they cannot conflict).
+    """
+    import json
+
+    try:
+        record = json.loads((Path(folder) / "record.json").read_text())
+    except (OSError, ValueError):
+        record = {}
+    grid = record.get("grid") if isinstance(record.get("grid"), dict) else {}
+    source = (record.get("input") or {}).get("path") if isinstance(record.get("input"), dict) else None
+    shape = grid.get("shape")
+    return {
+        "crop grid": f"{grid.get('name')} {'×'.join(map(str, shape))}" if grid.get("name") and shape else None,
+        "template contrast": (record.get("preprocessing") or {}).get("template_contrast")
+        if isinstance(record.get("preprocessing"), dict)
+        else None,
+        "modality": modality_from_name(source) if source else None,
+    }
+
+
+def check_one_cohort(folders: list[Path], what: str = "--data") -> None:
+    """Refuse preprocessed cases that mix crop grids, template contrasts or modalities, naming them.
+
+    Raises:
+        BrainuadError: The cases disagree (before any work is done on them).
+    """
+    signatures = {Path(f): case_signature(Path(f)) for f in folders}
+    for key in ("crop grid", "template contrast", "modality"):
+        groups: dict[str, list[str]] = {}
+        for folder, signature in signatures.items():
+            if signature[key] is not None:
+                groups.setdefault(str(signature[key]), []).append(folder.name)
+        if len(groups) > 1:
+            listing = "; ".join(
+                f"{value}: {', '.join(names[:3])}{f' (+{len(names) - 3} more)' if len(names) > 3 else ''}"
+                for value, names in sorted(groups.items())
+            )
+            raise BrainuadError(
+                f"{what} mixes scans of different {key} ({listing}); one model needs one {key}: "
+                "give them as separate cohorts",
+            )

@@ -489,9 +489,14 @@ def evaluate(
         if temporary is not None:
             temporary.cleanup()
 
+    from brainuad.guard import banner, read_check
+
+    warning = banner(run_dir)
     summary = summarise(evaluations, threshold, source, seed, slice_score, choice, healthy)
     summary.update(
         {
+            "reconstruction_check": read_check(run_dir),
+            "warning": warning,
             "model": {
                 "run_dir": str(run_dir),
                 "kind": config.model.kind,
@@ -507,7 +512,8 @@ def evaluate(
     write_json(out_dir / "summary.json", summary)
     _write_csv(out_dir / "per_case.csv", per_case_rows(evaluations, slice_score, calibration))
     with atomic_path(out_dir / "table.md") as tmp:
-        tmp.write_text(TABLE_HEADER + table_row(f"{config.model.kind} ({run_dir.name})", summary))
+        table = TABLE_HEADER + table_row(f"{config.model.kind} ({run_dir.name})", summary)
+        tmp.write_text(f"**{warning}**\n\n{table}" if warning else table)
     with atomic_path(out_dir / "slice_scores.npz") as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **{f"{k}": v for k, v in _slice_arrays(evaluations, score=slice_score).items()})
     lesions = [r for e in evaluations for r in e.lesion_rows]

@@ -170,18 +170,43 @@ def detect_case(
 MIN_HEALTHY_REFERENCE_SCANS = 3
 
 
+def _input_digest(folder: Path) -> str | None:
+    """The sha256 of the raw scan a preprocessed case came from (``record.json``), if recorded."""
+    try:
+        digest = (read_json(Path(folder) / "record.json").get("input") or {}).get("sha256")
+    except (OSError, ValueError, AttributeError, BrainuadError):
+        return None
+    return digest if isinstance(digest, str) else None
+
+
+def training_overlap(run_dir: str | Path, folders: list[Path]) -> list[str]:
+    """Names of ``folders`` that are in the run's training split: the same folder, or a case preprocessed from the
+    same raw scan (by its recorded sha256)."""
+    split_path = Path(run_dir) / "split.json"
+    if not split_path.is_file():
+        return []
+    trained = [Path(p) for p in read_json(split_path).get("train", [])]
+    trained_paths = {p.resolve() for p in trained}
+    trained_digests = {d for d in map(_input_digest, trained) if d}
+    return [
+        f.name for f in folders if Path(f).resolve() in trained_paths or (_input_digest(f) or "") in trained_digests
+    ]
+
+
 def calibrate(
     run_dir: str | Path,
     healthy: list[str | Path] | None = None,
     false_positive_rate: float = 1e-3,
     device: str | torch.device = "cpu",
+    allow_training_scans: bool = False,
 ) -> dict:
     """Fit the detection threshold and the healthy references on healthy validation scans; save them in the run.
 
     The threshold is the anomaly value exceeded by ``false_positive_rate`` of brain voxels in healthy scans; the
     slice reference is the mean and standard deviation of e(u) per axial slice; the scan scores place a new scan's
     score among healthy ones. Use scans the model was not trained on: by default the run's own validation split
-    (``split.json``). Scans the run was trained on are counted and named in the result's ``notes``; with fewer than
+    (``split.json``). Scans the run was trained on are refused unless ``allow_training_scans`` (or the run has no held-out
+    scan at all), and then named in the result's ``notes``; with fewer than
     :data:`MIN_HEALTHY_REFERENCE_SCANS` held-out scans the slice reference and scan percentiles are left out (z-scores
     come out NaN) and a note says why.
 
@@ -190,12 +215,18 @@ def calibrate(
         healthy: Folders of preprocessed healthy scans; ``None`` = the validation cases in ``RUN_DIR/split.json``.
         false_positive_rate: Fraction of healthy brain voxels above the threshold.
         device: Where to run the network.
+        allow_training_scans: Accept healthy scans from the run's training split (an optimistic threshold).
 
     Returns:
         The calibration written to ``RUN_DIR/calibration.json`` (``calibrated_on`` says what it was fitted on).
+
+    Raises:
+        BrainuadError: Healthy scans from the model's own training split (a reconstruction model fits them too
+            well, so the threshold would come out too low) unless ``allow_training_scans``; scans mixing crop grids,
+            template contrasts or modalities.
     """
     from brainuad.checkpoints import load_model
-    from brainuad.data import find_case_folders
+    from brainuad.data import check_one_cohort, find_case_folders
     from brainuad.shipped import refuse_builtin
 
     refuse_builtin(run_dir, "calibrate")
@@ -211,8 +242,21 @@ def calibrate(
     else:
         origin = "the healthy scans given"
     folders = find_case_folders(list(healthy))
-    trained_on = {Path(p).resolve() for p in (split or {}).get("train", [])}
-    in_training = [f for f in folders if f.resolve() in trained_on]
+    check_one_cohort(folders, "--healthy")
+    # The run's own training scans (the same folder, or the same raw scan preprocessed again) are refused: a model
+    # reconstructs them too well and the threshold comes out too low. Accepted when asked, or when the run has no
+    # held-out scan at all (one healthy case: its split says so), and then named in the notes.
+    no_held_out = bool((split or {}).get("note")) and sorted((split or {}).get("val", [])) == sorted(
+        (split or {}).get("train", [])
+    )
+    in_training = [] if config.model.kind == "intensity" else training_overlap(run_dir, folders)
+    if in_training and not (allow_training_scans or (origin == "the run's validation split" and no_held_out)):
+        shown = ", ".join(in_training[:5]) + (f" (+{len(in_training) - 5} more)" if len(in_training) > 5 else "")
+        raise BrainuadError(
+            f"{len(in_training)} of the healthy scans were in the model's training split ({shown}): a model "
+            "reconstructs its training scans too well, so the threshold would be too low. Calibrate on held-out "
+            "scans (the run's validation split), or pass --allow-training-scans to accept it"
+        )
     held_out = len(folders) - len(in_training)
     values, errors, scores, ratios = [], [], [], []
     for folder in folders:
@@ -237,7 +281,7 @@ def calibrate(
     if in_training:
         notes.append(
             f"{len(in_training)} of the {len(folders)} calibration scans were used in training "
-            f"({', '.join(f.name for f in in_training)}): the threshold is optimistic, not a held-out estimate"
+            f"({', '.join(in_training)}): the threshold is optimistic, not a held-out estimate"
         )
     references = held_out >= MIN_HEALTHY_REFERENCE_SCANS
     if not references:

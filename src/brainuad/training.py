@@ -44,7 +44,7 @@ from brainuad.checkpoints import (
     save_weights,
 )
 from brainuad.config import Config, PreprocessConfig, TrainConfig, from_dict, replace
-from brainuad.data import VolumeCache, find_case_folders
+from brainuad.data import VolumeCache, check_one_cohort, find_case_folders
 from brainuad.device import resolve_device  # also imported from here by older code
 from brainuad.errors import BrainuadError, InputError
 from brainuad.io import atomic_path, ensure_writable_folder, load_volume, read_grid, read_json, write_json
@@ -126,7 +126,12 @@ def _load_batch(
 
 
 def _prepare_run(
-    case_folders: list[Path], run_dir: Path, config: Config, resume: bool, given: Config | None = None
+    case_folders: list[Path],
+    run_dir: Path,
+    config: Config,
+    resume: bool,
+    given: Config | None = None,
+    val_folders: list[Path] | None = None,
 ) -> tuple[Config, dict]:
     config_path = run_dir / "config.json"
     if resume:
@@ -146,6 +151,18 @@ def _prepare_run(
     if config_path.exists():
         raise BrainuadError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
     # Absolute paths: the run resumes, calibrates and is evaluated from any working directory.
+    if val_folders:
+        both = sorted({str(p.resolve()) for p in case_folders} & {str(p.resolve()) for p in val_folders})
+        if both:
+            raise BrainuadError(f"cases given both for training and for validation: {', '.join(both[:5])}")
+        split = {
+            "seed": config.training.seed,
+            "val_fraction": None,
+            "train": sorted(str(p.resolve()) for p in case_folders),
+            "val": sorted(str(p.resolve()) for p in val_folders),
+            "note": "validation cases given with --val-data",
+        }
+        return config, split
     split = make_split([p.resolve() for p in case_folders], config.training.val_fraction, config.training.seed)
     return config, split
 
@@ -157,6 +174,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     deadline: float | None = None,
+    val_data: list[str | Path] | None = None,
 ) -> TrainResult:
     """Train the autoencoder on preprocessed healthy scans.
 
@@ -168,9 +186,11 @@ def train(
         progress: Show a progress bar (steps within the epoch, loss, ETA).
         deadline: A :func:`time.monotonic` time budget: after the first epoch of this call, no epoch starts that
             would (at the last epoch's pace) end after it; ``summary.json`` then says training stopped at the budget.
+        val_data: Folders of preprocessed validation cases; default: ``val_fraction`` of ``data``, drawn at random.
 
     Raises:
         InputError: No cases, mismatched shapes, nothing to resume.
+        BrainuadError: Cases mixing crop grids, template contrasts or modalities.
         BrainuadError: Out of memory (with advice), a run folder that already holds a run.
     """
     from torch.utils.tensorboard import SummaryWriter
@@ -181,10 +201,12 @@ def train(
     run_dir = Path(run_dir)
     rank, world = _distributed()
     case_folders = find_case_folders(list(data))
+    val_folders = find_case_folders(list(val_data)) if val_data else []
+    check_one_cohort(case_folders + val_folders, "--data" + (" and --val-data" if val_folders else ""))
     if rank == 0:
         ensure_writable_folder(run_dir)
         lock_run_folder(run_dir)  # held until the process ends
-    config, split = _prepare_run(case_folders, run_dir, config, resume, given)
+    config, split = _prepare_run(case_folders, run_dir, config, resume, given, val_folders)
     cache_dir = run_dir / "cache"
     all_cases = sorted(set(split["train"]) | set(split["val"]))
 

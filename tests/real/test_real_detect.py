@@ -69,6 +69,7 @@ def model_dir(tmp_path_factory):
                 str(root / "healthy"),
                 "--fpr",
                 "0.01",
+                "--allow-training-scans",
                 "--device",
                 "cpu",
             ]

@@ -43,9 +43,7 @@ class ResidualDown(nn.Module):
             conv_act_norm(nn.Conv3d(in_channels, out_channels, 3, stride=1, padding=1), out_channels, norm),
             conv_act_norm(nn.Conv3d(out_channels, out_channels, 3, stride=2, padding=1), out_channels, norm),
         )
-        self.shortcut = conv_act_norm(
-            nn.Conv3d(in_channels, out_channels, 3, stride=2, padding=1), out_channels, norm
-        )
+        self.shortcut = conv_act_norm(nn.Conv3d(in_channels, out_channels, 3, stride=2, padding=1), out_channels, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x) + self.shortcut(x)
