@@ -1,8 +1,9 @@
 """Does the quick recipe learn individual anatomy? Held-out real healthy T1 individuals, MSE inside the brain.
 
 Usage (from the repository root; preprocessed case folders of the 52 real healthy T1 individuals at paper-2mm):
-    python benchmarks/recipe_t1.py explore --data /work/prep/t1_2mm --steps 300 --mean-skip --loss-mask ...
-    python benchmarks/recipe_t1.py evaluate --data /work/prep/t1_2mm --run RUN_DIR
+    python benchmarks/recipe_t1.py split --data PREP --out benchmarks/out/t1_split     # links per split
+    python benchmarks/recipe_t1.py explore --data PREP --steps 300 --mean-skip --loss-mask ...
+    python benchmarks/recipe_t1.py evaluate --data PREP --run RUN_DIR
 
 ``explore`` trains one recipe variant with a small loop of its own (the product's network, ``build_model``) and
 reports validation MSE — the split's validation subjects choose the variant; test subjects are only scored by
@@ -142,10 +143,7 @@ def explore(args: argparse.Namespace) -> dict:
         if args.augment:
             batch = intensity_augment(batch, mask, generator)
         out = model(batch)
-        if args.loss_mask:
-            loss = ((out - batch) ** 2)[mask].mean()
-        else:
-            loss = torch.nn.functional.mse_loss(out, batch)
+        loss = ((out - batch) ** 2)[mask].mean() if args.loss_mask else torch.nn.functional.mse_loss(out, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -224,6 +222,18 @@ def evaluate(args: argparse.Namespace) -> dict:
     return result
 
 
+def link_split(args: argparse.Namespace) -> None:
+    """``OUT/{train,val,test}/``: links to the case folders of each split, for ``brainuad train --data/--val-data``."""
+    for part, folders in load_split(args.data).items():
+        folder = args.out / part
+        folder.mkdir(parents=True, exist_ok=True)
+        for case in folders:
+            link = folder / case.name
+            if not link.exists():
+                link.symlink_to(case.resolve())
+        print(f"{part}: {len(folders)} cases -> {folder}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -254,8 +264,11 @@ def main() -> None:
     ev.add_argument("--run", type=Path, required=True)
     ev.add_argument("--out", type=Path)
     ev.add_argument("--threads", type=int, default=1)
+    sp = sub.add_parser("split")
+    sp.add_argument("--data", type=Path, required=True)
+    sp.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    explore(args) if args.command == "explore" else evaluate(args)
+    {"explore": explore, "evaluate": evaluate, "split": link_split}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -215,8 +215,8 @@ def quick_recipe() -> Config:
             kind="ae", latent=256, stem_channels=8, channels=(16, 32, 64), input_pool=2, mean_skip=True, norm="batch"
         ),
         training=TrainConfig(
-            epochs=10,
-            steps_per_epoch=100,
+            epochs=8,
+            steps_per_epoch=50,
             batch_size=4,
             lr=1e-3,
             lr_schedule="cosine",

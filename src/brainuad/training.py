@@ -461,6 +461,13 @@ def _append_log(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
+def _cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _finish(
     run_dir: Path,
     model: nn.Module,
@@ -483,6 +490,8 @@ def _finish(
             "last_train_loss": history[-1]["train_loss"] if history else None,
             "parameters": count_parameters(model),
             "train_seconds": round(sum(r["seconds"] for r in history), 2),
+            # Process CPU time (all threads, data loading included): on a shared machine, the honest cost.
+            "process_cpu_seconds": round(_cpu_seconds(), 1),
             "world_size": world,
             "ddp_ranks_in_sync": in_sync,
             "reconstruction_check": check,
