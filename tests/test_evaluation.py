@@ -245,7 +245,6 @@ def test_thresholded_case_keeps_only_the_region_voxels():
     assert summary["voxels"]["dice_pooled"] == pytest.approx(case.dice)
 
 
-<<<<<<< HEAD
 def test_evaluate_reports_slice_scores_lesions_and_scans_against_healthy(setup, skull_stripped_scan, capsys):
     img = nib.load(str(skull_stripped_scan))
     data = np.asarray(img.dataobj, dtype=np.float32)
@@ -275,7 +274,8 @@ def test_evaluate_reports_slice_scores_lesions_and_scans_against_healthy(setup, 
     # The model's own training scans are not held-out healthy scans.
     assert main([*args, "--out", str(setup / "z"), "--healthy", str(setup / "prep")]) == 1
     assert "report false positives on held-out healthy scans only" in capsys.readouterr().err
-=======
+
+
 def test_normative_model_train_calibrate_detect_evaluate(setup, skull_stripped_scan, tmp_path):
     """The normative baseline runs the same chain as every model: fitted on healthy scans (copies of the fixture's
     preprocessed scan with varied contrast), calibrated on a held-out one, then detect and evaluate."""
@@ -308,4 +308,3 @@ def test_normative_model_train_calibrate_detect_evaluate(setup, skull_stripped_s
     # chance (the lesion share of the brain); re-registration of the lesion cases blurs the edges.
     assert summary["model"]["kind"] == "normative" and summary["voxels"]["ap_pooled"] > 0.1  # chance: < 0.01
     assert summary["warning"] is None  # a baseline is not flagged as a model that learned nothing
->>>>>>> 9d1d214 (normative baseline (train --model normative: cohort median/MAD or mean/SD, |x-centre| or z-score), one cohort module, learned-nothing guard (summary.json reconstruction_check; train warning, calibrate/evaluate banner), refusals: mixed modality/grid cohorts and calibration on training scans (--allow-training-scans), train --val-data, --recipe quick, mean-skip/GroupNorm/input-pool/loss-mask/cosine options; tests)
