@@ -28,7 +28,7 @@ class NormativeModel(TrainingHooks, nn.Module):
         self.config = config
         self.register_buffer("centre", torch.zeros(config.input_shape))
         self.register_buffer("spread", torch.ones(config.input_shape))
-        self.register_buffer("fitted", torch.zeros((), dtype=torch.uint8))
+        self.register_buffer("fitted", torch.zeros(()))  # 1 once fitted (float: weights files hold floats)
 
     def fit_cohort(self, volumes: np.ndarray, indices: list[int] | None = None) -> None:
         """Set centre and spread from the training cohort: rows ``indices`` of ``(n, *input_shape)`` ``volumes`` (a
