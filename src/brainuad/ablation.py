@@ -55,7 +55,7 @@ def ablate(
     from brainuad.evaluation import TABLE_HEADER, evaluate, table_row
     from brainuad.figures import plot_pr_curves, plot_roc_curves
     from brainuad.inference import calibrate
-    from brainuad.io import atomic_path, read_json, write_json
+    from brainuad.io import atomic_path, write_json
     from brainuad.training import train
 
     out = Path(out_dir)
@@ -65,7 +65,7 @@ def ablate(
         run = out / "runs" / name
         if not (run / "summary.json").is_file():
             train(data, run, config, resume=(run / "state.json").is_file(), progress=progress)
-        calibrate(run, read_json(run / "split.json")["val"], device=device)
+        calibrate(run, device=device)  # its own validation split
         summaries[name] = evaluate(
             run, cases, out / "evaluation" / name, tune_sources=tune_cases, modality=modality,
             cache_dir=out / "cache", device=device, progress=progress,

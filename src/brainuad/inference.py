@@ -205,8 +205,8 @@ def calibrate(
     The threshold is the anomaly value exceeded by ``false_positive_rate`` of brain voxels in healthy scans; the
     slice reference is the mean and standard deviation of e(u) per axial slice; the scan scores place a new scan's
     score among healthy ones. Use scans the model was not trained on: by default the run's own validation split
-    (``split.json``). Scans the run was trained on are refused unless ``allow_training_scans`` (or the run has no held-out
-    scan at all), and then named in the result's ``notes``; with fewer than
+    (``split.json``). Scans the run was trained on are refused unless ``allow_training_scans`` (or the run has no
+    held-out scan at all), and then named in the result's ``notes``; with fewer than
     :data:`MIN_HEALTHY_REFERENCE_SCANS` held-out scans the slice reference and scan percentiles are left out (z-scores
     come out NaN) and a note says why.
 
