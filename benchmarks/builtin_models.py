@@ -1,12 +1,12 @@
 """Retrain a shipped model (``builtin:t1`` or ``builtin:t2``) from ../shared/data and compare it with its card.
 
 Usage (from the repository root):
-    OMP_NUM_THREADS=1 python benchmarks/builtin_models.py t2 [--out benchmarks/out/builtin_t2] [--epochs N]
-    OMP_NUM_THREADS=1 python benchmarks/builtin_models.py t1 [--prep /work/prep/t1_2mm]
+    python benchmarks/builtin_models.py t2 [--out benchmarks/out/builtin_t2] [--epochs N]
+    python benchmarks/builtin_models.py t1 [--prep /work/prep/t1_2mm]
     ... --install      # also write the result into src/brainuad/builtin/<name>/ (fp16 weights, config, card)
 
-Without ``--epochs`` the shipped model's epoch count is used (so a rerun repeats it), or, for a first run, as many
-epochs as fit ``--minutes``. Steps: (1) data — t2: T2 simulated from 16 BrainWeb anatomies (1 scan each: random
+Training uses the quick recipe (``brainuad train --recipe quick``, its 8 epochs × 50 steps unless ``--epochs``), on
+2 threads. Steps: (1) data — t2: T2 simulated from 16 BrainWeb anatomies (1 scan each: random
 1.5/3 T sequence, pose, 1–2 mm in-plane, thick slices, skull-stripped) plus IXI002's T2 and the three T2 templates;
 calibration: 4 other anatomies (1 scan each), never trained on. t1: the 52 real healthy IXI T1 individuals, split
 by ``benchmarks/splits/t1_2mm.json`` when it exists (else a seeded 80/20 split), calibration on the held-out
@@ -129,47 +129,33 @@ def prepare_t1(out: Path, prep: Path | None, split_file: Path) -> tuple[list[Pat
     return [out / "split" / "train"], [out / "split" / "cal"], data
 
 
-def train_model(
-    name: str, out: Path, train_dirs: list[Path], epochs: int | None, minutes: float, device: str = "cpu"
-) -> dict:
+def train_model(name: str, out: Path, train_dirs: list[Path], epochs: int | None, device: str = "cpu") -> dict:
+    """Train with the quick recipe (``brainuad train --recipe quick``; benchmarks/README.md measures it on held-out
+    real T1 individuals), on every training scan: no validation split, so the calibration scans stay unseen."""
     import torch
 
-    from brainuad.config import Config, ModelConfig, PreprocessConfig, TrainConfig, replace
+    from brainuad.config import PreprocessConfig, quick_recipe, replace, to_dict
     from brainuad.training import train
 
-    torch.set_num_threads(1)
-    recipe = RECIPE[name]
-    config = Config(
-        preprocessing=PreprocessConfig(preset="paper-2mm"),
-        model=ModelConfig(channels=recipe["channels"], stem_channels=recipe["channels"][0] // 2,
-                          latent=recipe["latent"]),
-        # No validation split (calibration scans stay unseen), so validating on the training scans every epoch
-        # would cost time for nothing: only after the last epoch, whose weights are kept.
-        training=TrainConfig(epochs=1, batch_size=recipe["batch_size"], lr=recipe["lr"], val_fraction=0.0,
-                             device=device, augment="on", steps_per_epoch=recipe["steps_per_epoch"], seed=0,
-                             val_every=100_000),
+    torch.set_num_threads(2)
+    recipe = quick_recipe()
+    training = replace(
+        recipe.training, epochs=epochs or recipe.training.epochs, val_fraction=0.0, device=device, seed=0,
+        val_every=100_000,  # validation would be the training scans: only after the last epoch
     )  # fmt: skip
+    config = replace(recipe, preprocessing=PreprocessConfig(preset="paper-2mm"), training=training)
     run = out / "run"
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
-    if not (run / "state.json").is_file():
-        train(train_dirs, run, config, progress=False)
-    if epochs is None:  # the first epoch's own time (log.csv), not the cache building before it
-        import csv
-
-        with open(run / "log.csv", newline="") as handle:
-            per_epoch = float(list(csv.DictReader(handle))[-1]["seconds"])
-        epochs = max(2, int(minutes * 60 / max(per_epoch, 1e-3)))
-    train(train_dirs, run, replace(config, training=replace(config.training, epochs=epochs)), resume=True,
-          progress=False)  # fmt: skip
+    train(train_dirs, run, config, resume=(run / "state.json").is_file(), progress=False)
     return {
-        "epochs": epochs,
-        "steps": epochs * recipe["steps_per_epoch"],
-        "batch_size": recipe["batch_size"],
+        "epochs": training.epochs,
+        "steps": training.epochs * training.steps_per_epoch,
+        "batch_size": training.batch_size,
         "wall_seconds": round(time.perf_counter() - wall0, 1),
         "cpu_seconds": round(_cpu_seconds() - cpu0, 1),
-        "threads": 1,
+        "threads": 2,
         "device": device,
-        "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in recipe.items()},
+        "recipe": {"name": "quick", "model": to_dict(config.model), "training": to_dict(training)},
     }
 
 
@@ -336,6 +322,7 @@ def write_card(name: str, metrics: dict) -> str:
         "split": data.get("split", ""),
     }
     training, mse, ref = metrics["training"], metrics["held_out_mse"], metrics["reference"]
+    rm, rt = training["recipe"]["model"], training["recipe"]["training"]
     lines = [
         f"# builtin:{name}",
         "",
@@ -353,15 +340,15 @@ def write_card(name: str, metrics: dict) -> str:
         "",
         "## Recipe",
         "",
-        f"`benchmarks/builtin_models.py {name}`: network {training['recipe']['channels']} channels, dense latent "
-        f"{training['recipe']['latent']}; MSE, Adam lr {training['recipe']['lr']}, batch {training['batch_size']}, "
-        f"{training['epochs']} epochs × {training['recipe']['steps_per_epoch']} steps = {training['steps']} steps, "
-        "augmentation on (affine, elastic, bias, brightness/gamma, noise), seed 0, no validation split (the weights "
-        "with the lower training-scan loss of the first and last epochs). This is brainuad's current training code "
-        "with a reduced 2 mm network; the learned-anatomy recipe (issue: T1 recipe) was not on main when it was "
-        f"trained. Trained on {training.get('device', 'cpu')} in {training['wall_seconds'] / 60:.1f} min wall, "
+        f"`benchmarks/builtin_models.py {name}`: brainuad's quick recipe (`brainuad train --recipe quick`): "
+        f"network {rm['channels']} channels (stem {rm['stem_channels']}) on the volume pooled ×{rm['input_pool']}, "
+        f"dense latent {rm['latent']}, output = the training cohort's mean image + a learned deviation "
+        f"(mean skip); MSE inside the brain, Adam lr {rt['lr']} with {rt['warmup_steps']} warm-up steps and cosine "
+        f"decay, batch {training['batch_size']}, {training['epochs']} epochs × {rt['steps_per_epoch']} steps = "
+        f"{training['steps']} steps, augmentation {rt['augment']}, seed 0, no validation split (the last weights). "
+        f"Trained on {training.get('device', 'cpu')} in {training['wall_seconds'] / 60:.1f} min wall, "
         f"{training['cpu_seconds'] / 60:.1f} min CPU"
-        + (", 1 thread, on a 2-core x86 machine shared with other jobs (this process got ~15 % of it)"
+        + (f", {training['threads']} threads, on a 2-core x86 machine shared with other jobs"
            if training.get("device", "cpu") == "cpu" else "")
         + ". Weights stored as float16 (cast to float32 on load).",
         "",
@@ -370,10 +357,11 @@ def write_card(name: str, metrics: dict) -> str:
         f"Held-out healthy scans (the {mse['n']} calibration scans): mean squared reconstruction error in the brain "
         f"{mse['model']:.4f} vs {mse['mean_image']:.4f} for the mean training image (model better on "
         f"{mse['model_better_on']} of {mse['n']}). "
-        + (f"The model does **not** beat the mean image: under-trained ({training['steps']} steps on a starved CPU), "
+        + ("The model does **not** beat the mean image: "
            "its reconstructions are further from a healthy scan than the average brain is, so its anomaly maps carry "
            "reconstruction error everywhere, not only at lesions."
-           if mse["model"] >= mse["mean_image"] else "The model beats the mean image."),
+           if mse["model"] >= mse["mean_image"]
+           else f"The model beats the mean image ({mse['model'] / mse['mean_image']:.2f} of its error)."),
         "",
         "Shared labelled cases (../shared/data; slice-level metrics count brain-containing axial slices, AP is for "
         "the abnormal class, pooled over cases; Dice per case then averaged; 95 % bootstrap intervals over cases — "
@@ -491,8 +479,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(RECIPE))
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--epochs", type=int, default=None, help="default: the shipped model's, else --minutes")
-    parser.add_argument("--minutes", type=float, default=20.0, help="training budget for a first run")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the quick recipe's")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="training device (default: cpu)")
     parser.add_argument("--prep", type=Path, default=None, help="t1: reuse these preprocessed paper-2mm cases")
     parser.add_argument("--split", type=Path, default=ROOT / "benchmarks" / "splits" / "t1_2mm.json", help="t1 split")
@@ -504,8 +491,7 @@ def main() -> None:
         print(f"installed -> {install(args.name, out, json.loads((out / 'metrics.json').read_text()))}")
         print(f"updated -> {update_results_md()}")
         return
-    shipped = BUILTIN / args.name / "metrics.json"
-    epochs = args.epochs or (json.loads(shipped.read_text())["training"]["epochs"] if shipped.is_file() else None)
+    epochs = args.epochs
     t0 = time.perf_counter()
     if args.name == "t2":
         train_dirs, cal_dirs, data = prepare_t2(out)
@@ -513,7 +499,7 @@ def main() -> None:
         train_dirs, cal_dirs, data = prepare_t1(out, args.prep, args.split)
     print(f"data ready in {time.perf_counter() - t0:.0f} s: {len(data['train'])} train, "
           f"{len(data['calibration'])} calibration", flush=True)  # fmt: skip
-    training = train_model(args.name, out, train_dirs, epochs, args.minutes, args.device)
+    training = train_model(args.name, out, train_dirs, epochs, args.device)
     print(f"trained: {training}", flush=True)
     metrics = {"data": data, "training": training, "held_out_mse": _held_out_mse(out / "run", train_dirs, cal_dirs)}
     metrics["evaluation"] = evaluate_model(args.name, out, cal_dirs)
