@@ -24,4 +24,6 @@ def test_detect_with_builtin_model_matches_its_card(name, shared_data, tmp_path)
         image = nib.load(str(folder / f"{output}.nii.gz"))
         assert image.shape == source.shape and np.allclose(image.affine, source.affine, atol=1e-4)
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["scan_score"] == pytest.approx(metrics["reference"]["scan_score"], rel=0.02)
+    # ANTs' registration is reproducible to ~1 mm only (threads, metric sampling): on the same scan and weights the
+    # 99.9th-percentile score moved by up to ~4 % between runs here (t1: 0.515-0.535), so 6 %, not bit-identity.
+    assert summary["scan_score"] == pytest.approx(metrics["reference"]["scan_score"], rel=0.06)
