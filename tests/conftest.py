@@ -93,7 +93,7 @@ def render_in_chromium(html_path: Path, png_path: Path, height: int = 3000) -> n
         ],
         check=True,
         capture_output=True,
-        timeout=120,
+        timeout=300,  # a loaded 2-core machine has taken over 120 s to start Chromium
     )
     import matplotlib.image
 
