@@ -206,7 +206,14 @@ def train(
     if rank == 0:
         ensure_writable_folder(run_dir)
         lock_run_folder(run_dir)  # held until the process ends
-    config, split = _prepare_run(case_folders, run_dir, config, resume, given, val_folders)
+        config, split = _prepare_run(case_folders, run_dir, config, resume, given, val_folders)
+    elif resume:
+        config, split = _prepare_run(case_folders, run_dir, config, resume, given, val_folders)
+    else:
+        # Rank 0 draws the split and writes config.json first; another rank calling _prepare_run could find that
+        # file already written and refuse the folder as "already holds a run".
+        torch.distributed.barrier()
+        config, split = load_config(run_dir / "config.json"), absolute_split(read_json(run_dir / "split.json"), run_dir)
     cache_dir = run_dir / "cache"
     all_cases = sorted(set(split["train"]) | set(split["val"]))
 
@@ -228,6 +235,8 @@ def train(
             run_dir / "provenance.json",
             {**provenance(), "augmentation": augmenter.description if augmenter else "off", "world_size": world},
         )
+        if world > 1:
+            torch.distributed.barrier()  # the other ranks read config.json and split.json now
     if rank == 0:
         cache = VolumeCache([Path(p) for p in all_cases], cache_dir / "volumes.npy")
     if world > 1:
