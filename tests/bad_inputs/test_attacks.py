@@ -442,7 +442,7 @@ class NoSocket(socket.socket):  # a class, so that modules subclassing socket.so
 socket.socket = NoSocket  # blocks creating any socket, not only connecting
 socket.socketpair = socket.create_connection = socket.fromfd = refuse
 from brainuad.cli import main
-import brainuad.ablation, brainuad.demo, brainuad.synthetic  # the verbs too costly to run here: their imports
+import brainuad.demo, brainuad.synthetic  # the demo runs under a socket block in tests/test_readme.py; its imports here
 
 codes = {}
 for verb, args in json.loads(sys.argv[1]):
@@ -452,8 +452,8 @@ print(json.dumps(codes))
 
 
 def test_no_network(world, tmp_path):
-    """Every verb but ablate and demo (their modules are imported) runs with socket creation blocked; download fails
-    with a clear message."""
+    """Every verb runs with socket creation blocked (the demo's run is blocked in tests/test_readme.py, its imports
+    here); download fails with a clear message."""
     import subprocess
     import sys
 
@@ -465,7 +465,11 @@ def test_no_network(world, tmp_path):
     shutil.copy(world["good"], case / "x_t2.nii.gz")
     shutil.copy(label, case / "x_seg.nii.gz")
     shutil.copytree(world["prep"], tmp_path / "prep")
+    shutil.copytree(world["prep"] / "sub-01_T2w", tmp_path / "abl" / "cache" / "cases" / "x")
     run, quiet = str(tmp_path / "run"), "--quiet"
+    # The smallest ablation: one dense and one spatial variant of a 2-channel network, one epoch each.
+    tiny = ["--latents", "2", "--spatial-variants", "1", "--channels", "2", "2", "--stem-channels", "2"]
+    tiny += ["--epochs", "1", "--batch-size", "1", "--augment", "off", "--device", "cpu"]
     verbs = [
         ("preprocess", ["preprocess", str(world["good"]), "--out", str(tmp_path / "prep"), "--preset", "paper-2mm"]),
         ("train", ["train", "--data", str(tmp_path / "prep"), "--out", run, "--model", "intensity", quiet]),
@@ -474,16 +478,19 @@ def test_no_network(world, tmp_path):
         ("evaluate", ["evaluate", "--model", run, "--cases", str(case.parent), "--out", str(tmp_path / "e")]),
         ("download", ["download", "ixi", "--out", str(tmp_path / "ixi"), quiet]),
         ("models", ["models"]),
+        ("ablate", ["ablate", "--data", str(tmp_path / "prep"), "--cases", str(case.parent), *tiny]),
     ]
     verbs = [(v, [*a, quiet] if quiet not in a and v not in ("calibrate", "models") else a) for v, a in verbs]
     verbs[4][1].extend(["--cache", str(tmp_path / "cache"), "--device", "cpu"])
+    verbs[7][1].extend(["--out", str(tmp_path / "abl")])
     result = subprocess.run(
         [sys.executable, "-c", NO_SOCKETS, json.dumps(verbs)], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
     codes = json.loads(result.stdout.strip().splitlines()[-1])
     expected = {"preprocess": 0, "train": 0, "calibrate": 0, "detect": 0, "evaluate": 0, "download": 1, "models": 0}
-    assert codes == expected, result.stderr
+    assert codes == {**expected, "ablate": 0}, result.stderr
+    assert (tmp_path / "abl" / "table.md").is_file() and (tmp_path / "abl" / "figure4_roc.png").is_file()
     assert "socket creation blocked" in result.stderr and "Traceback" not in result.stderr
     for verb in codes:
         OUTCOMES[("no_network", verb)] = "works" if verb != "download" else "clear error"
