@@ -200,9 +200,9 @@ def _summary_numbers(summary: dict) -> dict:
 
 
 def evaluate_model(name: str, out: Path, cal_dirs: list[Path]) -> dict:
+    from brainuad.calibrate import calibrate
     from brainuad.config import Config, ModelConfig, PreprocessConfig
     from brainuad.evaluation import evaluate
-    from brainuad.inference import calibrate
     from brainuad.training import train
 
     calibrate(out / "run", cal_dirs)

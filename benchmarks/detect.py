@@ -42,6 +42,7 @@ def main() -> None:
     from brainuad.models import build_model
     from brainuad.preprocessing import preprocess_volume
     from brainuad.templates import crop_grid
+    from brainuad.trained import TrainedModel
 
     stages = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +72,8 @@ def main() -> None:
         stages["postprocess"] = {"s": round(total_detect - inference, 2), "peak_rss_gib": peak_gib()}
 
         start = time.perf_counter()
-        write_detection(detection, Path(tmp) / "out", volume, run)
+        trained = TrainedModel(run, config, model, torch.device("cpu"), calibration=None)
+        write_detection(detection, Path(tmp) / "out", volume, trained)
         stages["write_outputs"] = {"s": round(time.perf_counter() - start, 2), "peak_rss_gib": peak_gib()}
     total = sum(v["s"] for v in stages.values())
     print(

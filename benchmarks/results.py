@@ -44,9 +44,9 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    from brainuad.calibrate import calibrate
     from brainuad.config import Config, ModelConfig, PreprocessConfig, TrainConfig
     from brainuad.evaluation import evaluate
-    from brainuad.inference import calibrate
     from brainuad.io import read_json
     from brainuad.preprocessing import preprocess_file
     from brainuad.synthetic import write_cohort

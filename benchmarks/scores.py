@@ -77,8 +77,8 @@ def baseline_t1(out: Path, kind: str, train_folders: list[Path]) -> Path:
 
 
 def evaluate_all(args: argparse.Namespace) -> dict:
+    from brainuad.calibrate import calibrate
     from brainuad.evaluation import evaluate
-    from brainuad.inference import calibrate
     from brainuad.io import read_json
 
     out: Path = args.out

@@ -31,18 +31,18 @@ DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def voxel_ap_interval(model, config, cases, cache: Path, resamples: int, seed: int = 0) -> tuple[float, float]:
+def voxel_ap_interval(trained, cases, cache: Path, resamples: int, seed: int = 0) -> tuple[float, float]:
     """95 % bootstrap interval of the pooled voxel AP, resampling the reported cases (preprocessing is cached).
 
     Each case's anomaly values are binned once on 4,096 common levels (positives and negatives counted per bin), so a
     resample's pooled AP is a sum of histograms rather than a sort of a million voxels; the binned AP differs from the
     exact one (reported as the point estimate) only by ties within a bin.
     """
-    from brainuad.evaluation import evaluate_case
+    from brainuad.labelled import evaluate_case
 
     truths, scores, missed = [], [], []
     for case in cases:
-        evaluation = evaluate_case(model, case, config, cache, None, "cpu")
+        evaluation = evaluate_case(trained, case, cache)
         truths.append(evaluation.region_truth().astype(bool))
         scores.append(evaluation.region_scores().astype(np.float64))
         missed.append(int(evaluation.lesion_outside_crop))
@@ -94,11 +94,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from recipe_t1 import link_split
 
+    from brainuad.calibrate import calibrate
     from brainuad.checkpoints import load_model
     from brainuad.config import Config, ModelConfig, TrainConfig
     from brainuad.data import find_labelled_cases
     from brainuad.evaluation import evaluate
-    from brainuad.inference import calibrate
+    from brainuad.trained import TrainedModel
     from brainuad.training import train
 
     out = args.out
@@ -129,8 +130,7 @@ def main() -> None:
                 run, case_sources, out / "eval" / run.name, tune_sources=tune_sources, modality="t1",
                 cache_dir=cache, device="cpu", progress=False,
             )  # fmt: skip
-        model, config = load_model(run)
-        ap_ci = voxel_ap_interval(model, config, reported, cache / "cases", args.resamples)
+        ap_ci = voxel_ap_interval(TrainedModel.load(run, "cpu"), reported, cache / "cases", args.resamples)
         results[name] = {
             "run": str(run),
             "voxel_ap_pooled": summary["voxels"]["ap_pooled"],

@@ -180,7 +180,7 @@ def test_slice_labels_follow_the_files_own_orientation(setup, tmp_path):
     # labels. Reorienting with an already-canonical affine (a no-op) would turn the second file's labels upside down.
     from brainuad.config import PreprocessConfig
     from brainuad.data import LabelledCase
-    from brainuad.evaluation import _slice_labels_from_csv
+    from brainuad.labelled import _slice_labels_from_csv
     from brainuad.preprocessing import load_case, preprocess_file
 
     image = nib.load(str(next((setup / "cases" / "case01").glob("*_t2.nii.gz"))))
@@ -212,7 +212,8 @@ def test_slice_labels_follow_the_files_own_orientation(setup, tmp_path):
 
 
 def test_thresholded_case_keeps_only_the_region_voxels():
-    from brainuad.evaluation import CaseEvaluation, apply_threshold, summarise
+    from brainuad.evaluation import summarise
+    from brainuad.labelled import CaseEvaluation, apply_threshold
 
     rng = np.random.default_rng(0)
     shape = (24, 24, 16)

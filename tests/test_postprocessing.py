@@ -78,7 +78,7 @@ def test_anomaly_map_pipeline():
 
 
 def test_postprocessing_sizes_are_kept_in_millimetres():
-    from brainuad.inference import postprocessing_sizes
+    from brainuad.postprocessing import postprocessing_sizes
 
     paper = postprocessing_sizes(1.0)
     assert (paper.median_size, paper.erosion_voxels, paper.min_component_voxels) == (5, 2, 20)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from brainuad import metrics, scores
+from brainuad.calibration import SliceReference
 from brainuad.postprocessing import segment, segmented_area, slice_errors, slice_means, slice_percentile
 
 
@@ -31,7 +32,7 @@ def test_slice_scores_are_invariant_to_brain_area_for_a_uniform_residual():
     assert np.all(slice_percentile(anomaly, brain)[~inside] == 0) and np.all(slice_means(anomaly, brain)[~inside] == 0)
     # Calibrated z: healthy scans with a uniform residual of their own level; e(u) and its spread scale with area.
     healthy = np.stack([slice_errors(np.where(brain, level, 0.0)) for level in (0.08, 0.1, 0.12)])
-    reference = {"slice_errors": {"mean": healthy.mean(0).tolist(), "std": healthy.std(0).tolist()}}
+    reference = SliceReference(tuple(healthy.mean(0).tolist()), tuple(healthy.std(0).tolist()))
     z = scores.map_slice_scores(anomaly, brain, reference)["calibrated_z"]
     np.testing.assert_allclose(z[inside], z[inside][0], rtol=1e-6)
     assert z[inside][0] > 10

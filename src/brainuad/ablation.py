@@ -52,9 +52,9 @@ def ablate(
     Returns:
         Variant name → evaluation summary (also written to ``summary.json``).
     """
+    from brainuad.calibrate import calibrate
     from brainuad.evaluation import TABLE_HEADER, evaluate, table_row
     from brainuad.figures import plot_pr_curves, plot_roc_curves
-    from brainuad.inference import calibrate
     from brainuad.io import atomic_path, write_json
     from brainuad.training import train
 
@@ -83,14 +83,14 @@ def ablate(
 
 def _figure5(out: Path, names: list[str], cases: list[str | Path], modality: str, device: str) -> Path:
     """Each variant's reconstruction of the most lesioned axial slice of the first reported case."""
-    from brainuad.checkpoints import load_model
     from brainuad.data import find_labelled_cases
     from brainuad.device import resolve_device
-    from brainuad.evaluation import lesion_on_crop
     from brainuad.figures import plot_reconstruction_panel
     from brainuad.inference import reconstruct
     from brainuad.io import safe_name
+    from brainuad.labelled import lesion_on_crop
     from brainuad.preprocessing import load_case
+    from brainuad.trained import TrainedModel
 
     case = find_labelled_cases(cases[0], modality)[0]
     pre = load_case(out / "cache" / "cases" / safe_name(case.name))
@@ -102,8 +102,8 @@ def _figure5(out: Path, names: list[str], cases: list[str | Path], modality: str
     torch_device = resolve_device(device)
     reconstructions = {}
     for name in names:
-        model, _ = load_model(out / "runs" / name, device=torch_device)
-        reconstructions[name] = reconstruct(model, pre.image.array, torch_device)[:, :, u]
+        trained = TrainedModel.load(out / "runs" / name, torch_device)
+        reconstructions[name] = reconstruct(trained.model, pre.image.array, torch_device)[:, :, u]
     return plot_reconstruction_panel(
         pre.image.array[:, :, u], reconstructions, out / "figure5_reconstructions.png", f"{case.name}, axial slice {u}"
     )

@@ -396,8 +396,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         return _usage_error("--fpr must be between 0 and 1")
     _check_model_folder(args.model)
     _check_exist((args.healthy or []) + (args.labelled or []))
+    from brainuad.calibrate import calibrate, calibrate_on_labelled
     from brainuad.guard import banner
-    from brainuad.inference import calibrate
 
     warning = banner(args.model)
     if warning:
@@ -409,18 +409,16 @@ def _run_calibrate(args: argparse.Namespace) -> int:
             args.model, args.healthy, args.fpr, device=device, allow_training_scans=args.allow_training_scans
         )
         print(
-            f"calibrate: threshold {result['threshold']:.5g} at healthy voxel FPR {args.fpr} on "
-            f"{result['calibrated_on']} -> {args.model}/calibration.json"
+            f"calibrate: threshold {result.threshold:.5g} at healthy voxel FPR {args.fpr} on "
+            f"{result.calibrated_on} -> {args.model}/calibration.json"
         )
-        for note in result.get("notes", []):
+        for note in result.notes or ():
             print(f"calibrate: note: {note}")
     if args.labelled:
-        from brainuad.evaluation import calibrate_on_labelled
-
         result = calibrate_on_labelled(args.model, args.labelled, args.modality, device=device, progress=False)
         print(
-            f"calibrate: threshold {result['threshold']:.5g} = best pooled Dice {result['tuning_dice']:.3f} on "
-            f"{len(result['tuning_cases'])} labelled tuning cases -> {args.model}/calibration.json"
+            f"calibrate: threshold {result.threshold:.5g} = best pooled Dice {result.tuning_dice:.3f} on "
+            f"{len(result.tuning_cases)} labelled tuning cases -> {args.model}/calibration.json"
         )
     return EXIT_OK
 

@@ -20,9 +20,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from brainuad.config import Config, ModelConfig, PreprocessConfig, quick_recipe, replace
 from brainuad.errors import BrainuadError, OutputError
+
+if TYPE_CHECKING:
+    from brainuad.calibration import Calibration
 
 #: Cohort sizes (healthy, tuning, test) and training steps per epoch per demo size (the network is the quick
 #: recipe's at every size).
@@ -178,6 +182,7 @@ def run_demo(
         progress: Print progress.
     """
     from brainuad import __version__
+    from brainuad.calibration import read_calibration
     from brainuad.device import resolve_device
     from brainuad.io import read_json, write_json
     from brainuad.preprocessing import preprocess_batch
@@ -293,7 +298,7 @@ def run_demo(
     summaries, findings = _calibrate_evaluate_detect(
         out, run, baseline, tune_dirs, test_dirs, test_scans, device, seed, progress, stage_done
     )
-    report = write_demo_report(out, summaries, findings, source, read_json(run / "calibration.json"))
+    report = write_demo_report(out, summaries, findings, source, read_calibration(run))
     stage_done("report")
     record.update(complete=True, source=source, wall_seconds=round(time.monotonic() - start, 1),
                   cpu_seconds=round(_cpu_seconds() - cpu_start, 1), budget_seconds=budget)  # fmt: skip
@@ -325,14 +330,14 @@ def _train(data: Path, run: Path, config: Config, deadline: float | None, progre
 
 
 def _calibrate_evaluate_detect(out, run, baseline, tune_dirs, test_dirs, test_scans, device, seed, progress, done):
+    from brainuad.calibrate import calibrate
     from brainuad.detect import detect_batch
     from brainuad.evaluation import evaluate
-    from brainuad.inference import calibrate
 
     calibration = calibrate(run, None, device=device)  # on the run's own validation split
     calibrate(baseline, None, device=device)
-    _log(f"calibrated on {calibration['calibrated_on']}", progress)
-    for note in calibration["notes"]:
+    _log(f"calibrated on {calibration.calibrated_on}", progress)
+    for note in calibration.notes or ():
         _log(f"note: {note}", progress)
     done("calibrate")
     summaries = {}
@@ -355,7 +360,7 @@ def _calibrate_evaluate_detect(out, run, baseline, tune_dirs, test_dirs, test_sc
 
 
 def write_demo_report(
-    out: Path, summaries: dict, findings: list[Path], source: str, calibration: dict | None = None
+    out: Path, summaries: dict, findings: list[Path], source: str, calibration: Calibration | None = None
 ) -> Path:
     """``out/report.html``: the data's origin, the results table, the methods' ROC/PR curves, a detection."""
     import html
@@ -391,8 +396,8 @@ def write_demo_report(
     if calibration is not None:
         notes.append(
             "Healthy calibration (calibrated z-scores, scan percentile): on "
-            + html.escape(str(calibration.get("calibrated_on")))
-            + "".join(f"; <b>{html.escape(n)}</b>" for n in calibration.get("notes", []))
+            + html.escape(str(calibration.calibrated_on))
+            + "".join(f"; <b>{html.escape(n)}</b>" for n in calibration.notes or ())
             + "."
         )
     notes.append("To run the same chain on real data:<pre>" + html.escape(REAL_DATA_COMMANDS) + "</pre>")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from brainuad.config import PreprocessConfig, replace, to_dict
+from brainuad.config import PostprocessConfig, PreprocessConfig, replace, to_dict
 from brainuad.errors import BrainuadError, InputError
-from brainuad.inference import Detection, detect_case, load_calibration
+from brainuad.inference import Detection
 from brainuad.io import (
     Volume,
     atomic_folder,
@@ -37,6 +37,7 @@ from brainuad.preprocessing import (
 )
 from brainuad.provenance import provenance, sha256_file
 from brainuad.qc import contrast_warning
+from brainuad.trained import TrainedModel
 
 OUTPUTS = (
     "anomaly_map.nii.gz",
@@ -107,23 +108,12 @@ def _write_figures(staging: Path, detection: Detection, native: list[int], z_mm:
 
 def learned_nothing_warning(run_dir: Path) -> str | None:
     """The run's own verdict when its model did not beat the healthy mean image (``summary.json``), else ``None``."""
-    from brainuad.io import read_json
+    from brainuad.guard import read_check, report_warning
 
-    try:
-        check = read_json(run_dir / "summary.json").get("reconstruction_check")
-    except (BrainuadError, OSError, AttributeError):
-        return None
-    if not isinstance(check, dict) or check.get("beats_mean_image") is not False:
-        return None
-    numbers = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in check.items() if isinstance(v, float))
-    return (
-        "This model learned nothing beyond the healthy mean image: its reconstructions are no closer to healthy "
-        f"validation scans than the cohort's mean image is{f' ({numbers})' if numbers else ''}. Its anomaly maps "
-        "mostly show how a brain differs from the average brain; do not read them as findings."
-    )
+    return report_warning(read_check(run_dir, strict=False))
 
 
-def _write_report(staging: Path, name: str, summary: dict, run_dir: Path) -> None:
+def _write_report(staging: Path, name: str, summary: dict, warning: str | None) -> None:
     import html
 
     from brainuad.figures import html_report, records_table_html
@@ -158,7 +148,6 @@ def _write_report(staging: Path, name: str, summary: dict, run_dir: Path) -> Non
             + "".join(f"; <b>{html.escape(n)}</b>" for n in calibration.get("notes", []))
             + "."
         )
-    warning = learned_nothing_warning(run_dir)
     html_report(
         f"brainuad findings: {name}",
         {k: v for k, v in summary.items() if k != "provenance"},
@@ -179,16 +168,15 @@ def write_detection(
     detection: Detection,
     folder: Path,
     input_volume: Volume,
-    run_dir: Path,
+    trained: TrainedModel,
     settings: dict | None = None,
-    calibration: dict | None = None,
     threshold_source: str | None = None,
 ) -> Path:
     """Write one scan's outputs (native and MNI) into ``folder`` atomically.
 
     ``settings`` (input hash, threshold, weights, preprocessing) go into ``summary.json`` so a re-run knows whether
-    this result still holds; ``calibration`` (the run's) and ``threshold_source`` describe the result in the summary
-    and the report.
+    this result still holds; the run's calibration and ``threshold_source`` describe the result in the summary and
+    the report.
     """
     from brainuad.postprocessing import describe_lesions
 
@@ -225,14 +213,14 @@ def write_detection(
             "scan_score_percentile_vs_healthy": detection.scan_percentile,
             "threshold": detection.threshold,
             "threshold_source": threshold_source or "given",
-            "calibration": {k: (calibration or {}).get(k) for k in ("calibrated_on", "notes")} if calibration else None,
+            "calibration": _calibration_summary(trained),
             "lesion_count": detection.components,
             "lesion_volume_ml_native": float(sum(r["volume_ml_native"] for r in lesions)),
             "lesion_volume_ml_mni": float(sum(r["volume_ml_mni"] for r in lesions)),
             # One record per component (postprocessing.describe_lesions), largest first.
             "lesions": lesions,
             "most_abnormal_mni_slices": [int(u) for u in np.argsort(detection.normality)[:5]],
-            "model": {"run_dir": str(run_dir), "weights_sha256": sha256_file(run_dir / "model.safetensors")},
+            "model": {"run_dir": str(trained.run_dir), "weights_sha256": trained.weights_sha256},
             "preprocessing": {
                 k: case.record.get(k) for k in ("preprocessing", "skull_strip_method", "qc", "grid", "warnings")
             },
@@ -240,8 +228,17 @@ def write_detection(
             "provenance": provenance(),
         }
         write_json(staging / "summary.json", summary)
-        _write_report(staging, folder.name, summary, run_dir)
+        _write_report(staging, folder.name, summary, trained.report_warning)
     return folder
+
+
+def _calibration_summary(trained: TrainedModel) -> dict | None:
+    """What the findings say about the healthy reference: what it was fitted on, and its caveats."""
+    calibration = trained.calibration
+    if calibration is None:
+        return None
+    notes = None if calibration.notes is None else list(calibration.notes)
+    return {"calibrated_on": calibration.calibrated_on, "notes": notes}
 
 
 def detect_batch(
@@ -270,30 +267,26 @@ def detect_batch(
     """
     from tqdm import tqdm
 
-    from brainuad.checkpoints import load_model
-    from brainuad.device import resolve_device
-    from brainuad.shipped import resolve_model_dir
-
-    run_dir, out_dir = resolve_model_dir(run_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     ensure_writable_folder(out_dir)  # fail before loading anything, naming the folder
-    torch_device = resolve_device(device)
-    model, config = load_model(run_dir, device=torch_device)
-    calibration = load_calibration(run_dir)
-    if threshold is None and calibration is None:
-        raise BrainuadError(f"{run_dir}: model not calibrated; run 'brainuad calibrate' or pass --threshold VALUE")
-    source = (threshold_source or "given") if threshold is not None else f"calibration.json: {calibration['method']}"
+    trained = TrainedModel.load(run_dir, device)
+    threshold, source = trained.threshold(threshold, threshold_source or "given", "pass --threshold VALUE")
+    config, calibration = trained.config, trained.calibration
     preprocess_config: PreprocessConfig = config.preprocessing
     if skull_strip:
         preprocess_config = replace(preprocess_config, skull_strip=skull_strip)
     paths = find_nifti_files(inputs)
     names = case_names(paths)
     _remove_stale_partials(out_dir)
-    effective = threshold if threshold is not None else float(calibration["threshold"])
     common = {
-        "threshold": effective,
-        "weights_sha256": sha256_file(run_dir / "model.safetensors"),
+        "threshold": threshold,
+        "weights_sha256": trained.weights_sha256,
         "preprocessing": to_dict(preprocess_config),
     }
+    if config.postprocessing != PostprocessConfig():
+        # Recorded when not the paper's, so findings made with other sizes are never reused (and those made before
+        # the setting existed, with the paper's sizes, still are).
+        common["postprocessing"] = to_dict(config.postprocessing)
     result = BatchResult()
     for path in tqdm(paths, desc="detect", unit="scan", disable=not progress):
         folder = out_dir / names[path]
@@ -306,14 +299,13 @@ def detect_batch(
             check_replaceable(folder, LEGACY_OUTPUTS)  # before the work: a user's folder is never replaced
             volume = load_volume(path, "image")
             case = preprocess_volume(volume, preprocess_config, name=names[path])
-            if case.grid.shape != tuple(config.model.input_shape):
-                raise InputError(path, f"crop {case.grid.shape} does not match the model's {config.model.input_shape}")
+            trained.check_case(case, path)
             ratio = case.record.get("qc", {}).get("csf_to_white_matter")
-            for message in contrast_warning(ratio, (calibration or {}).get("csf_to_white_matter")):
+            for message in contrast_warning(ratio, calibration.csf_to_white_matter if calibration else None):
                 case.record["warnings"].append(message)
                 warnings.warn(f"{path}: {message}", DegradedInputWarning, stacklevel=2)
-            detection = detect_case(model, case, threshold, calibration, torch_device)
-            result.done.append(write_detection(detection, folder, volume, run_dir, settings, calibration, source))
+            detection = trained.detect(case, threshold)
+            result.done.append(write_detection(detection, folder, volume, trained, settings, source))
         except BrainuadError as exc:
             result.failed.append((path, str(exc)))
         except Exception as exc:  # keep the batch going; report the unexpected error with its file

@@ -13,192 +13,24 @@ Outputs in ``DIR/``: ``summary.json``, ``per_case.csv``, ``per_lesion.csv`` (vox
 from __future__ import annotations
 
 import csv
-import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from brainuad import metrics, scores
+from brainuad.calibration import CALIBRATION_FILE, Calibration
 from brainuad.data import LabelledCase, find_labelled_cases
-from brainuad.errors import BrainuadError, InputError, OutputError
-from brainuad.inference import PostprocessingSizes, detect_case, load_calibration, postprocessing_sizes
-from brainuad.io import atomic_path, ensure_writable_folder, load_volume, read_grid, to_canonical, write_json
-from brainuad.postprocessing import erode_mask, segment
-from brainuad.preprocessing import PreprocessedCase, load_case, preprocess_file
-from brainuad.registration import fraction_outside_grid, native_to_mni
-from brainuad.templates import Grid
+from brainuad.errors import BrainuadError, OutputError
+from brainuad.io import atomic_path, ensure_writable_folder, write_json
+from brainuad.labelled import CaseEvaluation, apply_threshold, evaluate_case, tune_threshold
+from brainuad.trained import TrainedModel
 
 BOOTSTRAP_RESAMPLES = 1000
 #: Below this many cases a bootstrap over cases has too few distinct resamples to be an interval: none is given.
 MIN_BOOTSTRAP_CASES = 5
-
-
-@dataclass
-class CaseEvaluation:
-    """One case's raw material for the metrics (MNI crop grid; slices along the axial axis)."""
-
-    name: str
-    layout: str
-    slice_known: np.ndarray  # slices that have a label (all, for voxel-labelled cases)
-    slice_abnormal: np.ndarray
-    brain_slices: np.ndarray
-    slice_error: np.ndarray
-    normality: np.ndarray
-    # The full anomaly map, region (brain ∪ lesion) and lesion masks until the threshold is applied; afterwards
-    # anomaly and lesion hold only the region's voxels (flat) and region is None.
-    anomaly: np.ndarray | None = field(repr=False)
-    region: np.ndarray | None = field(default=None, repr=False)
-    lesion: np.ndarray | None = field(default=None, repr=False)
-    lesion_outside_crop: int = 0  # lesion voxels lost by the crop, in crop-grid voxels
-    grid: Grid | None = None  # the crop grid (1 mm when not given)
-    flagged: np.ndarray | None = None
-    dice: float = float("nan")
-    predicted_voxels: int = 0
-    true_positive: int = 0
-    slice_scores: dict = field(default_factory=dict, repr=False)  # name → per-slice score (scores.SLICE_SCORES)
-    scan_scores: dict = field(default_factory=dict)  # name → value (scores.SCAN_SCORES)
-    lesion_rows: list = field(default_factory=list, repr=False)  # scores.lesion_rows, voxel-labelled cases
-
-    @property
-    def voxel_ml(self) -> float:
-        return self.grid.voxel_ml if self.grid is not None else 0.001
-
-    @property
-    def sizes(self) -> PostprocessingSizes:
-        """The post-processing sizes in voxels on this case's crop grid."""
-        return postprocessing_sizes(self.grid.spacing_mm if self.grid is not None else 1.0)
-
-    @property
-    def has_voxels(self) -> bool:
-        return self.lesion is not None
-
-    def region_scores(self) -> np.ndarray:
-        """Anomaly scores of the brain ∪ lesion voxels (what the pooled voxel metrics rank)."""
-        return self.anomaly if self.region is None else self.anomaly[self.region]
-
-    def region_truth(self) -> np.ndarray:
-        """Lesion labels of the same voxels, in the same order."""
-        return self.lesion if self.region is None else self.lesion[self.region]
-
-
-def lesion_on_crop(case: LabelledCase, pre: PreprocessedCase) -> tuple[np.ndarray, int]:
-    """The case's lesion mask on the crop grid, and how many crop-grid voxels of lesion the crop cut off.
-
-    Raises:
-        InputError: The label file does not lie on its image's voxel grid (shape or affine differ).
-    """
-    # Headers only: the image's voxels are not needed to check that the label shares its grid.
-    label_shape, label_affine = read_grid(case.label_path)
-    image_shape, image_affine = read_grid(case.image_path)
-    if label_shape != image_shape or not np.allclose(label_affine, image_affine, atol=1e-3):
-        raise InputError(
-            case.label_path,
-            f"label grid {label_shape} does not match its image {case.image_path.name} {image_shape} "
-            "(shape or affine differ); labels must lie on the image's voxel grid",
-        )
-    label = load_volume(case.label_path, "label")
-    lesion_native = label.array > 0
-    lesion = native_to_mni(lesion_native.astype(np.uint8), pre.transform, pre.grid, order=0) > 0
-    outside = fraction_outside_grid(lesion_native, pre.transform, pre.grid) * lesion_native.sum()
-    outside_crop_voxels = round(float(outside) * label.voxel_volume_ml / pre.grid.voxel_ml)
-    return lesion, outside_crop_voxels
-
-
-def _slice_labels_from_csv(case: LabelledCase, pre: PreprocessedCase) -> tuple[np.ndarray, np.ndarray]:
-    """MNI slice labels from native slice labels: each MNI slice takes the majority label of its brain voxels."""
-    # Slice indices in the CSV run along the file's third axis: code them in file order, then reorient exactly as
-    # load_volume reorients the image (from the file's own affine), so they land on the scan's RAS grid.
-    shape_in_file, file_affine = read_grid(case.image_path)
-    coded = np.zeros(shape_in_file, np.uint8)
-    for index, label in (case.slice_labels or {}).items():
-        if index >= shape_in_file[2]:
-            raise InputError(case.image_path, f"slice label for slice {index}, but the file has {shape_in_file[2]}")
-        coded[:, :, index] = label + 1  # 0 = unlabelled, 1 = normal, 2 = abnormal
-    coded_ras_array, _ = to_canonical(coded, file_affine)
-    on_crop = native_to_mni(coded_ras_array, pre.transform, pre.grid, order=0)
-    brain = pre.brain_mask.array
-    known, abnormal = [], []
-    for u in range(on_crop.shape[2]):
-        values = on_crop[:, :, u][brain[:, :, u] & (on_crop[:, :, u] > 0)]
-        known.append(values.size > 0)
-        abnormal.append(values.size > 0 and (values == 2).mean() > 0.5)
-    return np.array(known), np.array(abnormal)
-
-
-def evaluate_case(
-    model, case: LabelledCase, config, cache_dir: Path, calibration: dict | None, device
-) -> CaseEvaluation:
-    """Preprocess (cached), reconstruct and post-process one labelled case; the threshold is applied later."""
-    _, folder = preprocess_file(case.image_path, cache_dir, config.preprocessing, name=case.name)
-    pre = load_case(folder)
-    if pre.grid.shape != tuple(config.model.input_shape):
-        raise InputError(
-            case.image_path, f"crop {pre.grid.shape} does not match the model's {config.model.input_shape}"
-        )
-    detection = detect_case(model, pre, threshold=math.inf, calibration=calibration, device=device)
-    brain = pre.brain_mask.array
-    eroded = erode_mask(brain, postprocessing_sizes(pre.grid.spacing_mm).erosion_voxels)
-    common = {
-        "slice_scores": scores.map_slice_scores(detection.anomaly, eroded, calibration),
-        "scan_scores": {"p999": detection.scan_score},
-        "name": case.name,
-        "layout": case.layout,
-        "brain_slices": metrics.brain_slices(brain),
-        "slice_error": detection.slice_errors,
-        "normality": detection.normality,
-        "anomaly": detection.anomaly,
-        "grid": pre.grid,
-    }
-    if case.label_path is not None:
-        lesion, outside = lesion_on_crop(case, pre)
-        return CaseEvaluation(
-            slice_known=np.ones(brain.shape[2], bool),
-            slice_abnormal=metrics.slice_labels(lesion),
-            region=brain | lesion,
-            lesion=lesion,
-            lesion_outside_crop=outside,
-            **common,
-        )
-    known, abnormal = _slice_labels_from_csv(case, pre)
-    return CaseEvaluation(slice_known=known, slice_abnormal=abnormal, **common)
-
-
-def apply_threshold(evaluation: CaseEvaluation, threshold: float) -> None:
-    """Segment at ``threshold`` (small components dropped): slice flags, Dice, predicted volume; frees the map."""
-    labels, count = segment(evaluation.anomaly, threshold, evaluation.sizes.min_component_voxels)
-    predicted = labels > 0
-    evaluation.flagged = predicted.any(axis=(0, 1))
-    evaluation.predicted_voxels = int(predicted.sum())
-    scores.add_segmentation_scores(evaluation.slice_scores, labels, evaluation.voxel_ml)
-    evaluation.scan_scores["lesion_ml"] = evaluation.predicted_voxels * evaluation.voxel_ml
-    if evaluation.has_voxels:
-        # Reference lesions smaller than the segmentation's smallest component cannot be reported: not counted.
-        reference, references = segment(evaluation.lesion, 0.5, evaluation.sizes.min_component_voxels)
-        match = metrics.match_lesions(labels, count, reference, references)
-        affine = evaluation.grid.affine_array if evaluation.grid is not None else np.eye(4)
-        evaluation.lesion_rows = scores.lesion_rows(evaluation.name, match, evaluation.anomaly, affine)
-        evaluation.true_positive = int(np.logical_and(predicted, evaluation.lesion).sum())
-        evaluation.dice = metrics.dice(predicted, evaluation.lesion, evaluation.lesion_outside_crop)
-        # Keep only what the pooled voxel metrics need — brain ∪ lesion voxels as flat arrays, not whole volumes —
-        # so that memory grows with the brain, not the crop, over many cases. region ⊇ lesion: no lesion voxel lost.
-        evaluation.anomaly = evaluation.anomaly[evaluation.region]
-        evaluation.lesion = evaluation.lesion[evaluation.region]
-        evaluation.region = None
-    else:
-        evaluation.anomaly = None  # slice labels only: the slice metrics use slice_error, not the map
-
-
-def tune_threshold(evaluations: list[CaseEvaluation]) -> metrics.DiceSweep:
-    """Best pooled-Dice threshold on labelled tuning cases (voxel labels needed)."""
-    voxel = [e for e in evaluations if e.has_voxels]
-    if not voxel:
-        raise BrainuadError("--tune-cases need voxel labels (BraTS- or MS-style), not slice labels only")
-    return metrics.best_dice_threshold(
-        [e.region_scores() for e in voxel], [e.region_truth() for e in voxel], [e.lesion_outside_crop for e in voxel]
-    )
 
 
 def _slice_arrays(
@@ -315,12 +147,12 @@ def _pooled_dice(voxel: list[CaseEvaluation]) -> float:
 
 
 def per_case_rows(
-    evaluations: list[CaseEvaluation], slice_score: str = "paper_eu", calibration: dict | None = None
+    evaluations: list[CaseEvaluation], slice_score: str = "paper_eu", healthy: Sequence[float] = ()
 ) -> list[dict]:
     """One row per case: layout, Dice, volumes, slice counts, the case's own slice AUROC (default slice score and
-    the paper's e(u), when defined), its scan scores, percentile among healthy calibration scans and lesion counts."""
+    the paper's e(u), when defined), its scan scores, percentile among the ``healthy`` calibration scans' scan
+    scores and lesion counts."""
     rows = []
-    healthy = (calibration or {}).get("healthy_scan_scores", [])
     for e in evaluations:
         counted = e.slice_known & e.brain_slices
         score = scores.case_slice_scores(e).get(slice_score, e.slice_error)
@@ -438,49 +270,46 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    from brainuad.checkpoints import load_model
-    from brainuad.device import resolve_device
-    from brainuad.provenance import provenance, sha256_file
+    from brainuad.provenance import provenance
     from brainuad.shipped import resolve_model_dir
 
     start = time.perf_counter()
     run_dir, out_dir = resolve_model_dir(run_dir), Path(out_dir)
     _refuse_run_folder_as_output(run_dir, out_dir)
     ensure_writable_folder(out_dir)  # fail before the work, not after it
-    torch_device = resolve_device(device)
-    model, config = load_model(run_dir, device=torch_device)
-    calibration = load_calibration(run_dir)
+    trained = TrainedModel.load(run_dir, device)
+    config, calibration = trained.config, trained.calibration
     cases = [c for source in case_sources for c in find_labelled_cases(source, modality)]
     tune = [c for source in tune_sources or [] for c in find_labelled_cases(source, modality)]
     refuse_overlap(cases, tune, calibration if not tune else None, run_dir)
-    if not tune and calibration is None:
-        raise BrainuadError(f"{run_dir}: no threshold: pass --tune-cases or run 'brainuad calibrate' first")
+    if not tune:
+        threshold, source = trained.threshold(otherwise="pass --tune-cases")  # before the work
 
     temporary = None if cache_dir else tempfile.TemporaryDirectory(prefix="brainuad-eval-")
     cache = Path(cache_dir) if cache_dir else Path(temporary.name)
     try:
         # Before the work: healthy scans the model has seen are refused.
-        healthy_folders = scores.held_out_healthy(run_dir, healthy_sources, config, cache / "healthy")
+        healthy_folders = scores.held_out_healthy(trained, healthy_sources, cache / "healthy")
         healthy = None
         bar = tqdm(total=len(tune) + len(cases), desc="evaluate", unit="case", disable=not progress)
         tuned = []
         for case in tune:
-            tuned.append(evaluate_case(model, case, config, cache / "tune", calibration, torch_device))
+            tuned.append(evaluate_case(trained, case, cache / "tune"))
             bar.update(1)
         if tune:
             sweep = tune_threshold(tuned)
-            threshold, source = sweep.threshold, f"best pooled Dice ({sweep.dice:.3f}) on {len(tune)} tuning cases"
-        else:
-            threshold, source = float(calibration["threshold"]), f"calibration.json ({calibration.get('method')})"
+            threshold, source = trained.threshold(
+                sweep.threshold, f"best pooled Dice ({sweep.dice:.3f}) on {len(tune)} tuning cases"
+            )
         for evaluation in tuned:
             apply_threshold(evaluation, threshold)  # segmentation-based slice scores compete too
         slice_score, choice = scores.default_slice_score(tuned, calibration)
         del tuned
         if healthy_sources:
-            healthy = scores.healthy_scan_scores(model, config, healthy_folders, threshold, torch_device)
+            healthy = scores.healthy_scan_scores(trained, healthy_folders, threshold)
         evaluations = []
         for case in cases:
-            evaluation = evaluate_case(model, case, config, cache / "cases", calibration, torch_device)
+            evaluation = evaluate_case(trained, case, cache / "cases")
             apply_threshold(evaluation, threshold)
             evaluations.append(evaluation)
             bar.update(1)
@@ -489,18 +318,16 @@ def evaluate(
         if temporary is not None:
             temporary.cleanup()
 
-    from brainuad.guard import banner, read_check
-
-    warning = banner(run_dir)
+    warning = trained.banner
     summary = summarise(evaluations, threshold, source, seed, slice_score, choice, healthy)
     summary.update(
         {
-            "reconstruction_check": read_check(run_dir),
+            "reconstruction_check": trained.reconstruction_check,
             "warning": warning,
             "model": {
                 "run_dir": str(run_dir),
                 "kind": config.model.kind,
-                "weights_sha256": sha256_file(run_dir / "model.safetensors"),
+                "weights_sha256": trained.weights_sha256,
             },
             "reported_cases": [c.name for c in cases],
             "tuning_cases": [c.name for c in tune],
@@ -510,7 +337,8 @@ def evaluate(
         }
     )
     write_json(out_dir / "summary.json", summary)
-    _write_csv(out_dir / "per_case.csv", per_case_rows(evaluations, slice_score, calibration))
+    healthy_scores = calibration.healthy_scores if calibration is not None else ()
+    _write_csv(out_dir / "per_case.csv", per_case_rows(evaluations, slice_score, healthy_scores))
     with atomic_path(out_dir / "table.md") as tmp:
         table = TABLE_HEADER + table_row(f"{config.model.kind} ({run_dir.name})", summary)
         tmp.write_text(f"**{warning}**\n\n{table}" if warning else table)
@@ -532,7 +360,7 @@ def _refuse_run_folder_as_output(run_dir: Path, out_dir: Path) -> None:
 
 
 def refuse_overlap(
-    cases: list[LabelledCase], tune: list[LabelledCase], calibration: dict | None, run_dir: Path
+    cases: list[LabelledCase], tune: list[LabelledCase], calibration: Calibration | None, run_dir: Path
 ) -> None:
     """Refuse reported cases that were used to choose the threshold — given as ``--tune-cases`` or recorded as the
     calibration's labelled tuning cases — matched by path and by content (SHA-256 of the image file), so a renamed
@@ -543,11 +371,11 @@ def refuse_overlap(
     for case in tune:
         tuning[str(case.image_path.resolve())] = case.name
         tuning[sha256_file(case.image_path)] = case.name
-    if calibration is not None and calibration.get("tuning_cases"):
-        where = f"{run_dir / 'calibration.json'} tuning case"
-        for path in calibration["tuning_cases"]:
+    if calibration is not None and calibration.tuning_cases:
+        where = f"{run_dir / CALIBRATION_FILE} tuning case"
+        for path in calibration.tuning_cases:
             tuning[str(Path(path).resolve())] = f"{where} {path}"
-        for digest, path in zip(calibration.get("tuning_cases_sha256", []), calibration["tuning_cases"]):
+        for digest, path in zip(calibration.tuning_cases_sha256 or (), calibration.tuning_cases):
             tuning[digest] = f"{where} {path}"
     if not tuning:
         return
@@ -559,60 +387,3 @@ def refuse_overlap(
                 break
     if overlap:
         raise BrainuadError(f"reported cases were used to choose the threshold ({'; '.join(overlap)}); keep them apart")
-
-
-def calibrate_on_labelled(
-    run_dir: str | Path,
-    sources: list[str | Path],
-    modality: str = "t2",
-    cache_dir: str | Path | None = None,
-    device: str = "auto",
-    progress: bool = True,
-) -> dict:
-    """Fit the threshold the paper's way: best pooled Dice on labelled tuning cases; saved in ``calibration.json``.
-
-    Healthy references already in the calibration (slice errors, scan scores) are kept. Never tune on the cases you
-    will report.
-    """
-    from tqdm import tqdm
-
-    from brainuad.checkpoints import load_model
-    from brainuad.device import resolve_device
-    from brainuad.inference import CALIBRATION_FILE
-    from brainuad.provenance import sha256_file
-    from brainuad.shipped import refuse_builtin
-
-    refuse_builtin(run_dir, "calibrate")
-    run_dir = Path(run_dir)
-    torch_device = resolve_device(device)
-    model, config = load_model(run_dir, device=torch_device)
-    calibration = load_calibration(run_dir) or {}
-    cases = [c for source in sources for c in find_labelled_cases(source, modality)]
-    temporary = None if cache_dir else tempfile.TemporaryDirectory(prefix="brainuad-calibrate-")
-    cache = Path(cache_dir) if cache_dir else Path(temporary.name)
-    try:
-        evaluations = [
-            evaluate_case(model, case, config, cache, calibration or None, torch_device)
-            for case in tqdm(cases, desc="calibrate", unit="case", disable=not progress)
-        ]
-    finally:
-        if temporary is not None:
-            temporary.cleanup()
-    sweep = tune_threshold(evaluations)
-    for evaluation in evaluations:
-        apply_threshold(evaluation, sweep.threshold)
-    slice_score, choice = scores.default_slice_score(evaluations, None)
-    calibration.update(
-        {
-            "method": "best pooled Dice on labelled tuning cases",
-            "threshold": sweep.threshold,
-            "slice_score": slice_score,
-            "slice_score_tuning_ap": choice.get("tuning_ap"),
-            "tuning_dice": sweep.dice,
-            "tuning_cases": [str(c.image_path.resolve()) for c in cases],
-            "tuning_cases_sha256": [sha256_file(c.image_path) for c in cases],
-            "postprocessing": evaluations[0].sizes.to_dict(),
-        }
-    )
-    write_json(run_dir / CALIBRATION_FILE, calibration)
-    return calibration

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from brainuad.cohort import cohort_mean, masked_mse, nearest_mse
+from brainuad.errors import BrainuadError
 from brainuad.io import read_json
 
 #: Kinds whose reconstruction is not learned (the check is recorded, the banner is not raised for them).
@@ -79,22 +80,48 @@ def reconstruction_check(
     }
 
 
-def read_check(run_dir: str | Path) -> dict | None:
-    """The run's ``reconstruction_check`` from ``summary.json``, or ``None`` (older run, or never trained)."""
+def read_check(run_dir: str | Path, strict: bool = True) -> dict | None:
+    """The run's ``reconstruction_check`` from ``summary.json``, or ``None`` (older run, or never trained).
+
+    Args:
+        run_dir: The run folder.
+        strict: Raise on an unreadable ``summary.json``; ``False`` = ``None`` (the verdict is advisory).
+    """
     path = Path(run_dir) / "summary.json"
     if not path.is_file():
         return None
-    check = read_json(path).get("reconstruction_check")
+    try:
+        check = read_json(path).get("reconstruction_check")
+    except (BrainuadError, OSError, AttributeError):
+        if strict:
+            raise
+        return None
     return check if isinstance(check, dict) else None
 
 
 def banner(run_dir: str | Path) -> str | None:
     """A one-line warning when the run's model does not reconstruct held-out scans better than the mean image."""
-    check = read_check(run_dir)
+    return banner_text(read_check(run_dir))
+
+
+def banner_text(check: dict | None) -> str | None:
+    """:func:`banner` for a check already read."""
     if not check or check.get("beats_mean_image") is not False:
         return None
     return (
         "WARNING: this model learned nothing individual: on held-out healthy scans its reconstruction error inside "
         f"the brain ({check['model_mse']:.4g}) is not below the cohort mean image's ({check['mean_image_mse']:.4g}); "
         "its anomaly map shows how far a scan is from the average brain, not lesions. Train longer or on more data."
+    )
+
+
+def report_warning(check: dict | None) -> str | None:
+    """The same verdict, worded for a findings or demo report (with the check's numbers), else ``None``."""
+    if not isinstance(check, dict) or check.get("beats_mean_image") is not False:
+        return None
+    numbers = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in check.items() if isinstance(v, float))
+    return (
+        "This model learned nothing beyond the healthy mean image: its reconstructions are no closer to healthy "
+        f"validation scans than the cohort's mean image is{f' ({numbers})' if numbers else ''}. Its anomaly maps "
+        "mostly show how a brain differs from the average brain; do not read them as findings."
     )

@@ -5,11 +5,41 @@ All functions take and return numpy arrays on the MNI crop grid; axis 2 is axial
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass
+
 import numpy as np
 import torch
 from scipy import ndimage
 
+from brainuad.config import PostprocessConfig
+
 AXIAL = 2
+
+
+@dataclass(frozen=True)
+class PostprocessingSizes:
+    """The post-processing sizes in voxels for one grid spacing."""
+
+    median_size: int
+    erosion_voxels: int
+    min_component_voxels: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def postprocessing_sizes(spacing_mm: float, config: PostprocessConfig | None = None) -> PostprocessingSizes:
+    """Voxel sizes of the post-processing ``config`` (default: the paper's) on a ``spacing_mm`` grid: 5 / 2 / 20 at
+    1 mm, 3 / 1 / 3 at 2 mm."""
+    config = config or PostprocessConfig()
+    median = max(1, round(config.median_mm / spacing_mm))
+    median += 1 - median % 2  # odd
+    return PostprocessingSizes(
+        median,
+        max(0, round(config.erosion_mm / spacing_mm)),
+        max(1, math.ceil(config.min_component_mm3 / spacing_mm**3)),
+    )
 
 
 def median_filter_3d(

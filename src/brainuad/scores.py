@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from brainuad import metrics
+from brainuad.calibration import Calibration, SliceReference
 from brainuad.postprocessing import (
     calibrated_slice_scores,
     describe_lesions,
@@ -28,6 +29,7 @@ from brainuad.postprocessing import (
     slice_means,
     slice_percentile,
 )
+from brainuad.trained import TrainedModel
 
 SLICE_SCORES = {
     "paper_eu": "the paper's e(u): summed post-processed anomaly in the slice (grows with brain area)",
@@ -46,19 +48,20 @@ DEFAULT_SCAN_SCORE = "p999"
 SIZE_BINS = (("<1 mL", 0.0, 1.0), ("1-10 mL", 1.0, 10.0), (">10 mL", 10.0, math.inf))
 
 
-def map_slice_scores(anomaly: np.ndarray, region: np.ndarray, calibration: dict | None) -> dict[str, np.ndarray]:
+def map_slice_scores(
+    anomaly: np.ndarray, region: np.ndarray, reference: SliceReference | None
+) -> dict[str, np.ndarray]:
     """Every slice score that needs only the anomaly map (``segmented_ml`` needs the threshold: added later).
 
     Args:
         anomaly: Post-processed anomaly map (crop grid).
         region: The eroded brain mask the map was masked with.
-        calibration: The run's calibration; ``calibrated_z`` is left out without a matching healthy reference.
+        reference: The calibration's healthy slice reference; ``calibrated_z`` is left out without a matching one.
     """
     errors = slice_errors(anomaly)
     scores = {"paper_eu": errors, "mean": slice_means(anomaly, region), "p99": slice_percentile(anomaly, region, 99)}
-    reference = (calibration or {}).get("slice_errors")
-    if reference is not None and len(reference["mean"]) == errors.size:
-        scores["calibrated_z"] = calibrated_slice_scores(errors, np.asarray(reference["mean"]), reference["std"])
+    if reference is not None and len(reference.mean) == errors.size:
+        scores["calibrated_z"] = calibrated_slice_scores(errors, np.asarray(reference.mean), np.asarray(reference.std))
     return scores
 
 
@@ -107,7 +110,7 @@ def counted_slices(evaluations: Sequence) -> tuple[list[np.ndarray], list[dict]]
     return labels, [{n: v[k] for n, v in case_slice_scores(e).items()} for e, k in zip(evaluations, keep)]
 
 
-def default_slice_score(tuned: Sequence, calibration: dict | None) -> tuple[str, dict]:
+def default_slice_score(tuned: Sequence, calibration: Calibration | None) -> tuple[str, dict]:
     """The default slice score: best slice AP on the tuning cases; else the calibration's; else the fixed one.
 
     Returns:
@@ -116,8 +119,8 @@ def default_slice_score(tuned: Sequence, calibration: dict | None) -> tuple[str,
     if tuned:
         name, aps = choose_slice_score(*counted_slices(tuned))
         return name, {"source": f"best pooled slice AP on {len(tuned)} tuning cases", "tuning_ap": aps}
-    if calibration and calibration.get("slice_score") in SLICE_SCORES:
-        return calibration["slice_score"], {"source": "calibration.json (chosen on its tuning cases)"}
+    if calibration is not None and calibration.slice_score in SLICE_SCORES:
+        return calibration.slice_score, {"source": "calibration.json (chosen on its tuning cases)"}
     return FALLBACK_SLICE_SCORE, {"source": "fixed default: no tuning cases to choose on"}
 
 
@@ -295,7 +298,7 @@ def healthy_case_folders(sources: Sequence[str | Path], config, cache: Path) -> 
     return folders
 
 
-def held_out_healthy(run_dir: Path, sources: Sequence[str | Path], config, cache: Path) -> list[Path]:
+def held_out_healthy(trained: TrainedModel, sources: Sequence[str | Path], cache: Path) -> list[Path]:
     """The healthy scans' case folders (:func:`healthy_case_folders`), refusing any the model has seen.
 
     Raises:
@@ -303,16 +306,16 @@ def held_out_healthy(run_dir: Path, sources: Sequence[str | Path], config, cache
             content).
     """
     from brainuad.errors import BrainuadError
-    from brainuad.inference import load_calibration
     from brainuad.io import read_json
 
     if not sources:
         return []
-    split_path = run_dir / "split.json"
+    split_path = trained.run_dir / "split.json"
     split = read_json(split_path) if split_path.is_file() else {}
-    seen = [*split.get("train", []), *split.get("val", []), *(load_calibration(run_dir) or {}).get("healthy_cases", [])]
+    calibrated_on = (trained.calibration.healthy_cases or ()) if trained.calibration else ()
+    seen = [*split.get("train", []), *split.get("val", []), *calibrated_on]
     used = {h for h in (_input_hash(Path(f)) for f in seen) if h}
-    folders = healthy_case_folders(sources, config, cache)
+    folders = healthy_case_folders(sources, trained.config, cache)
     overlap = sorted(f.name for f in folders if _input_hash(f) in used)
     if overlap:
         raise BrainuadError(
@@ -322,22 +325,19 @@ def held_out_healthy(run_dir: Path, sources: Sequence[str | Path], config, cache
     return folders
 
 
-def healthy_scan_scores(model, config, folders: Sequence[Path], threshold: float, device) -> list[dict]:
+def healthy_scan_scores(trained: TrainedModel, folders: Sequence[Path], threshold: float) -> list[dict]:
     """Scan scores and findings (all false positives) of healthy case folders at the operating threshold.
 
     Raises:
         InputError: A healthy scan lies on another crop grid than the model's.
     """
-    from brainuad.errors import InputError
-    from brainuad.inference import detect_case
     from brainuad.preprocessing import load_case
 
     rows = []
     for folder in folders:
         case = load_case(folder)
-        if case.grid.shape != tuple(config.model.input_shape):
-            raise InputError(folder, f"crop {case.grid.shape} does not match the model's {config.model.input_shape}")
-        detection = detect_case(model, case, threshold=threshold, device=device)
+        trained.check_case(case, folder)
+        detection = trained.detect(case, threshold)
         rows.append(
             {
                 "name": folder.name,

@@ -36,13 +36,6 @@ class Grid:
         """The voxel size in mm (the cube root of the voxel volume: crop grids are isotropic)."""
         return (self.voxel_ml * 1000) ** (1 / 3)
 
-    def world_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """World coordinates (mm) of the first and last voxel centres."""
-        a = self.affine_array
-        first = a[:3, 3]
-        last = a[:3, :3] @ (np.asarray(self.shape) - 1) + a[:3, 3]
-        return np.minimum(first, last), np.maximum(first, last)
-
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "affine": [list(r) for r in self.affine]}
 
