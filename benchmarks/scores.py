@@ -240,7 +240,8 @@ def markdown(results: dict, command: str, info: dict, seconds: dict) -> str:
         f"Models: {', '.join(t2)} (trained as in `benchmarks/results.py` with --epochs 8 --steps-per-epoch 15, by "
         + "; ".join(f"{m} git {g}" for m, g in results.get("trained_by", {}).items())
         + "; "
-        "vae was the best learned model on slice AP in the table above). No held-out healthy T2 individual exists in "
+        "vae was the best learned model on slice AP in the table above; the other T2 methods — ae, spatial-ae, dae, "
+        "fanogan and builtin:t2 — were not run through this section). No held-out healthy T2 individual exists in "
         "../shared/data (the one real T2 subject trains the models), so T2 has no scan-level result.",
         "",
         *_slice_table(t2),
@@ -272,9 +273,9 @@ def markdown(results: dict, command: str, info: dict, seconds: dict) -> str:
             "",
             *(
                 [
-                    "`builtin:t1` is the shipped T1 model (src/brainuad/builtin/t1: trained on the same split's train "
-                    "subjects, 50 CPU steps; its model card says it does not beat the mean image), recalibrated here "
-                    "on the same validation subjects.",
+                    "`builtin:t1` is the shipped T1 model (src/brainuad/builtin/t1; `brainuad models t1` describes "
+                    "its training: the quick recipe on the same split's train subjects), recalibrated here on the "
+                    "same validation subjects.",
                     "",
                 ]
                 if "builtin:t1" in t1
@@ -296,7 +297,9 @@ def markdown(results: dict, command: str, info: dict, seconds: dict) -> str:
         lines += ["", "Slice scores on T1 (threshold and default chosen on the BraTS tuning cases' T1):", ""]
         lines += [*_slice_table(t1), "", *_missing_z(t1)]
         lines += ["Does the new default beat e(u) on slice AP (T1 reported cases)?", ""]
-        lines += [_verdict(t1, name) for name in t1] + ["", NOTES_T1]
+        lines += [_verdict(t1, name) for name in t1]
+        lines += ["", "Lesion detection on T1 at the tuned threshold (reference lesions ≥ 20 mm³; any-overlap "
+                  "matching; 5 patient scans):", "", *_lesion_table(t1), "", NOTES_T1]  # fmt: skip
     lines += [
         "",
         "CPU time of this script (process, shared 2-core machine): "

@@ -98,7 +98,11 @@ def _model_config(args, shape):
     from brainuad.config import ModelConfig
 
     return ModelConfig(
-        input_shape=tuple(shape), latent=args.latent, channels=tuple(args.channels), stem_channels=args.stem_channels
+        input_shape=tuple(shape),
+        latent=args.latent,
+        channels=tuple(args.channels),
+        stem_channels=args.stem_channels,
+        input_pool=args.input_pool,
     )
 
 
@@ -314,7 +318,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps (network) / steps per epoch (loop)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--latent", type=int, default=512)
-    parser.add_argument("--channels", type=int, nargs=4, default=[32, 64, 128, 256])
+    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128, 256], help="2 to 5 down blocks")
+    parser.add_argument("--input-pool", type=int, default=1, choices=(1, 2, 4),
+                        help="the network sees the volume pooled by this factor (a tiny network for the loop's "
+                        "augmentation share on CPU)")  # fmt: skip
     parser.add_argument("--stem-channels", type=int, default=16)
     parser.add_argument("--loop", action="store_true", help="all sections (network, loop, augmentation, inference)")
     parser.add_argument("--sections", help="comma-separated subset of network,loop,augmentation,inference")
@@ -348,6 +355,7 @@ def main() -> None:
             "shape": args.shape,
             "batch_size": args.batch_size,
             "channels": args.channels,
+            "input_pool": args.input_pool,
             "latent": args.latent,
             "sections": sections,
             "argv": sys.argv[1:],
