@@ -165,6 +165,6 @@ def test_normative_model_fits_the_cohort_and_scores_z(tmp_path):
     cohort = np.stack([load_volume(f"{p}/image.nii.gz").array for p in train_ids])
     x = torch.zeros(1, 1, *SHAPE)
     assert np.allclose(model(x)[0, 0].numpy(), np.median(cohort, axis=0), atol=2e-3)  # the cache is float16
-    assert model.residual_scale().min() >= config.model.normative_floor
+    assert model.residual_scale().min() >= config.model.options.normative_floor
     check = json.loads((run / "summary.json").read_text())["reconstruction_check"]
     assert check["beats_mean_image"] is None and check["model_mse"] > 0

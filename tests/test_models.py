@@ -115,7 +115,7 @@ def test_vae_samples_in_training_and_uses_the_mean_in_eval():
 
 
 def test_dae_noise_is_coarse_and_stays_in_the_foreground():
-    model = build_model(ModelConfig(kind="dae", noise_std=0.2, noise_scale=8, **TINY))
+    model = build_model(ModelConfig(kind="dae", options={"noise_std": 0.2, "noise_scale": 8}, **TINY))
     x = torch.zeros(1, 1, 32, 32, 16)
     x[..., 8:24, 8:24, 4:12] = 0.5
     noisy = model.training_input(x)
@@ -128,7 +128,7 @@ def test_dae_noise_is_coarse_and_stays_in_the_foreground():
 
 
 def test_fanogan_parts_and_gradient_penalty():
-    from brainuad.gan_training import gradient_penalty
+    from brainuad.models.fanogan import gradient_penalty
 
     model = build_model(ModelConfig(kind="fanogan", **TINY))
     x = torch.rand(2, 1, 32, 32, 16)

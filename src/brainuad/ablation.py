@@ -17,9 +17,11 @@ from brainuad.config import Config, replace
 
 def variants(base: Config, latents: list[int], spatial_channels: list[int]) -> dict[str, Config]:
     """Name → config of every ablation variant (the base config's training settings, its model widths)."""
-    found = {f"dense-z{z}": replace(base, model=replace(base.model, kind="ae", latent=z)) for z in latents}
+    from brainuad.models.ae import DENSE, SPATIAL
+
+    found = {f"dense-z{z}": replace(base, model=replace(base.model, kind=DENSE.name, latent=z)) for z in latents}
     for c in spatial_channels:
-        found[f"spatial-c{c}"] = replace(base, model=replace(base.model, kind="spatial-ae", spatial_channels=c))
+        found[f"spatial-c{c}"] = replace(base, model=replace(base.model, kind=SPATIAL.name, spatial_channels=c))
     return found
 
 

@@ -102,7 +102,10 @@ def calibrate(
     no_held_out = bool((split or {}).get("note")) and sorted((split or {}).get("val", [])) == sorted(
         (split or {}).get("train", [])
     )
-    in_training = [] if config.model.kind == "intensity" else training_overlap(run_dir, folders)
+    from brainuad.models.registry import get_method
+
+    trained = get_method(config.model.kind).uses_training_data
+    in_training = training_overlap(run_dir, folders) if trained else []
     if in_training and not (allow_training_scans or (origin == "the run's validation split" and no_held_out)):
         shown = ", ".join(in_training[:5]) + (f" (+{len(in_training) - 5} more)" if len(in_training) > 5 else "")
         raise BrainuadError(

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from brainuad.config import Config, from_dict, to_dict
+from brainuad.config import Config, config_from_json, to_dict
 from brainuad.errors import BrainuadError, ConfigError, InputError
 from brainuad.io import atomic_path, read_json, write_json
 
@@ -162,10 +162,11 @@ def save_config(config: Config, path: str | Path) -> Path:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a config JSON (unknown keys and wrong types are errors naming the file)."""
+    """Read and validate a config JSON (unknown keys and wrong types are errors naming the file); files of older
+    brainuad versions are upgraded (:func:`brainuad.config.config_from_json`), newer formats refused naming theirs."""
     path = Path(path)
     try:
-        return from_dict(Config, read_json(path))
+        return config_from_json(read_json(path))
     except ConfigError as exc:
         raise InputError(path, f"invalid config: {exc}") from exc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,14 @@ def _check_model_folder(path: str) -> None:
         raise InputError(path, "not a brainuad model folder (no config.json): pass the folder 'brainuad train' wrote")
 
 
+def _choices(name: str) -> list[str]:
+    """The allowed values of a config setting (``device``, ``skull_strip``), declared once in :mod:`brainuad.config`."""
+    from brainuad.cliflags import choices_of
+    from brainuad.config import PreprocessConfig, TrainConfig
+
+    return choices_of(TrainConfig if name == "device" else PreprocessConfig, name)
+
+
 def _device(name: str):
     """The ``--device`` word resolved once, here at the CLI's edge, into the torch.device every API receives."""
     from brainuad.device import resolve_device
@@ -49,27 +58,14 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI files or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--skull-strip",
-        default="auto",
-        choices=["auto", "deepbet", "hd-bet", "template", "none"],
-        help="skull stripping method (default: auto = none for skull-stripped input, else deepbet)",
+    from brainuad.cliflags import add_flags
+    from brainuad.config import PreprocessConfig
+
+    add_flags(
+        p.add_argument_group("preprocessing (the model's input; detect uses the model's own)"),
+        PreprocessConfig,
+        "preprocessing",
     )
-    p.add_argument(
-        "--preset",
-        default="paper",
-        choices=["paper", "whole-brain", "paper-2mm"],
-        help="crop: paper = 160x192x96 at 1 mm; whole-brain = 160x208x160; paper-2mm = 80x96x48 at 2 mm "
-        "(default: paper)",
-    )
-    p.add_argument("--registration", default="rigid", choices=["rigid", "affine"], help="default: rigid")
-    p.add_argument(
-        "--template-contrast",
-        default="t1",
-        choices=["t1", "t2"],
-        help="register to the T1 template or a T2-like one built from its tissue maps (default: t1)",
-    )
-    p.add_argument("--scaling", default="percentile", choices=["percentile", "minmax"], help="default: percentile")
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default: 1)")
     p.add_argument("--force", action="store_true", help="redo scans that are already finished")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -77,19 +73,18 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_preprocess(args: argparse.Namespace) -> int:
-    from brainuad.config import PreprocessConfig
-    from brainuad.preprocessing import preprocess_batch
+    from brainuad.cliflags import given
+    from brainuad.config import ConfigError, PreprocessConfig, from_dict
 
     if args.jobs < 1:
         raise SystemExit(_usage_error("--jobs must be at least 1"))
+    try:
+        config = from_dict(PreprocessConfig, given(args, "preprocessing"), where="preprocessing")
+    except ConfigError as exc:
+        return _usage_error(str(exc))
     _check_exist(args.inputs)
-    config = PreprocessConfig(
-        preset=args.preset,
-        skull_strip=args.skull_strip,
-        registration=args.registration,
-        template_contrast=args.template_contrast,
-        scaling=args.scaling,
-    )
+    from brainuad.preprocessing import preprocess_batch
+
     result = preprocess_batch(args.inputs, args.out, config, jobs=args.jobs, force=args.force, progress=not args.quiet)
     return _report_batch("preprocess", result, args.out)
 
@@ -135,140 +130,77 @@ def _run_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_model_and_training_options(p: argparse.ArgumentParser) -> None:
-    """The model and training flags shared by ``train`` and ``ablate``."""
-    p.add_argument(
-        "--model",
-        default="ae",
-        choices=["ae", "spatial-ae", "vae", "dae", "fanogan", "intensity", "normative"],
-        help="ae = dense latent (the paper's), spatial-ae = spatial latent; baselines: vae, dae (denoising U-Net), "
-        "fanogan (f-AnoGAN, two-stage), intensity (no training: the scaled image is the anomaly map), normative "
-        "(no training: voxel-wise centre and spread of the healthy training scans)",
-    )
+def _add_model_and_training_options(p: argparse.ArgumentParser, methods: bool = True) -> None:
+    """The model and training flags shared by ``train`` and ``ablate``, made from the config dataclasses; with
+    ``methods``, each registered model's own settings too (that imports the models, and torch)."""
+    from brainuad.cliflags import add_flags
+    from brainuad.config import RECIPES, ModelConfig, TrainConfig
+
     p.add_argument(
         "--recipe",
         default="paper",
-        choices=["paper", "quick"],
+        choices=list(RECIPES),
         help="paper = Luo et al.'s network and training (default); quick = the CPU recipe measured on real T1 "
         "individuals (benchmarks/README.md): mean-image skip, brain-only loss, cosine learning rate, a network on "
         "the volume pooled ×2. Flags given explicitly override the recipe",
     )
-    p.add_argument("--latent", type=int, default=None, help="dense latent size (paper: 512)")
-    p.add_argument("--spatial-channels", type=int, default=16, help="spatial latent channels (default: 16)")
-    p.add_argument("--kl-weight", type=float, default=1.0, help="vae: weight of the per-voxel KL term")
-    p.add_argument("--noise-std", type=float, default=0.2, help="dae: standard deviation of the coarse noise")
-    p.add_argument("--noise-scale", type=int, default=8, help="dae: noise grid is this many times coarser")
-    p.add_argument("--epochs", type=int, default=None, help="paper: 200")
-    p.add_argument("--batch-size", type=int, default=None, help="paper: 8")
-    p.add_argument("--lr", type=float, default=None, help="paper: 1e-4")
-    p.add_argument("--weight-decay", type=float, default=1e-5)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument(
-        "--steps-per-epoch",
-        type=int,
-        default=None,
-        help="0 = one pass over the training scans per epoch; N = N random batches (small cohorts)",
-    )
-    p.add_argument(
-        "--augment", default=None, choices=["auto", "on", "off"], help="auto = on for cohorts under 50 training scans"
-    )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--compile", action="store_true", default=None, help="torch.compile the training step (default: on CUDA only)"
-    )
-    p.add_argument("--no-compile", dest="compile", action="store_false", help="train without torch.compile")
-    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs and after the last (default: 1)")
-    p.add_argument(
-        "--checkpoint-minutes",
-        type=float,
-        default=10.0,
-        help="write a resumable checkpoint at most every M minutes and at the end (default: 10; 0 = every epoch)",
-    )
-    p.add_argument("--no-bf16", action="store_true", help="train in fp32 on the GPU")
-    p.add_argument(
-        "--channels",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="C",
-        help="channels of the down blocks (paper: 32 64 128 256); ae/spatial-ae take 2 to 5 blocks",
-    )
-    p.add_argument("--stem-channels", type=int, default=None, help="paper: 16")
-    p.add_argument("--input-pool", type=int, default=None, choices=[1, 2, 4], help="ae: network on the volume pooled")
-    p.add_argument("--norm", default=None, choices=["batch", "group"], help="ae: BatchNorm (paper) or GroupNorm")
-    p.add_argument(
-        "--mean-skip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="ae: output = training cohort's mean image + the decoder's deviation from it",
-    )
-    p.add_argument(
-        "--loss-mask", action=argparse.BooleanOptionalAction, default=None, help="loss inside the brain only"
-    )
-    p.add_argument("--lr-schedule", default=None, choices=["constant", "cosine"], help="paper: constant")
-    p.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up steps")
-    p.add_argument("--normative-centre", default=None, choices=["median", "mean"], help="normative: voxel centre")
-    p.add_argument(
-        "--normative-score", default=None, choices=["abs", "z"], help="normative: |x - centre| (abs) or z-score"
-    )
+    add_flags(p.add_argument_group("model"), ModelConfig, "model", skip=("input_shape", "options"))
+    add_flags(p.add_argument_group("training"), TrainConfig, "training")
+    if methods:
+        from brainuad.models.registry import methods as registered
+
+        kind = next(a for a in p._actions if a.dest == "model.kind")
+        kind.choices = [m.name for m in registered()]
+        kind.help = (
+            "the model: "
+            + "; ".join(f"{m.name} = {m.summary}" for m in registered())
+            + f" (default: {kind.help.rsplit('(default: ', 1)[-1]}"
+        )
+        group = p.add_argument_group("settings of one model (apply to that --model only)")
+        seen: set[str] = set()
+        for method in registered():
+            names = {f.name for f in dataclasses.fields(method.Options)}
+            add_flags(group, method.Options, "options", skip=tuple(seen), label=f"{method.name}: ")
+            seen |= names
 
 
 def _config_from_args(args: argparse.Namespace):
     """The config tree the model and training flags describe: the recipe's, with every flag given on top (raises
-    ConfigError on bad values)."""
-    from brainuad.config import Config, quick_recipe, replace
+    ConfigError on bad values or a model setting given to another model)."""
+    from brainuad.cliflags import given
+    from brainuad.config import RECIPES, Config, ModelConfig, replace, to_dict
+    from brainuad.models.registry import get_method
 
-    base = quick_recipe() if args.recipe == "quick" else Config()
-
-    def given(**values):  # the flags the user set (None = take the recipe's value)
-        return {k: v for k, v in values.items() if v is not None}
-
-    model_kind = args.model
-    model_base = base.model if model_kind in ("ae", "spatial-ae") else Config().model  # the recipe is for the AE
-    model = replace(
-        model_base,
-        kind=model_kind,
-        **given(
-            latent=args.latent,
-            stem_channels=args.stem_channels,
-            channels=tuple(args.channels) if args.channels else None,
-            input_pool=args.input_pool,
-            norm=args.norm,
-            mean_skip=args.mean_skip,
-            normative_centre=args.normative_centre,
-            normative_score=args.normative_score,
-        ),
-        spatial_channels=args.spatial_channels,
-        kl_weight=args.kl_weight,
-        noise_std=args.noise_std,
-        noise_scale=args.noise_scale,
-    )
-    training = replace(
-        base.training,
-        **given(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            steps_per_epoch=args.steps_per_epoch,
-            augment=args.augment,
-            loss_mask=args.loss_mask,
-            lr_schedule=args.lr_schedule,
-            warmup_steps=args.warmup_steps,
-        ),
-        weight_decay=args.weight_decay,
-        val_fraction=args.val_fraction,
-        device=args.device,
-        seed=args.seed,
-        compile=args.compile,
-        val_every=args.val_every,
-        checkpoint_minutes=args.checkpoint_minutes,
-        bf16=not args.no_bf16,
-    )
-    return Config(model=model, training=training)
+    base = RECIPES[args.recipe]()
+    model_flags = given(args, "model")
+    kind = model_flags.pop("kind", ModelConfig.__dataclass_fields__["kind"].default)
+    method = get_method(kind)
+    # A recipe's network suits the models of its family; other models start from the defaults.
+    same_family = method.family and method.family == get_method(base.model.kind).family
+    model_base = base.model if same_family else Config().model
+    options = _options_given(args, method)
+    if options:
+        kept = to_dict(model_base.options) if model_base.kind == kind else {}
+        model_flags["options"] = {**kept, **options}
+    model = replace(model_base, kind=kind, **model_flags)
+    return replace(base, model=model, training=replace(base.training, **given(args, "training")))
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
+def _options_given(args: argparse.Namespace, method) -> dict:
+    """The model settings given as flags, refused when they belong to another model than ``method``."""
+    from brainuad.cliflags import given
+    from brainuad.config import ConfigError
+
+    options = given(args, "options")
+    known = {f.name for f in dataclasses.fields(method.Options)}
+    foreign = sorted(set(options) - known)
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise ConfigError(f"{flags}: not a setting of the {method.name!r} model")
+    return options
+
+
+def _add_train(sub: argparse._SubParsersAction, methods: bool = True) -> None:
     p = sub.add_parser(
         "train",
         help="train the autoencoder on preprocessed healthy scans",
@@ -290,7 +222,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="preprocessed healthy cases for validation (repeatable); default: --val-fraction of --data, drawn",
     )
-    _add_model_and_training_options(p)
+    _add_model_and_training_options(p, methods)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
@@ -329,31 +261,27 @@ def _run_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-#: Config fields whose flag is named differently (the rest: flag --a-b sets field a_b).
-_FLAG_FIELDS = {"model": "kind", "no_bf16": "bf16"}
-
-
 def _resume_config(args: argparse.Namespace, config):
     """For ``train --resume``: the run's saved settings, overridden only by the flags given on this command line
     (``train`` then refuses any that differ from the run's, naming them)."""
     from pathlib import Path
 
     from brainuad.checkpoints import load_config
-    from brainuad.config import replace
+    from brainuad.cliflags import given
+    from brainuad.config import replace, to_dict
+    from brainuad.models.registry import get_method
 
     saved_path = Path(args.out) / "config.json"
     if not saved_path.is_file():
         return config  # train() says there is nothing to resume
     saved = load_config(saved_path)
-    # Parse the same command line again with every default suppressed: what remains was typed by the user.
-    parser = build_parser()
-    train_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
-    for action in train_parser._actions:
-        action.default = argparse.SUPPRESS
-    given = {_FLAG_FIELDS.get(k, k) for k in vars(parser.parse_args(args.argv))}
-    model = {f: getattr(config.model, f) for f in vars(saved.model) if f in given}
-    training = {f: getattr(config.training, f) for f in vars(saved.training) if f in given}
-    return replace(saved, model=replace(saved.model, **model), training=replace(saved.training, **training))
+    model = given(args, "model")
+    options = _options_given(args, get_method(model.get("kind", saved.model.kind)))
+    if options:
+        model["options"] = {**to_dict(saved.model.options), **options}
+    return replace(
+        saved, model=replace(saved.model, **model), training=replace(saved.training, **given(args, "training"))
+    )
 
 
 def _add_calibrate(sub: argparse._SubParsersAction) -> None:
@@ -387,7 +315,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="accept --healthy scans the model was trained on (its threshold will be too low)",
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=_choices("device"), help="default: auto = CUDA when available")
     p.set_defaults(func=_run_calibrate)
 
 
@@ -438,10 +366,10 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--skull-strip",
         default=None,
-        choices=["auto", "deepbet", "hd-bet", "template", "none"],
+        choices=_choices("skull_strip"),
         help="override the model's preprocessing setting",
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=_choices("device"), help="default: auto = CUDA when available")
     p.add_argument("--force", action="store_true", help="redo scans whose outputs are complete")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run_detect)
@@ -498,7 +426,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--modality", default="t2", help="image modality in the case files (default: t2)")
     p.add_argument("--cache", default=None, metavar="DIR", help="keep preprocessed cases here to reuse them")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=_choices("device"), help="default: auto = CUDA when available")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run_evaluate)
@@ -536,7 +464,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_ablate(sub: argparse._SubParsersAction) -> None:
+def _add_ablate(sub: argparse._SubParsersAction, methods: bool = True) -> None:
     p = sub.add_parser(
         "ablate",
         help="the paper's latent ablation: dense 128-1024 and spatial 1-64 channels, Figures 4 and 5",
@@ -550,7 +478,7 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latents", type=int, nargs="+", default=[128, 256, 512, 1024], metavar="Z")
     p.add_argument("--spatial-variants", type=int, nargs="+", default=[1, 4, 16, 64], metavar="C")
     p.add_argument("--modality", default="t2")
-    _add_model_and_training_options(p)
+    _add_model_and_training_options(p, methods)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run_ablate)
 
@@ -565,7 +493,7 @@ def _run_ablate(args: argparse.Namespace) -> int:
         return _usage_error(str(exc))
     summaries = ablate(
         args.data, args.cases, args.out, base, args.tune_cases, args.latents, args.spatial_variants,
-        args.modality, args.device, progress=not args.quiet,
+        args.modality, base.training.device, progress=not args.quiet,
     )  # fmt: skip
     for name, summary in summaries.items():
         print(f"ablate: {name:14s} slice AUROC {summary['slices']['auroc']:.3f}")
@@ -599,7 +527,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="cohort and model size (default: auto = the largest that fits --minutes on this machine)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=_choices("device"), help="default: auto = CUDA when available")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run_demo)
 
@@ -633,12 +561,19 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
         "With NAME, print that model's whole card.",
     )
     p.add_argument("name", nargs="?", default=None, help="print this model's card")
+    p.add_argument("--methods", action="store_true", help="list the methods 'brainuad train --model' can train")
     p.set_defaults(func=_run_models)
 
 
 def _run_models(args: argparse.Namespace) -> int:
     from brainuad.shipped import PREFIX, builtin_names, model_card, resolve_model_dir
 
+    if args.methods:
+        from brainuad.models.registry import methods
+
+        for method in methods():
+            print(f"{method.name:12s} {method.summary}")
+        return EXIT_OK
     names = builtin_names()
     if args.name is not None:
         name = args.name.removeprefix(PREFIX)
@@ -661,8 +596,9 @@ def _usage_error(message: str) -> int:
     return EXIT_USAGE
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every verb (exposed for documentation and tests)."""
+def build_parser(methods: bool = True) -> argparse.ArgumentParser:
+    """The argument parser with every verb (exposed for documentation and tests); ``methods=False`` leaves out the
+    models' own settings (their flags need the models, hence torch, imported)."""
     parser = argparse.ArgumentParser(
         prog="brainuad",
         description="Unsupervised anomaly detection in brain MRI (after Luo et al.). A research tool, not a "
@@ -672,11 +608,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_preprocess(sub)
     _add_download(sub)
-    _add_train(sub)
+    _add_train(sub, methods)
     _add_calibrate(sub)
     _add_detect(sub)
     _add_evaluate(sub)
-    _add_ablate(sub)
+    _add_ablate(sub, methods)
     _add_demo(sub)
     _add_models(sub)
     return parser
@@ -686,8 +622,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``brainuad`` console script; returns the exit code."""
     from brainuad.errors import BrainuadError
 
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((word for word in argv if not word.startswith("-")), None)
+    parser = build_parser(methods=command in ("train", "ablate"))
     args = parser.parse_args(argv)
     args.argv = argv
     if not getattr(args, "func", None):

@@ -202,7 +202,7 @@ def run_demo(
     previous = prepare_folder(out, settings, progress)
     if previous and previous.get("complete") and (out / "report.html").is_file():
         _log(f"{out} holds this demo, finished, with the same settings: reusing it (other settings redo it)", progress)
-        summaries = {name: read_json(out / "evaluation" / name / "summary.json") for name in ("ae", "intensity")}
+        summaries = {name: read_json(out / "evaluation" / name / "summary.json") for name in model_names()}
         return DemoResult(out / "report.html", summaries, time.monotonic() - start, previous["source"])
     record = {"settings": settings, "complete": False, "size_used": (previous or {}).get("size_used"), "seconds": {}}
     stage_start = time.monotonic()
@@ -287,12 +287,13 @@ def run_demo(
             lr_schedule="constant", warmup_steps=steps,
         ),
     )  # fmt: skip
-    run = out / "runs" / "ae"
+    learned, baseline_kind = model_names()
+    run = out / "runs" / learned
     _train(prep_healthy, run, config, deadline, progress)
-    baseline = out / "runs" / "intensity"
+    baseline = out / "runs" / baseline_kind
     if not (baseline / "summary.json").is_file():
         shutil.rmtree(baseline, ignore_errors=True)  # a baseline cut off before it finished (the demo wrote it)
-        _train(prep_healthy, baseline, replace(config, model=ModelConfig(kind="intensity")), None, False)
+        _train(prep_healthy, baseline, replace(config, model=ModelConfig(kind=baseline_kind)), None, False)
     stage_done("train")
 
     summaries, findings = _calibrate_evaluate_detect(
@@ -308,6 +309,14 @@ def run_demo(
     return DemoResult(report, summaries, seconds, source)
 
 
+def model_names() -> tuple[str, str]:
+    """The demo's learned model and its baseline, as registered (their run and evaluation folders are named so)."""
+    from brainuad.models.ae import DENSE
+    from brainuad.models.intensity import INTENSITY
+
+    return DENSE.name, INTENSITY.name
+
+
 def _train(data: Path, run: Path, config: Config, deadline: float | None, progress: bool) -> None:
     """Train (or finish training) the demo's model in ``run`` until ``deadline``; a finished run is kept."""
     from brainuad.io import read_json
@@ -318,12 +327,15 @@ def _train(data: Path, run: Path, config: Config, deadline: float | None, progre
     resume = (run / "state.json").is_file()
     if not resume and run.exists():
         shutil.rmtree(run)  # cut off during its first epoch; the demo wrote it
-    if config.model.kind != "intensity":
+    from brainuad.models.registry import get_method
+
+    learns = get_method(config.model.kind).learns
+    if learns:
         left = (deadline - time.monotonic()) / 60 if deadline else 0.0
         _log(f"training the autoencoder on healthy scans only, for ≈ {max(left, 0):.1f} min (at least one epoch)",
              progress)  # fmt: skip
     train([data], run, config, resume=resume, progress=progress, deadline=deadline)
-    if config.model.kind != "intensity":
+    if learns:
         summary = read_json(run / "summary.json")
         why = ", stopped at the time budget" if summary.get("stopped_at_time_budget") else ""
         _log(f"trained {summary['epochs_done']} epoch(s) in {summary['train_seconds']:.0f} s{why}", progress)
@@ -341,7 +353,8 @@ def _calibrate_evaluate_detect(out, run, baseline, tune_dirs, test_dirs, test_sc
         _log(f"note: {note}", progress)
     done("calibrate")
     summaries = {}
-    for name, model_dir in (("ae", run), ("intensity", baseline)):
+    learned, _ = model_names()
+    for name, model_dir in zip(model_names(), (run, baseline)):
         _log(f"evaluating {name} (threshold tuned on the tuning cases, reported on the test cases)", progress)
         summaries[name] = evaluate(
             model_dir, test_dirs, out / "evaluation" / name, tune_sources=tune_dirs,
@@ -349,7 +362,7 @@ def _calibrate_evaluate_detect(out, run, baseline, tune_dirs, test_dirs, test_sc
         )  # fmt: skip
     done("evaluate")
     # The same threshold as the results table (tuned on the tuning cases), so the panels and the Dice agree.
-    threshold = float(summaries["ae"]["threshold"]["value"])
+    threshold = float(summaries[learned]["threshold"]["value"])
     _log(f"detecting anomalies in the first test scan at the tuned threshold {threshold:.3g}", progress)
     findings = detect_batch(
         test_scans[:1], run, out / "findings", threshold, device=device, progress=progress,
@@ -384,7 +397,8 @@ def write_demo_report(
         )
     table = TABLE_HEADER + "".join(table_row(name, s) for name, s in summaries.items())
     synthetic = source.startswith("synthetic")
-    threshold = summaries["ae"]["threshold"]
+    learned, _ = model_names()
+    threshold = summaries[learned]["threshold"]
     notes = [
         f"<b>The data are SYNTHETIC</b> ({html.escape(source.removeprefix('synthetic: '))}, with planted lesions): "
         "the numbers show the chain working, not how brainuad performs on patients." if synthetic else
@@ -402,6 +416,6 @@ def write_demo_report(
         )
     notes.append("To run the same chain on real data:<pre>" + html.escape(REAL_DATA_COMMANDS) + "</pre>")
     summary = {"data": source, "threshold (ae, tuned)": threshold["value"], "threshold source": threshold["source"]}
-    warning = learned_nothing_warning(out / "runs" / "ae")
+    warning = learned_nothing_warning(out / "runs" / learned)
     banner = html.escape(warning) if warning else None
     return html_report("brainuad demo", summary, images, out / "report.html", notes=notes, table=table, banner=banner)

@@ -20,9 +20,6 @@ from brainuad.cohort import cohort_mean, masked_mse, nearest_mse
 from brainuad.errors import BrainuadError
 from brainuad.io import read_json
 
-#: Kinds whose reconstruction is not learned (the check is recorded, the banner is not raised for them).
-UNLEARNED_KINDS = ("intensity", "normative")
-
 
 @torch.no_grad()
 def reconstruction_check(
@@ -32,7 +29,7 @@ def reconstruction_check(
     val_ids: list[int],
     val_masks: list[np.ndarray],
     device: torch.device | str = "cpu",
-    kind: str = "ae",
+    kind: str | None = None,
 ) -> dict:
     """Mean MSE inside the brain over the validation scans: the model's, the mean image's, the nearest training scan's.
 
@@ -43,8 +40,8 @@ def reconstruction_check(
         val_ids: Rows of the validation split.
         val_masks: Brain mask of each validation row.
         device: Where the model runs.
-        kind: The model kind: the baselines that learn nothing (``intensity``, ``normative``) get
-            ``beats_mean_image = None``.
+        kind: The model kind: methods that learn no reconstruction (``Method.learns`` false: the intensity and
+            normative baselines) get ``beats_mean_image = None``; ``None`` = a learned model.
 
     Returns:
         ``{"model_mse", "mean_image_mse", "nearest_training_mse", "beats_mean_image", "val_cases", "note"}``.
@@ -67,7 +64,9 @@ def reconstruction_check(
     if overlap:
         note = "validation scans are training scans (one healthy case): the check is not held-out"
     beats: bool | None = bool(model_mse < mean_mse)
-    if kind in UNLEARNED_KINDS:
+    from brainuad.models.registry import get_method
+
+    if kind is not None and not get_method(kind).learns:
         beats = None
         note = f"{kind}: a baseline with no learned reconstruction"
     return {

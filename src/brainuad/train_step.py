@@ -39,17 +39,6 @@ def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, brain_only: 
     return ((output - target) ** 2 * inside).sum() / inside.sum().clamp_min(1.0)
 
 
-def fit_cohort(model: nn.Module, volumes, train_ids: list[int]) -> None:
-    """Give the model the training cohort's statistics it carries: the normative model's centre and spread, the
-    mean-skip autoencoder's mean image (both computed in one place, :mod:`brainuad.cohort`)."""
-    if hasattr(model, "fit_cohort"):
-        model.fit_cohort(volumes, train_ids)
-    elif getattr(getattr(model, "config", None), "mean_skip", False):
-        from brainuad.cohort import cohort_mean
-
-        model.set_mean_image(torch.from_numpy(cohort_mean(volumes, train_ids)))
-
-
 class TrainStep:
     """Forward, MSE loss (+ the model's regulariser), backward and an optimiser step.
 

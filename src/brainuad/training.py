@@ -48,10 +48,12 @@ from brainuad.data import VolumeCache, check_one_cohort, find_case_folders
 from brainuad.device import resolve_device  # also imported from here by older code
 from brainuad.errors import BrainuadError, InputError
 from brainuad.io import atomic_path, ensure_writable_folder, load_volume, read_grid, read_json, write_json
-from brainuad.models import TRAINABLE_KINDS, build_model, count_parameters
+from brainuad.models import build_model, count_parameters
+from brainuad.models.base import FitContext
+from brainuad.models.registry import get_method
 from brainuad.provenance import provenance
 from brainuad.runfolder import EXECUTION_SETTINGS, absolute_split, lock_run_folder, resume_differences
-from brainuad.train_step import TrainStep, fit_cohort, learning_rate, reconstruction_loss
+from brainuad.train_step import TrainStep, learning_rate, reconstruction_loss
 
 CPU = torch.device("cpu")
 LOG_FIELDS = ("epoch", "train_loss", "val_loss", "seconds", "volumes_per_s", "lr")
@@ -252,26 +254,27 @@ def train(
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
     torch.manual_seed(tc.seed)
+    method = get_method(config.model.kind)
     model = build_model(config.model).to(device)
-    fit_cohort(model, cache.array, train_ids)
-    if config.model.kind not in TRAINABLE_KINDS:
-        # The intensity and normative baselines learn nothing: the run folder holds the config, split and their
-        # (empty or cohort-fitted) weights, so calibrate, detect and evaluate treat them like any model.
+    method.prepare(model, cache.array, train_ids)
+    if not method.learns:
+        # Baselines learn nothing by gradient (the intensity model nothing at all; the normative model its cohort
+        # statistics, just set): the run folder holds the config, split and weights, so calibrate, detect and
+        # evaluate treat them like any model.
         if rank == 0:
             save_weights(model, run_dir / "model.safetensors")
             check = _reconstruction_check(run_dir, config, cache, train_ids, val_ids, all_cases, device)
             _finish(run_dir, model, {"epoch": 0, "best_val_loss": math.nan, "best_epoch": 0}, [], world, None, check)
         return TrainResult(run_dir, 0, math.nan, 0, [])
-    if config.model.kind == "fanogan":
-        if resume or world > 1:
-            raise BrainuadError("f-AnoGAN training runs on one device and cannot be resumed; start a new run")
-        from brainuad.gan_training import train_fanogan
-
-        outcome = train_fanogan(model, cache, train_ids, val_ids, config, run_dir, device, augmenter, progress)
-        state, history = outcome["state"], outcome["history"]
+    if not method.resumable and (resume or world > 1):
+        raise BrainuadError(f"{method.name} training runs on one device and cannot be resumed; start a new run")
+    context = _fit_context(config, run_dir, cache, train_ids, val_ids, augmenter, device, progress)
+    outcome = method.fit(model, context)
+    if outcome is not None:  # the method ran its own loop
+        state = {"epoch": outcome.epochs, "best_val_loss": outcome.best_val_loss, "best_epoch": outcome.best_epoch}
         check = _reconstruction_check(run_dir, config, cache, train_ids, val_ids, all_cases, device)
-        _finish(run_dir, model, state, history, world, None, check)
-        return TrainResult(run_dir, state["epoch"], state["best_val_loss"], state["best_epoch"], history)
+        _finish(run_dir, model, state, outcome.history, world, None, check)
+        return TrainResult(run_dir, outcome.epochs, outcome.best_val_loss, outcome.best_epoch, outcome.history)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0}
     if resume and (run_dir / "state.json").is_file():
@@ -386,6 +389,34 @@ def train(
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return TrainResult(run_dir, state["epoch"], state["best_val_loss"], state["best_epoch"], history)
+
+
+def _fit_context(
+    config: Config,
+    run_dir: Path,
+    cache: VolumeCache,
+    train_ids: list[int],
+    val_ids: list[int],
+    augmenter: Augmenter | None,
+    device: torch.device,
+    progress: bool,
+) -> FitContext:
+    """What a method with its own loop (:meth:`brainuad.models.base.Method.fit`) may use of the run: the batches as
+    the default loop draws them, validation, the log and the run folder's files."""
+    tc = config.training
+    return FitContext(
+        config=config,
+        device=device,
+        train_ids=train_ids,
+        val_ids=val_ids,
+        plan=lambda seed, epoch: plan_batches(train_ids, tc.batch_size, seed, epoch, 0, 1, tc.steps_per_epoch),
+        load=lambda ids, epoch, step: _load_batch(cache, ids, augmenter, tc.seed, epoch, step, device),
+        validation_loss=lambda model: evaluate_loss(model, cache, val_ids, device, tc.batch_size, None, tc.loss_mask),
+        log=lambda row: _append_log(run_dir / "log.csv", row),
+        save=lambda model, name: save_weights(model, run_dir / name),
+        record=lambda name, data: write_json(run_dir / name, data),
+        progress=progress,
+    )
 
 
 @torch.no_grad()

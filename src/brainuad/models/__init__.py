@@ -1,44 +1,34 @@
-"""Network definitions: ``nn.Module``s only (no paths, optimisers or data)."""
+"""The models: one module per method, each holding its ``nn.Module``, its own settings and its training behaviour
+(the contract: :mod:`brainuad.models.base`; found by name: :mod:`brainuad.models.registry`).
+
+Importing this package is light (no torch): the config tree and the CLI read the contract; the networks are
+imported when a method is first looked up.
+"""
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
-from brainuad.config import ModelConfig
-from brainuad.models.ae import ResidualAutoencoder3D, count_parameters
-from brainuad.models.baselines import DenoisingUNet3D, IntensityBaseline, VariationalAutoencoder3D
-from brainuad.models.fanogan import FAnoGAN3D
-from brainuad.models.normative import NormativeModel
+if TYPE_CHECKING:
+    from torch import nn
 
-#: Kinds that have weights to learn (``intensity`` has none; ``normative`` is fitted to the cohort, not trained).
-TRAINABLE_KINDS = ("ae", "spatial-ae", "vae", "dae", "fanogan")
+    from brainuad.models.base import ModelConfig
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-    """The network a model config describes (randomly initialised)."""
-    if config.kind in ("ae", "spatial-ae"):
-        return ResidualAutoencoder3D(config)
-    if config.kind == "vae":
-        return VariationalAutoencoder3D(config)
-    if config.kind == "dae":
-        return DenoisingUNet3D(config)
-    if config.kind == "fanogan":
-        return FAnoGAN3D(config)
-    if config.kind == "intensity":
-        return IntensityBaseline(config)
-    if config.kind == "normative":
-        return NormativeModel(config)
-    raise ValueError(f"unknown model kind {config.kind!r}")
+    """The network a model config describes (randomly initialised), built by its registered method."""
+    from brainuad.models.registry import get_method
+
+    return get_method(config.kind).build(config)
 
 
-__all__ = [
-    "TRAINABLE_KINDS",
-    "DenoisingUNet3D",
-    "FAnoGAN3D",
-    "IntensityBaseline",
-    "NormativeModel",
-    "ResidualAutoencoder3D",
-    "VariationalAutoencoder3D",
-    "build_model",
-    "count_parameters",
-]
+def __getattr__(name: str) -> Any:
+    # Lazy: `from brainuad.models import count_parameters` imports torch only when asked for.
+    if name == "count_parameters":
+        from brainuad.models.layers import count_parameters
+
+        return count_parameters
+    raise AttributeError(f"module 'brainuad.models' has no attribute {name!r}")
+
+
+__all__ = ["build_model", "count_parameters"]

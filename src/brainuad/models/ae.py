@@ -1,6 +1,6 @@
 """Luo et al.'s 3D residual autoencoder: dense latent (the paper's) and spatial latent (its ablation).
 
-Pure ``nn.Module``s: no paths, no optimisers, no data handling.
+The network and its two registered methods (``ae``, ``spatial-ae``); no paths, optimisers or data handling.
 
 Layout (published code, paper preset 160×192×96):
     stem      conv3 s1 (1→16) → LeakyReLU(0.2) → BatchNorm
@@ -19,77 +19,25 @@ import math
 import torch
 from torch import nn
 
-from brainuad.config import ModelConfig
-
-
-def make_norm(channels: int, norm: str = "batch") -> nn.Module:
-    """BatchNorm (the published code's) or GroupNorm (independent of the batch size: up to 8 groups)."""
-    if norm == "group":
-        return nn.GroupNorm(math.gcd(channels, 8), channels)
-    return nn.BatchNorm3d(channels)
-
-
-def conv_act_norm(conv: nn.Module, channels: int, norm: str = "batch") -> nn.Sequential:
-    """The published code's unit: convolution, then LeakyReLU(0.2), then BatchNorm (or GroupNorm)."""
-    return nn.Sequential(conv, nn.LeakyReLU(0.2, inplace=True), make_norm(channels, norm))
-
-
-class ResidualDown(nn.Module):
-    """Halves the resolution: conv3 s1 → conv3 s2 on the main path, strided conv3 on the shortcut."""
-
-    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
-        super().__init__()
-        self.main = nn.Sequential(
-            conv_act_norm(nn.Conv3d(in_channels, out_channels, 3, stride=1, padding=1), out_channels, norm),
-            conv_act_norm(nn.Conv3d(out_channels, out_channels, 3, stride=2, padding=1), out_channels, norm),
-        )
-        self.shortcut = conv_act_norm(nn.Conv3d(in_channels, out_channels, 3, stride=2, padding=1), out_channels, norm)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x) + self.shortcut(x)
-
-
-class ResidualUp(nn.Module):
-    """Doubles the resolution: transposed conv k4 s2 → conv3 s1 on the main path, transposed conv on the shortcut."""
-
-    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
-        super().__init__()
-        self.main = nn.Sequential(
-            conv_act_norm(nn.ConvTranspose3d(in_channels, out_channels, 4, stride=2, padding=1), out_channels, norm),
-            conv_act_norm(nn.Conv3d(out_channels, out_channels, 3, stride=1, padding=1), out_channels, norm),
-        )
-        self.shortcut = conv_act_norm(
-            nn.ConvTranspose3d(in_channels, out_channels, 4, stride=2, padding=1), out_channels, norm
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x) + self.shortcut(x)
-
-
-class TrainingHooks:
-    """What the training loop asks of every model; the defaults suit a plain autoencoder."""
-
-    def training_input(self, x: torch.Tensor) -> torch.Tensor:
-        """What the network sees in a training step (the target is always ``x``); the denoising AE corrupts it."""
-        return x
-
-    def regulariser(self) -> torch.Tensor | None:
-        """An extra loss term from the last training forward pass (the VAE's KL divergence), or ``None``."""
-        return None
+from brainuad.models.base import Method, ModelConfig, TrainingHooks
+from brainuad.models.layers import ResidualDown, ResidualUp, conv_act_norm
 
 
 class ResidualAutoencoder3D(TrainingHooks, nn.Module):
     """The 3D residual autoencoder, with a dense or a spatial latent.
 
     Args:
-        config: Model section of the config (kind, latent sizes, channels, input shape).
+        config: Model section of the config (latent sizes, channels, input shape, pooling, mean skip, norm).
+        spatial_latent: A 1×1×1-convolution latent of ``config.spatial_channels`` channels at the bottleneck's
+            resolution instead of the dense ``config.latent`` vector.
 
     Input and output: ``(batch, 1, *config.input_shape)``.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, spatial_latent: bool = False):
         super().__init__()
         self.config = config
+        self.spatial_latent = spatial_latent
         channels = (config.stem_channels, *config.channels)
         factor = config.input_pool * 2 ** len(config.channels)
         self.bottleneck_shape = tuple(s // factor for s in config.input_shape)
@@ -100,14 +48,12 @@ class ResidualAutoencoder3D(TrainingHooks, nn.Module):
         self.encoder = nn.Sequential(*[ResidualDown(a, b, norm) for a, b in itertools.pairwise(channels)])
         deepest = channels[-1]
         flat = deepest * math.prod(self.bottleneck_shape)
-        if config.kind in ("ae", "vae"):
-            self.to_latent: nn.Module = nn.Linear(flat, config.latent)
-            self.from_latent: nn.Module = nn.Linear(config.latent, flat)
-        elif config.kind == "spatial-ae":
-            self.to_latent = nn.Conv3d(deepest, config.spatial_channels, 1)
-            self.from_latent = nn.Conv3d(config.spatial_channels, deepest, 1)
+        if spatial_latent:
+            self.to_latent: nn.Module = nn.Conv3d(deepest, config.spatial_channels, 1)
+            self.from_latent: nn.Module = nn.Conv3d(config.spatial_channels, deepest, 1)
         else:
-            raise ValueError(f"unknown model kind {config.kind!r}")
+            self.to_latent = nn.Linear(flat, config.latent)
+            self.from_latent = nn.Linear(config.latent, flat)
         reversed_channels = channels[::-1]
         self.decoder = nn.Sequential(*[ResidualUp(a, b, norm) for a, b in itertools.pairwise(reversed_channels)])
         self.head = nn.Conv3d(config.stem_channels, 1, 1)
@@ -135,14 +81,14 @@ class ResidualAutoencoder3D(TrainingHooks, nn.Module):
         if self.config.input_pool > 1:
             x = nn.functional.avg_pool3d(x, self.config.input_pool)
         features = self.encoder(self.stem(x))
-        if self.config.kind != "spatial-ae":
+        if not self.spatial_latent:
             return self.to_latent(features.flatten(1))
         return self.to_latent(features)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent code → reconstructed volume."""
         features = self.from_latent(z)
-        if self.config.kind != "spatial-ae":
+        if not self.spatial_latent:
             features = features.view(z.shape[0], -1, *self.bottleneck_shape)
             features = features.contiguous(memory_format=torch.channels_last_3d) if z.is_cuda else features
         out = self.head(self.decoder(features))
@@ -156,6 +102,34 @@ class ResidualAutoencoder3D(TrainingHooks, nn.Module):
         return self.decode(self.encode(x))
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+class DenseAE(Method):
+    """Luo et al.'s network: a dense latent of ``model.latent`` values."""
+
+    name = "ae"
+    summary = "Luo et al.'s 3D residual autoencoder, dense latent (the paper's)"
+    family = "residual-ae"
+    refuses = ()
+    min_stages, max_stages = 2, 5
+    spatial = False
+
+    def build(self, config: ModelConfig) -> nn.Module:
+        return ResidualAutoencoder3D(config, spatial_latent=self.spatial)
+
+    def prepare(self, model: nn.Module, volumes, train_ids: list[int]) -> None:
+        if model.config.mean_skip:
+            from brainuad.cohort import cohort_mean
+
+            model.set_mean_image(torch.from_numpy(cohort_mean(volumes, train_ids)))
+
+
+class SpatialAE(DenseAE):
+    """The paper's ablation: a spatial latent of ``model.spatial_channels`` channels at 1/16 resolution."""
+
+    name = "spatial-ae"
+    summary = "the residual autoencoder with a spatial latent (the paper's ablation)"
+    spatial = True
+
+
+#: The two latent variants of the paper's ablation (``brainuad ablate``).
+DENSE, SPATIAL = DenseAE(), SpatialAE()
+METHODS = [DENSE, SPATIAL]

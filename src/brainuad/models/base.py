@@ -1,0 +1,232 @@
+"""The model contract: what a method module under ``brainuad/models/`` declares, and the model section of the config.
+
+A method is one module holding its ``nn.Module``, its own settings (an ``Options`` frozen dataclass, stored as
+``model.options`` in config.json), its training behaviour and a :class:`Method` instance in a module-level
+``METHODS`` list; :mod:`brainuad.models.registry` finds it by name. The training loop, the CLI flags and the config
+validation ask the registry, so adding a method touches no other file (docs/architecture.md, "How to add a model").
+
+Training behaviour, from the least to the most a method has to write:
+
+- nothing (``learns = False``, e.g. the intensity baseline): the run folder holds the config and empty weights;
+- :meth:`Method.prepare` only (the normative model): statistics of the training cohort, no optimiser;
+- the default gradient loop of :mod:`brainuad.training` (autoencoders): the network's :class:`TrainingHooks` say what
+  it sees (``training_input``) and what it adds to the MSE (``regulariser``);
+- :meth:`Method.fit` (f-AnoGAN's two stages): the method runs its own loop on what :class:`FitContext` offers.
+
+This module imports no torch at import time: the config tree and the CLI read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from brainuad.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+NormKind = Literal["batch", "group"]
+
+#: The default model kind (the paper's dense-latent autoencoder).
+DEFAULT_KIND = "ae"
+
+#: Method settings that config.json files of brainuad before format 2 stored flat in the model section.
+LEGACY_FLAT_OPTIONS = (
+    "kl_weight",
+    "noise_std",
+    "noise_scale",
+    "normative_centre",
+    "normative_score",
+    "normative_floor",
+)
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """This method has no settings of its own."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model: which method, the shape of its network, and the method's own settings.
+
+    Attributes:
+        kind: The method (``brainuad models --methods`` lists them; ``ae`` = Luo et al.'s dense-latent network).
+        latent: Size of the dense latent z (paper: 512; ablation 128–1024).
+        spatial_channels: Channels of the spatial latent (spatial-ae; ablation: 1–64).
+        stem_channels: Channels of the first convolution (16 in the published code).
+        channels: Output channels of the down-sampling residual blocks: four (the paper's); ae and spatial-ae also
+            take two to five.
+        input_shape: Volume shape the model is built for (the crop grid, taken from the data at training).
+        input_pool: ae/spatial-ae: the network sees the volume average-pooled by this factor and its output is
+            up-sampled back; 1 = full resolution (the paper's).
+        mean_skip: ae/spatial-ae: output = the training cohort's mean image + the decoder's deviation from it.
+        norm: ae/spatial-ae: BatchNorm (``batch``, the paper's) or GroupNorm (``group``).
+        options: The method's own settings (its ``Options`` dataclass; ``None`` = its defaults).
+    """
+
+    kind: str = DEFAULT_KIND
+    latent: int = 512
+    spatial_channels: int = 16
+    stem_channels: int = 16
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    input_shape: tuple[int, int, int] = (160, 192, 96)
+    mean_skip: bool = False
+    norm: NormKind = "batch"
+    input_pool: int = 1
+    options: Any = None
+
+    def __post_init__(self) -> None:
+        from brainuad.models.registry import get_method
+        from brainuad.schema import from_dict
+
+        if self.latent < 1 or self.spatial_channels < 1 or self.stem_channels < 1 or min(self.channels) < 1:
+            raise ConfigError("model sizes (latent, spatial_channels, stem_channels, channels) must be positive")
+        if self.input_pool not in (1, 2, 4):
+            raise ConfigError("model.input_pool must be 1, 2 or 4")
+        method = get_method(self.kind)
+        if self.options is None:
+            object.__setattr__(self, "options", method.Options())
+        elif isinstance(self.options, dict):
+            object.__setattr__(self, "options", from_dict(method.Options, self.options, where="model.options"))
+        elif not isinstance(self.options, method.Options):
+            raise ConfigError(
+                f"model.options: {type(self.options).__name__} given for model {self.kind!r}, which takes "
+                f"{method.Options.__name__}"
+            )
+        method.check(self)
+
+    @staticmethod
+    def upgrade(data: dict) -> dict:
+        """A model section of config format 1 (method settings stored flat) in format 2 (``options``)."""
+        data = dict(data)
+        flat = {k: data.pop(k) for k in LEGACY_FLAT_OPTIONS if k in data}
+        if "options" not in data:
+            from brainuad.models.registry import get_method
+
+            known = {f.name for f in dataclasses.fields(get_method(data.get("kind", DEFAULT_KIND)).Options)}
+            data["options"] = {k: v for k, v in flat.items() if k in known}
+        return data
+
+
+class TrainingHooks:
+    """What the default training loop asks of a network; the defaults suit a plain autoencoder."""
+
+    def training_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the network sees in a training step (the target is always ``x``); the denoising AE corrupts it."""
+        return x
+
+    def regulariser(self) -> torch.Tensor | None:
+        """An extra loss term from the last training forward pass (the VAE's KL divergence), or ``None``."""
+        return None
+
+
+@dataclass
+class FitContext:
+    """What the training loop hands a method that runs its own loop (:meth:`Method.fit`).
+
+    Attributes:
+        config: The whole config tree (``config.model``, ``config.training``).
+        device: Where the model lives.
+        train_ids: Rows of the training split in the cache.
+        val_ids: Rows of the validation split.
+        plan: ``plan(seed, epoch)`` → the epoch's batches (lists of rows), as the default loop draws them.
+        load: ``load(rows, epoch, step)`` → the batch on the device, augmented as configured (seeded by its arguments).
+        validation_loss: ``validation_loss(model)`` → mean squared reconstruction error on the validation split.
+        log: Append one row (``epoch``, ``train_loss``, ``val_loss``, ``seconds``, ``volumes_per_s``, ``lr``) to
+            log.csv.
+        save: ``save(model, name)`` writes ``name`` (``model.safetensors`` = the best weights, ``last.safetensors``).
+        record: ``record(name, data)`` writes a JSON file into the run folder.
+        progress: Show progress bars.
+    """
+
+    config: Any
+    device: Any
+    train_ids: list[int]
+    val_ids: list[int]
+    plan: Callable[[int, int], list[list[int]]]
+    load: Callable[[list[int], int, int], Any]
+    validation_loss: Callable[[Any], float]
+    log: Callable[[dict], None]
+    save: Callable[[Any, str], None]
+    record: Callable[[str, dict], None]
+    progress: bool = True
+
+
+@dataclass
+class FitResult:
+    """What a method's own loop reports: epochs done, the best validation loss and its epoch, the log rows."""
+
+    epochs: int
+    best_val_loss: float
+    best_epoch: int
+    history: list[dict]
+
+
+class Method:
+    """One registered method. Subclass it in the method's module and list an instance in ``METHODS``.
+
+    Attributes:
+        name: The ``--model`` name, stored as ``model.kind``.
+        summary: One line for ``--help`` and ``brainuad models --methods``.
+        Options: The method's own settings (a frozen dataclass with an "Attributes:" docstring: the CLI makes one
+            flag per field, named after it, so field names must be unique across methods).
+        family: Methods of one family share recipes (``--recipe quick`` is the residual autoencoders').
+        learns: Whether the method learns a reconstruction (the learned-nothing guard judges only these).
+        uses_training_data: Whether the training scans shape the model (calibration refuses them when so).
+        resumable: Whether ``train --resume`` and DDP can run it.
+        refuses: Fields of :class:`ModelConfig` that must keep their defaults for this method (a config never
+            claims a setting that does nothing).
+        min_stages: Fewest ``channels`` (stride-2 stages) it takes; ``max_stages`` the most.
+        downsamples: Whether every side of ``input_shape`` must divide by ``input_pool`` × 2 ** stages.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    family: ClassVar[str] = ""
+    learns: ClassVar[bool] = True
+    uses_training_data: ClassVar[bool] = True
+    resumable: ClassVar[bool] = True
+    refuses: ClassVar[tuple[str, ...]] = ("input_pool", "mean_skip")
+    min_stages: ClassVar[int] = 4
+    max_stages: ClassVar[int] = 4
+    downsamples: ClassVar[bool] = True
+
+    def build(self, config: ModelConfig) -> nn.Module:
+        """The network ``config`` describes, randomly initialised (a plain ``nn.Module``)."""
+        raise NotImplementedError
+
+    def check(self, config: ModelConfig) -> None:
+        """Refuse settings this method cannot honour (raises :class:`ConfigError` naming them)."""
+        refused = [
+            name for name in self.refuses if getattr(config, name) != ModelConfig.__dataclass_fields__[name].default
+        ]
+        if refused:
+            raise ConfigError(f"model.{' and model.'.join(refused)}: not used by the {self.name!r} model")
+        if not self.min_stages <= len(config.channels) <= self.max_stages:
+            span = (
+                f"{self.min_stages}"
+                if self.min_stages == self.max_stages
+                else f"{self.min_stages} to {self.max_stages}"
+            )
+            raise ConfigError(f"model.channels: the {self.name!r} model takes {span} values")
+        factor = config.input_pool * 2 ** len(config.channels)
+        if self.downsamples and [s for s in config.input_shape if s < factor or s % factor]:
+            raise ConfigError(
+                f"model.input_shape {config.input_shape}: every side must be a positive multiple of {factor} "
+                f"(input_pool {config.input_pool} × {len(config.channels)} stride-2 stages); use a crop preset or "
+                "pad the volume"
+            )
+
+    def prepare(self, model: nn.Module, volumes: Any, train_ids: list[int]) -> None:
+        """Give the model what it takes from the training cohort before any step (``volumes``: ``(n, *shape)``
+        cache rows, ``train_ids`` the training split's). Default: nothing."""
+
+    def fit(self, model: nn.Module, context: FitContext) -> FitResult | None:
+        """Train the model with the method's own loop; ``None`` (the default) = the default gradient loop."""
+        return None
