@@ -366,7 +366,7 @@ def _calibrate_evaluate_detect(out, run, baseline, tune_dirs, test_dirs, test_sc
     _log(f"detecting anomalies in the first test scan at the tuned threshold {threshold:.3g}", progress)
     findings = detect_batch(
         test_scans[:1], run, out / "findings", threshold, device=device, progress=progress,
-        threshold_source=f"the evaluation's: {summaries['ae']['threshold']['source']}",
+        threshold_source=f"the evaluation's: {summaries[learned]['threshold']['source']}",
     )  # fmt: skip
     done("detect")
     return summaries, findings.done + findings.skipped

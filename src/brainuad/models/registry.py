@@ -7,9 +7,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from brainuad.errors import ConfigError
-from brainuad.models.base import Method
+
+if TYPE_CHECKING:
+    from brainuad.models.base import Method
 
 #: Modules of this package that are not methods.
 _NOT_METHODS = {"base", "registry", "layers"}
@@ -21,11 +25,9 @@ def _load() -> dict[str, Method]:
     global _LOADED
     if not _LOADED:
         _LOADED = True  # set first: a method module importing the registry must not recurse
-        import brainuad.models as package
-
-        for info in pkgutil.iter_modules(package.__path__):
+        for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
             if info.name not in _NOT_METHODS:
-                for method in getattr(importlib.import_module(f"{package.__name__}.{info.name}"), "METHODS", ()):
+                for method in getattr(importlib.import_module(f"{__package__}.{info.name}"), "METHODS", ()):
                     register(method)
         _load_entry_points()
     return _METHODS
