@@ -16,8 +16,9 @@ from brainuad.io import Volume
 from brainuad.models import build_model
 from brainuad.preprocessing import PreprocessedCase, save_case
 from brainuad.registration import Transform
+from brainuad.runfolder import make_split
 from brainuad.templates import Grid
-from brainuad.training import make_split, train
+from brainuad.training import train
 
 SHAPE = (32, 32, 16)
 TINY_CLI = ["--device", "cpu", "--channels", "4", "8", "8", "8", "--stem-channels", "4", "--latent", "16", "--quiet"]

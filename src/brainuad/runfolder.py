@@ -1,12 +1,17 @@
-"""A training run folder's safety: one trainer at a time (a lock), the settings a resume may not change, and case
-paths that hold from any working directory."""
+"""A training run folder: its split, its log, its safety — one trainer at a time (a lock), the settings a resume may
+not change, and case paths that hold from any working directory."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
+
+import numpy as np
 
 from brainuad.config import Config
 from brainuad.errors import BrainuadError, InputError
+
+LOG_FIELDS = ("epoch", "train_loss", "val_loss", "seconds", "volumes_per_s", "lr")
 
 #: Training settings that change how a run executes, not what it learns: a resumed run takes them as given.
 EXECUTION_SETTINGS = ("compile", "checkpoint_minutes")
@@ -74,3 +79,96 @@ def lock_run_folder(run_dir: Path):
 
 
 _RUN_LOCKS: dict[Path, object] = {}
+
+
+def make_split(cases: list[Path], val_fraction: float, seed: int) -> dict:
+    """Random train/validation split of case folders (validation gets at least one case when there are two)."""
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_val = round(len(cases) * val_fraction) if len(cases) > 1 else 0
+    if val_fraction > 0 and len(cases) > 1:
+        n_val = max(1, n_val)
+    val = sorted(str(cases[i]) for i in order[:n_val])
+    train = sorted(str(cases[i]) for i in order[n_val:])
+    note = None
+    if not val:
+        note = "one healthy case only: validation uses the training case (no held-out estimate)"
+        val = list(train)
+    return {"seed": seed, "val_fraction": val_fraction, "train": train, "val": val, "note": note}
+
+
+def prepare_run(
+    case_folders: list[Path],
+    run_dir: Path,
+    config: Config,
+    resume: bool,
+    given: Config | None = None,
+    val_folders: list[Path] | None = None,
+) -> tuple[Config, dict]:
+    """The run's config and split: a new run's (drawn, or the given validation cases), or, to resume, the saved
+    ones (refusing settings that differ from the run's, the epoch budget and execution settings excepted)."""
+    from brainuad.checkpoints import load_config
+    from brainuad.config import replace
+    from brainuad.io import read_json
+
+    config_path = run_dir / "config.json"
+    if resume:
+        if not config_path.is_file():
+            raise InputError(run_dir, "nothing to resume: no config.json in this run folder")
+        saved = load_config(config_path)
+        # Only the epoch budget may change on resume; everything else must match what the weights were made with.
+        differ = resume_differences(saved, given) if given is not None else []
+        if differ:
+            raise BrainuadError(
+                f"{config_path}: --resume with settings that differ from the run's ({'; '.join(differ)}); only the "
+                "epoch budget may change — drop those flags or start a new run"
+            )
+        kept = {k: getattr(config.training, k) for k in ("epochs", *EXECUTION_SETTINGS)}
+        config = replace(saved, training=replace(saved.training, **kept))
+        return config, absolute_split(read_json(run_dir / "split.json"), run_dir)
+    if config_path.exists():
+        raise BrainuadError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
+    # Absolute paths: the run resumes, calibrates and is evaluated from any working directory.
+    if val_folders:
+        both = sorted({str(p.resolve()) for p in case_folders} & {str(p.resolve()) for p in val_folders})
+        if both:
+            raise BrainuadError(f"cases given both for training and for validation: {', '.join(both[:5])}")
+        split = {
+            "seed": config.training.seed,
+            "val_fraction": None,
+            "train": sorted(str(p.resolve()) for p in case_folders),
+            "val": sorted(str(p.resolve()) for p in val_folders),
+            "note": "validation cases given with --val-data",
+        }
+        return config, split
+    split = make_split([p.resolve() for p in case_folders], config.training.val_fraction, config.training.seed)
+    return config, split
+
+
+def read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def resume_log(path: Path, epoch: int, rewrite: bool = True) -> list[dict]:
+    """The log up to the checkpoint being resumed from; rows of later epochs (to be run again) are dropped."""
+    rows = read_log(path)
+    kept = [row for row in rows if row["epoch"] <= epoch]
+    if rewrite and len(kept) != len(rows):
+        from brainuad.io import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(kept)
+    return kept
+
+
+def append_log(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)

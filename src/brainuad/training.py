@@ -21,15 +21,12 @@ batch, and the step's losses stay on the device until the epoch ends (:mod:`brai
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -45,18 +42,23 @@ from brainuad.checkpoints import (
 )
 from brainuad.config import Config, PreprocessConfig, TrainConfig, from_dict, replace
 from brainuad.data import VolumeCache, check_one_cohort, find_case_folders
-from brainuad.device import resolve_device  # also imported from here by older code
-from brainuad.errors import BrainuadError, InputError
-from brainuad.io import atomic_path, ensure_writable_folder, load_volume, read_grid, read_json, write_json
+from brainuad.device import distributed, ranks_in_sync, resolve_device
+from brainuad.errors import BrainuadError
+from brainuad.io import ensure_writable_folder, load_volume, read_grid, read_json, write_json
 from brainuad.models import build_model, count_parameters
 from brainuad.models.base import FitContext
 from brainuad.models.registry import get_method
 from brainuad.provenance import provenance
-from brainuad.runfolder import EXECUTION_SETTINGS, absolute_split, lock_run_folder, resume_differences
+from brainuad.runfolder import (
+    absolute_split,
+    append_log,
+    lock_run_folder,
+    prepare_run,
+    resume_log,
+)
 from brainuad.train_step import TrainStep, learning_rate, reconstruction_loss
 
 CPU = torch.device("cpu")
-LOG_FIELDS = ("epoch", "train_loss", "val_loss", "seconds", "volumes_per_s", "lr")
 
 
 @dataclass
@@ -68,49 +70,6 @@ class TrainResult:
     best_val_loss: float
     best_epoch: int
     history: list[dict]
-
-
-def make_split(cases: list[Path], val_fraction: float, seed: int) -> dict:
-    """Random train/validation split of case folders (validation gets at least one case when there are two)."""
-    order = np.random.default_rng(seed).permutation(len(cases))
-    n_val = round(len(cases) * val_fraction) if len(cases) > 1 else 0
-    if val_fraction > 0 and len(cases) > 1:
-        n_val = max(1, n_val)
-    val = sorted(str(cases[i]) for i in order[:n_val])
-    train = sorted(str(cases[i]) for i in order[n_val:])
-    note = None
-    if not val:
-        note = "one healthy case only: validation uses the training case (no held-out estimate)"
-        val = list(train)
-    return {"seed": seed, "val_fraction": val_fraction, "train": train, "val": val, "note": note}
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; initialises the process group when needed."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise BrainuadError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number; unset it") from None
-    if world <= 1:
-        return 0, 1
-    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
-    if missing:
-        raise BrainuadError(
-            f"WORLD_SIZE={world} is set but {', '.join(missing)} not: start several processes with "
-            "'torchrun --nproc_per_node=N -m brainuad train …', or unset WORLD_SIZE for one process"
-        )
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
-
-
-def _weights_digest(model: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _load_batch(
@@ -125,48 +84,6 @@ def _load_batch(
     """Volumes from the cache, on ``device``, augmented there (volume seeds: (seed, epoch, step, position, index))."""
     host = gather(cache, ids, pin=device.type == "cuda")
     return to_device(host, ids, device, augmenter, (seed, epoch, step))
-
-
-def _prepare_run(
-    case_folders: list[Path],
-    run_dir: Path,
-    config: Config,
-    resume: bool,
-    given: Config | None = None,
-    val_folders: list[Path] | None = None,
-) -> tuple[Config, dict]:
-    config_path = run_dir / "config.json"
-    if resume:
-        if not config_path.is_file():
-            raise InputError(run_dir, "nothing to resume: no config.json in this run folder")
-        saved = load_config(config_path)
-        # Only the epoch budget may change on resume; everything else must match what the weights were made with.
-        differ = resume_differences(saved, given) if given is not None else []
-        if differ:
-            raise BrainuadError(
-                f"{config_path}: --resume with settings that differ from the run's ({'; '.join(differ)}); only the "
-                "epoch budget may change — drop those flags or start a new run"
-            )
-        kept = {k: getattr(config.training, k) for k in ("epochs", *EXECUTION_SETTINGS)}
-        config = replace(saved, training=replace(saved.training, **kept))
-        return config, absolute_split(read_json(run_dir / "split.json"), run_dir)
-    if config_path.exists():
-        raise BrainuadError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --out")
-    # Absolute paths: the run resumes, calibrates and is evaluated from any working directory.
-    if val_folders:
-        both = sorted({str(p.resolve()) for p in case_folders} & {str(p.resolve()) for p in val_folders})
-        if both:
-            raise BrainuadError(f"cases given both for training and for validation: {', '.join(both[:5])}")
-        split = {
-            "seed": config.training.seed,
-            "val_fraction": None,
-            "train": sorted(str(p.resolve()) for p in case_folders),
-            "val": sorted(str(p.resolve()) for p in val_folders),
-            "note": "validation cases given with --val-data",
-        }
-        return config, split
-    split = make_split([p.resolve() for p in case_folders], config.training.val_fraction, config.training.seed)
-    return config, split
 
 
 def train(
@@ -201,16 +118,16 @@ def train(
     given = config
     config = config or Config()
     run_dir = Path(run_dir)
-    rank, world = _distributed()
+    rank, world = distributed()
     case_folders = find_case_folders(list(data))
     val_folders = find_case_folders(list(val_data)) if val_data else []
     check_one_cohort(case_folders + val_folders, "--data" + (" and --val-data" if val_folders else ""))
     if rank == 0:
         ensure_writable_folder(run_dir)
         lock_run_folder(run_dir)  # held until the process ends
-        config, split = _prepare_run(case_folders, run_dir, config, resume, given, val_folders)
+        config, split = prepare_run(case_folders, run_dir, config, resume, given, val_folders)
     elif resume:
-        config, split = _prepare_run(case_folders, run_dir, config, resume, given, val_folders)
+        config, split = prepare_run(case_folders, run_dir, config, resume, given, val_folders)
     else:
         # Rank 0 draws the split and writes config.json first; another rank calling _prepare_run could find that
         # file already written and refuse the folder as "already holds a run".
@@ -294,7 +211,7 @@ def train(
     writer = SummaryWriter(str(run_dir / "tensorboard")) if rank == 0 else None
     history = []
     if resume:
-        history = _resume_log(run_dir / "log.csv", state["epoch"], rewrite=rank == 0)
+        history = resume_log(run_dir / "log.csv", state["epoch"], rewrite=rank == 0)
     total_epochs = tc.epochs
     stopped_at_budget, seconds = False, 0.0
     steps = len(plan_batches(train_ids, tc.batch_size, tc.seed, 1, rank, world, tc.steps_per_epoch))
@@ -357,7 +274,7 @@ def train(
                 if validate and val_loss < state["best_val_loss"]:
                     state.update(best_val_loss=val_loss, best_epoch=epoch)
                     checkpointer.keep_best()
-                _append_log(run_dir / "log.csv", row)
+                append_log(run_dir / "log.csv", row)
                 if writer is not None:
                     writer.add_scalars("loss", {"train": train_loss, **({"val": val_loss} if validate else {})}, epoch)
             checkpointer.maybe_save(dict(state), force=last)
@@ -378,7 +295,7 @@ def train(
         bar.close()
         if writer is not None:
             writer.close()
-    in_sync = _check_ranks_in_sync(model, world)
+    in_sync = ranks_in_sync(model, world)
     if rank == 0:
         check = _reconstruction_check(run_dir, config, cache, train_ids, val_ids, all_cases, device)
         _finish(run_dir, model, state, history, world, in_sync, check)
@@ -412,7 +329,7 @@ def _fit_context(
         plan=lambda seed, epoch: plan_batches(train_ids, tc.batch_size, seed, epoch, 0, 1, tc.steps_per_epoch),
         load=lambda ids, epoch, step: _load_batch(cache, ids, augmenter, tc.seed, epoch, step, device),
         validation_loss=lambda model: evaluate_loss(model, cache, val_ids, device, tc.batch_size, None, tc.loss_mask),
-        log=lambda row: _append_log(run_dir / "log.csv", row),
+        log=lambda row: append_log(run_dir / "log.csv", row),
         save=lambda model, name: save_weights(model, run_dir / name),
         record=lambda name, data: write_json(run_dir / name, data),
         progress=progress,
@@ -460,45 +377,6 @@ def _reconstruction_check(
     load_weights(best, run_dir / "model.safetensors")
     masks = [load_volume(Path(cases[i]) / "brain_mask.nii.gz").array > 0.5 for i in val_ids]
     return reconstruction_check(best, cache.array, train_ids, val_ids, masks, device, config.model.kind)
-
-
-def _check_ranks_in_sync(model: nn.Module, world: int) -> bool | None:
-    """Whether every rank holds the same weights (DDP only)."""
-    if world <= 1:
-        return None
-    import torch.distributed as dist
-
-    digests: list[str | None] = [None] * world
-    dist.all_gather_object(digests, _weights_digest(model))
-    return len(set(digests)) == 1
-
-
-def _read_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-def _resume_log(path: Path, epoch: int, rewrite: bool = True) -> list[dict]:
-    """The log up to the checkpoint being resumed from; rows of later epochs (to be run again) are dropped."""
-    rows = _read_log(path)
-    kept = [row for row in rows if row["epoch"] <= epoch]
-    if rewrite and len(kept) != len(rows):
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(kept)
-    return kept
-
-
-def _append_log(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
 
 
 def _cpu_seconds() -> float:
