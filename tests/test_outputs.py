@@ -63,4 +63,9 @@ def test_missing_inputs_are_reported_before_torch_is_imported(tmp_path, args):
 def test_help_does_not_import_torch(tmp_path, verb):
     result = _cli(*([verb] if verb else []), "--help", cwd=tmp_path)
     assert result.returncode == 0 and "usage: brainuad" in result.stdout
-    assert result.stdout.strip().endswith("NO-TORCH")
+    if verb in ("train", "ablate"):
+        # Their help lists every registered model's own settings (--kl-weight, --noise-std, …): the models, and so
+        # torch, are imported to find them. Every other verb's help stays instant.
+        assert "--kl-weight" in result.stdout and "--normative-score" in result.stdout
+    else:
+        assert result.stdout.strip().endswith("NO-TORCH")

@@ -24,6 +24,15 @@ from pathlib import Path
 from brainuad.errors import BrainuadError, InputError
 from brainuad.io import is_nifti_path, strip_nifti_suffix
 
+#: The files of a complete preprocessed case folder (``brainuad preprocess`` writes record.json last).
+CASE_FILES = ("image.nii.gz", "brain_mask.nii.gz", "transform.json", "record.json")
+
+
+def is_case_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a complete preprocessed case."""
+    folder = Path(folder)
+    return all((folder / name).is_file() for name in CASE_FILES)
+
 IXI_NAME = re.compile(r"^(?P<subject>IXI\d{3})-(?P<site>Guys|HH|IOP)-(?P<number>\d{4})-(?P<modality>[A-Za-z0-9]+)")
 MASK_WORDS = ("mask", "lesion", "gold_standard", "consensus", "seg", "label")
 
@@ -183,7 +192,6 @@ def find_case_folders(folders: list[str | Path] | tuple[str | Path, ...]) -> lis
     Raises:
         InputError: A folder holds no preprocessed case (with a hint to run ``brainuad preprocess``).
     """
-    from brainuad.preprocessing import is_case_folder
 
     found: list[Path] = []
     for folder in folders:

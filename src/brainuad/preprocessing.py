@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from brainuad.config import PreprocessConfig, from_dict, to_dict
+from brainuad.data import CASE_FILES, is_case_folder
 from brainuad.errors import BrainuadError, InputError
 from brainuad.io import (
     Volume,
@@ -243,7 +244,6 @@ def preprocess_volume(
     )
 
 
-CASE_FILES = ("image.nii.gz", "brain_mask.nii.gz", "transform.json", "record.json")
 #: What a case folder of an older brainuad (before the ownership marker) held: such a folder may be replaced.
 LEGACY_CASE_FILES = (*CASE_FILES, "brain_mask_native.nii.gz")
 
@@ -259,12 +259,6 @@ def save_case(case: PreprocessedCase, folder: str | Path) -> Path:
         write_json(staging / "transform.json", {"grid": case.grid.to_dict(), **case.transform.to_dict()})
         write_json(staging / "record.json", case.record)  # last: its presence marks a complete case
     return folder
-
-
-def is_case_folder(folder: str | Path) -> bool:
-    """Whether ``folder`` holds a complete preprocessed case."""
-    folder = Path(folder)
-    return all((folder / name).is_file() for name in CASE_FILES)
 
 
 def load_case(folder: str | Path) -> PreprocessedCase:
