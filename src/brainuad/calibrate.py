@@ -104,8 +104,8 @@ def calibrate(
     )
     from brainuad.models.registry import get_method
 
-    trained = get_method(config.model.kind).uses_training_data
-    in_training = training_overlap(run_dir, folders) if trained else []
+    shaped_by_training = get_method(config.model.kind).uses_training_data
+    in_training = training_overlap(run_dir, folders) if shaped_by_training else []
     if in_training and not (allow_training_scans or (origin == "the run's validation split" and no_held_out)):
         shown = ", ".join(in_training[:5]) + (f" (+{len(in_training) - 5} more)" if len(in_training) > 5 else "")
         raise BrainuadError(

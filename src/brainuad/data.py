@@ -33,6 +33,7 @@ def is_case_folder(folder: str | Path) -> bool:
     folder = Path(folder)
     return all((folder / name).is_file() for name in CASE_FILES)
 
+
 IXI_NAME = re.compile(r"^(?P<subject>IXI\d{3})-(?P<site>Guys|HH|IOP)-(?P<number>\d{4})-(?P<modality>[A-Za-z0-9]+)")
 MASK_WORDS = ("mask", "lesion", "gold_standard", "consensus", "seg", "label")
 
