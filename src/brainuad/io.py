@@ -1,5 +1,8 @@
 """NIfTI input/output that keeps the affine with the array, validates what it reads and writes atomically.
 
+Atomic files and folders, folder ownership and JSON live in :mod:`brainuad.files` (re-exported here, where older code
+imports them from).
+
 A :class:`Volume` is always held in RAS+ canonical voxel order (like ``nib.as_closest_canonical``) and remembers the
 orientation of the file it came from, so :func:`save_volume` writes outputs back in the same voxel order as the input
 and they overlay on the original scan in any viewer.
@@ -7,25 +10,51 @@ and they overlay on the original scan in any viewer.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import gzip
-import json
 import os
-import re
-import shutil
-import tempfile
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from brainuad.errors import InputError, OutputError
+from brainuad.files import (
+    OWNER_MARKER,
+    atomic_folder,
+    atomic_path,
+    check_replaceable,
+    current_umask,
+    ensure_writable_folder,
+    read_json,
+    remove_staging_folders,
+    safe_name,
+    write_json,
+)
+
+__all__ = [
+    "OWNER_MARKER",
+    "Volume",
+    "atomic_folder",
+    "atomic_path",
+    "check_replaceable",
+    "current_umask",
+    "ensure_writable_folder",
+    "find_nifti_files",
+    "is_nifti_path",
+    "load_volume",
+    "read_grid",
+    "read_json",
+    "remove_staging_folders",
+    "safe_name",
+    "save_volume",
+    "strip_nifti_suffix",
+    "to_canonical",
+    "write_json",
+]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Refuse volumes whose float32 copy would need more than this many bytes (a 512³ volume is 0.5 GiB).
@@ -85,16 +114,6 @@ def is_nifti_path(path: str | Path) -> bool:
     """Whether the file name ends in ``.nii`` or ``.nii.gz``."""
     name = str(path).lower()
     return name.endswith(NIFTI_SUFFIXES)
-
-
-def safe_name(name: str) -> str:
-    """A folder name that stays inside its parent: letters, digits and ``._+-`` only, no leading dots.
-
-    Output folders are named after input files and CSV entries; a name like ``..`` or ``a/../../b`` must never
-    reach the file system as a path.
-    """
-    cleaned = re.sub(r"[^A-Za-z0-9._+-]", "_", name).lstrip(".")
-    return cleaned or "scan"
 
 
 def strip_nifti_suffix(path: str | Path) -> str:
@@ -306,167 +325,6 @@ def _array_in_source_order(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     array = apply_orientation(volume.array, transform)
     affine = volume.affine @ inv_ornt_aff(transform, volume.array.shape)
     return array, affine
-
-
-def ensure_writable_folder(folder: Path) -> None:
-    """Create ``folder`` if needed; a clear :class:`OutputError` if that fails or it is not writable."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(folder, f"cannot create output folder ({exc.strerror or exc})") from exc
-    if not os.access(folder, os.W_OK):
-        raise OutputError(folder, "output folder is not writable")
-
-
-#: Every folder brainuad builds with :func:`atomic_folder` holds this file; only such folders are ever replaced.
-OWNER_MARKER = ".brainuad-output"
-
-
-def check_replaceable(folder: str | Path, legacy: tuple[str, ...] = ()) -> None:
-    """Refuse (naming it) an existing ``folder`` that brainuad did not write: replacing it would lose the user's files.
-
-    Args:
-        folder: Output folder about to be replaced.
-        legacy: File names an older brainuad wrote without the marker; a folder holding only these is also ours.
-
-    Raises:
-        OutputError: ``folder`` exists and is not a brainuad output.
-    """
-    folder = Path(folder)
-    if not folder.exists() and not folder.is_symlink():
-        return
-    if folder.is_dir() and not folder.is_symlink():
-        entries = {p.name for p in folder.iterdir()}
-        if OWNER_MARKER in entries or (legacy and entries and entries <= set(legacy)):
-            return
-    raise OutputError(
-        folder,
-        "already exists and was not written by brainuad (it holds other files); refusing to replace it — "
-        "move it or choose another --out",
-    )
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where Linux exposes it (``os.umask`` can only swap it)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_folder(folder: str | Path, legacy: tuple[str, ...] = ()) -> Iterator[Path]:
-    """Yield a staging folder beside ``folder``; on success it replaces ``folder``, on failure it is deleted.
-
-    A killed process leaves only a hidden ``.<name>.partial-*`` folder, never a half-written ``folder``. An existing
-    ``folder`` is replaced only when brainuad wrote it (see :func:`check_replaceable`).
-    """
-    folder = Path(folder)
-    if folder.name in ("", ".", "..") or folder.name != safe_name(folder.name):
-        raise OutputError(folder, "unsafe output folder name (it could point outside its parent folder)")
-    check_replaceable(folder, legacy)
-    ensure_writable_folder(folder.parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-    _STAGING.add(staging)
-    # mkdtemp makes 0700; outputs are for colleagues too: 0755 under the usual umask, as mkdir would give.
-    os.chmod(staging, 0o777 & ~current_umask())
-    try:
-        yield staging
-        (staging / OWNER_MARKER).write_text("written by brainuad; replaced only by brainuad\n")
-        for attempt in range(5):
-            # Another process may write the same case at the same time: the last complete one wins, whole.
-            if folder.exists():
-                check_replaceable(folder, legacy)
-                shutil.rmtree(folder, ignore_errors=True)
-            try:
-                os.replace(staging, folder)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 4:
-                    raise
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if exc.errno == errno.ENOSPC:
-            raise OutputError(folder, "disk full while writing") from exc
-        raise OutputError(folder, f"could not write ({exc.strerror or exc})") from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        _STAGING.discard(staging)
-
-
-#: Staging folders being built now, for a signal handler that must remove them before the process ends.
-_STAGING: set[Path] = set()
-
-
-def remove_staging_folders() -> None:
-    """Delete the staging folders this process is building (called when a signal ends it)."""
-    for staging in list(_STAGING):
-        shutil.rmtree(staging, ignore_errors=True)
-        _STAGING.discard(staging)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on failure delete it.
-
-    Readers never see a half-written file, and a crash leaves the old file (or nothing) in place.
-    """
-    path = Path(path)
-    parent = path.parent
-    ensure_writable_folder(parent)
-    # Keep the full suffix (.nii.gz) so libraries that look at the name pick the right format.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=parent)
-    # mkstemp makes 0600; give the file the mode open() would (0644 under the usual umask).
-    os.fchmod(fd, 0o666 & ~current_umask())
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise OutputError(path, "disk full while writing") from exc
-        raise OutputError(path, f"could not write ({exc.strerror or exc})") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | Path, payload: Any) -> Path:
-    """Write ``payload`` as indented JSON, atomically."""
-    text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n"
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer, np.bool_)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
-
-
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file, turning parse errors into :class:`InputError` naming the file."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "file not found")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, f"not valid JSON ({exc})") from exc
 
 
 def save_volume(
