@@ -1,0 +1,83 @@
+"""The ``brainuad`` command: thin verbs over documented functions; heavy imports happen inside each verb.
+
+One module per group of verbs (:mod:`~brainuad.cli.data`, :mod:`~brainuad.cli.train`, :mod:`~brainuad.cli.apply`,
+:mod:`~brainuad.cli.more`); their flags come from the config dataclasses (:mod:`~brainuad.cli.flags`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from brainuad import __version__
+from brainuad.cli.apply import _add_calibrate, _add_detect, _add_evaluate
+from brainuad.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from brainuad.cli.data import _add_download, _add_preprocess
+from brainuad.cli.more import _add_demo, _add_models
+from brainuad.cli.train import _add_ablate, _add_train
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+
+
+def build_parser(methods: bool = True) -> argparse.ArgumentParser:
+    """The argument parser with every verb (exposed for documentation and tests); ``methods=False`` leaves out the
+    models' own settings (their flags need the models, hence torch, imported)."""
+    parser = argparse.ArgumentParser(
+        prog="brainuad",
+        description="Unsupervised anomaly detection in brain MRI (after Luo et al.). A research tool, not a "
+        "medical device.",
+    )
+    parser.add_argument("--version", action="version", version=f"brainuad {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_preprocess(sub)
+    _add_download(sub)
+    _add_train(sub, methods)
+    _add_calibrate(sub)
+    _add_detect(sub)
+    _add_evaluate(sub)
+    _add_ablate(sub, methods)
+    _add_demo(sub)
+    _add_models(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``brainuad`` console script; returns the exit code."""
+    from brainuad.errors import BrainuadError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((word for word in argv if not word.startswith("-")), None)
+    parser = build_parser(methods=command in ("train", "ablate"))
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    import signal
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt  # unwinds like Ctrl-C: staging folders are removed, workers stopped
+
+    previous = signal.signal(signal.SIGTERM, terminate) if _in_main_thread() else None
+    try:
+        return args.func(args)
+    except BrainuadError as exc:
+        print(f"brainuad {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"brainuad {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

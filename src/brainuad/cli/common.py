@@ -1,0 +1,66 @@
+"""What every verb shares: exit codes, early input checks (before torch is imported), usage errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+MODEL_HELP = "a trained model folder, or builtin:NAME for a model shipped with brainuad (see 'brainuad models')"
+
+
+def check_exist(paths: Sequence[str], what: str = "file or folder") -> None:
+    """Fail fast, before torch and friends are imported (seconds), when an input path does not exist."""
+    from brainuad.errors import InputError
+
+    for path in paths:
+        if not os.path.exists(path):
+            raise InputError(path, f"{what} not found")
+
+
+def check_model_folder(path: str) -> None:
+    from brainuad.errors import InputError
+
+    if path.startswith("builtin:"):
+        return  # a shipped model: resolved (with a clear error for unknown names) where it is loaded
+    check_exist([path], "model folder")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise InputError(path, "not a brainuad model folder (no config.json): pass the folder 'brainuad train' wrote")
+
+
+def config_choices(name: str) -> list[str]:
+    """The allowed values of a config setting (``device``, ``skull_strip``), declared once in :mod:`brainuad.config`."""
+    from brainuad.cli.flags import choices_of
+    from brainuad.config import PreprocessConfig, TrainConfig
+
+    return choices_of(TrainConfig if name == "device" else PreprocessConfig, name)
+
+
+def device_from_flag(name: str):
+    """The ``--device`` word resolved once, here at the CLI's edge, into the torch.device every API receives."""
+    from brainuad.device import resolve_device
+
+    return resolve_device(name)
+
+
+def report_batch(verb: str, result, out: str) -> int:
+    """Print a batch's counts and each failure (with its file); exit code 1 if any scan failed."""
+    print(
+        f"{verb}: {len(result.done)} done, {len(result.skipped)} already finished, {len(result.failed)} failed -> {out}"
+    )
+    for _path, message in result.failed:
+        print(f"  failed: {message}", file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def usage_error(message: str) -> int:
+    print(f"brainuad: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def add_device_flag(p) -> None:
+    """``--device`` for the verbs that run a trained model (training takes it from its config section)."""
+    p.add_argument(
+        "--device", default="auto", choices=config_choices("device"), help="default: auto = CUDA when available"
+    )

@@ -1,0 +1,205 @@
+"""Verbs that train: ``train`` and ``ablate``, their flags made from the config dataclasses and the registered
+models (:mod:`brainuad.cli.flags`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from brainuad.cli.common import (
+    EXIT_OK,
+    usage_error,
+)
+
+
+def _add_model_and_training_options(p: argparse.ArgumentParser, methods: bool = True) -> None:
+    """The model and training flags shared by ``train`` and ``ablate``, made from the config dataclasses; with
+    ``methods``, each registered model's own settings too (that imports the models, and torch)."""
+    from brainuad.cli.flags import add_flags
+    from brainuad.config import RECIPES, ModelConfig, TrainConfig
+
+    p.add_argument(
+        "--recipe",
+        default="paper",
+        choices=list(RECIPES),
+        help="paper = Luo et al.'s network and training (default); quick = the CPU recipe measured on real T1 "
+        "individuals (benchmarks/README.md): mean-image skip, brain-only loss, cosine learning rate, a network on "
+        "the volume pooled ×2. Flags given explicitly override the recipe",
+    )
+    add_flags(p.add_argument_group("model"), ModelConfig, "model", skip=("input_shape", "options"))
+    add_flags(p.add_argument_group("training"), TrainConfig, "training")
+    if methods:
+        from brainuad.models.registry import methods as registered
+
+        kind = next(a for a in p._actions if a.dest == "model.kind")
+        kind.choices = [m.name for m in registered()]
+        kind.help = (
+            "the model: "
+            + "; ".join(f"{m.name} = {m.summary}" for m in registered())
+            + f" (default: {kind.help.rsplit('(default: ', 1)[-1]}"
+        )
+        group = p.add_argument_group("settings of one model (apply to that --model only)")
+        seen: set[str] = set()
+        for method in registered():
+            names = {f.name for f in dataclasses.fields(method.Options)}
+            add_flags(group, method.Options, "options", skip=tuple(seen), label=f"{method.name}: ")
+            seen |= names
+
+
+def _config_from_args(args: argparse.Namespace):
+    """The config tree the model and training flags describe: the recipe's, with every flag given on top (raises
+    ConfigError on bad values or a model setting given to another model)."""
+    from brainuad.cli.flags import given
+    from brainuad.config import RECIPES, Config, ModelConfig, replace, to_dict
+    from brainuad.models.registry import get_method
+
+    base = RECIPES[args.recipe]()
+    model_flags = given(args, "model")
+    kind = model_flags.pop("kind", ModelConfig.__dataclass_fields__["kind"].default)
+    method = get_method(kind)
+    # A recipe's network suits the models of its family; other models start from the defaults.
+    same_family = method.family and method.family == get_method(base.model.kind).family
+    model_base = base.model if same_family else Config().model
+    options = _options_given(args, method)
+    if options:
+        kept = to_dict(model_base.options) if model_base.kind == kind else {}
+        model_flags["options"] = {**kept, **options}
+    model = replace(model_base, kind=kind, **model_flags)
+    return replace(base, model=model, training=replace(base.training, **given(args, "training")))
+
+
+def _options_given(args: argparse.Namespace, method) -> dict:
+    """The model settings given as flags, refused when they belong to another model than ``method``."""
+    from brainuad.cli.flags import given
+    from brainuad.config import ConfigError
+
+    options = given(args, "options")
+    known = {f.name for f in dataclasses.fields(method.Options)}
+    foreign = sorted(set(options) - known)
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise ConfigError(f"{flags}: not a setting of the {method.name!r} model")
+    return options
+
+
+def _add_train(sub: argparse._SubParsersAction, methods: bool = True) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the autoencoder on preprocessed healthy scans",
+        description="Train on healthy scans only (defaults: the paper's recipe). Writes a self-describing run "
+        "folder; --resume continues an interrupted run. Several GPUs: torchrun --nproc_per_node=N -m brainuad train.",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="folder of preprocessed healthy cases (repeatable)",
+    )
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
+    p.add_argument(
+        "--val-data",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="preprocessed healthy cases for validation (repeatable); default: --val-fraction of --data, drawn",
+    )
+    _add_model_and_training_options(p, methods)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from brainuad.errors import ConfigError
+    from brainuad.training import train
+
+    try:
+        config = _config_from_args(args)
+        if args.resume:
+            config = _resume_config(args, config)
+    except ConfigError as exc:
+        return usage_error(str(exc))
+    result = train(args.data, args.out, config, resume=args.resume, progress=not args.quiet, val_data=args.val_data)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from brainuad.guard import banner, read_check
+
+        if result.epochs_done:
+            print(
+                f"train: {result.epochs_done} epochs, best validation MSE {result.best_val_loss:.6f} at epoch "
+                f"{result.best_epoch} -> {result.run_dir}"
+            )
+        else:
+            print(f"train: {config.model.kind}: nothing to learn, fitted to the training scans -> {result.run_dir}")
+        check = read_check(result.run_dir)
+        if check and check.get("beats_mean_image") is not None:
+            print(
+                f"train: held-out reconstruction MSE inside the brain: model {check['model_mse']:.5f}, cohort mean "
+                f"image {check['mean_image_mse']:.5f}, nearest training scan {check['nearest_training_mse']:.5f}"
+            )
+        warning = banner(result.run_dir)
+        if warning:
+            print(f"train: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _resume_config(args: argparse.Namespace, config):
+    """For ``train --resume``: the run's saved settings, overridden only by the flags given on this command line
+    (``train`` then refuses any that differ from the run's, naming them)."""
+    from pathlib import Path
+
+    from brainuad.checkpoints import load_config
+    from brainuad.cli.flags import given
+    from brainuad.config import replace, to_dict
+    from brainuad.models.registry import get_method
+
+    saved_path = Path(args.out) / "config.json"
+    if not saved_path.is_file():
+        return config  # train() says there is nothing to resume
+    saved = load_config(saved_path)
+    model = given(args, "model")
+    options = _options_given(args, get_method(model.get("kind", saved.model.kind)))
+    if options:
+        model["options"] = {**to_dict(saved.model.options), **options}
+    return replace(
+        saved, model=replace(saved.model, **model), training=replace(saved.training, **given(args, "training"))
+    )
+
+
+def _add_ablate(sub: argparse._SubParsersAction, methods: bool = True) -> None:
+    p = sub.add_parser(
+        "ablate",
+        help="the paper's latent ablation: dense 128-1024 and spatial 1-64 channels, Figures 4 and 5",
+        description="Train, calibrate and evaluate every latent variant with the same settings; writes table.md, "
+        "Figure 4 (ROC/PR curves of all variants) and Figure 5 (reconstructions). Finished variants are reused.",
+    )
+    p.add_argument("--data", action="append", required=True, metavar="DIR", help="preprocessed healthy cases")
+    p.add_argument("--cases", action="append", required=True, metavar="DIR", help="labelled cases to report")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--tune-cases", action="append", default=None, metavar="DIR", help="labelled tuning cases")
+    p.add_argument("--latents", type=int, nargs="+", default=[128, 256, 512, 1024], metavar="Z")
+    p.add_argument("--spatial-variants", type=int, nargs="+", default=[1, 4, 16, 64], metavar="C")
+    p.add_argument("--modality", default="t2")
+    _add_model_and_training_options(p, methods)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_run_ablate)
+
+
+def _run_ablate(args: argparse.Namespace) -> int:
+    from brainuad.ablation import ablate
+    from brainuad.errors import ConfigError
+
+    try:
+        base = _config_from_args(args)
+    except ConfigError as exc:
+        return usage_error(str(exc))
+    summaries = ablate(
+        args.data, args.cases, args.out, base, args.tune_cases, args.latents, args.spatial_variants,
+        args.modality, base.training.device, progress=not args.quiet,
+    )  # fmt: skip
+    for name, summary in summaries.items():
+        print(f"ablate: {name:14s} slice AUROC {summary['slices']['auroc']:.3f}")
+    print(f"ablate: table and Figures 4-5 -> {args.out}")
+    return EXIT_OK
