@@ -114,7 +114,8 @@ class ModelConfig:
 
 
 class TrainingHooks:
-    """What the default training loop asks of a network; the defaults suit a plain autoencoder."""
+    """What the default training loop and inference ask of a network; the defaults suit a plain autoencoder (its
+    reconstruction is ``forward(x)`` in eval mode)."""
 
     def training_input(self, x: torch.Tensor) -> torch.Tensor:
         """What the network sees in a training step (the target is always ``x``); the denoising AE corrupts it."""
@@ -122,6 +123,11 @@ class TrainingHooks:
 
     def regulariser(self) -> torch.Tensor | None:
         """An extra loss term from the last training forward pass (the VAE's KL divergence), or ``None``."""
+        return None
+
+    def residual_scale(self) -> Any:
+        """What the residual |x − reconstruction| is divided by in the anomaly map (an array on the crop grid, e.g.
+        the normative model's spread for z-scores), or ``None``."""
         return None
 
 
