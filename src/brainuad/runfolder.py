@@ -18,16 +18,16 @@ EXECUTION_SETTINGS = ("compile", "checkpoint_minutes")
 
 
 def resume_differences(saved: Config, given: Config) -> list[str]:
-    """Model and training settings of ``given`` that differ from a run's ``saved`` config (the epoch budget, the
-    input shape taken from the data, and how the run executes — compile, checkpoint interval — excepted), as
-    ``section.field: run X, given Y``."""
+    """Model, training and post-processing settings of ``given`` that differ from a run's ``saved`` config (the epoch
+    budget, the input shape taken from the data, and how the run executes — compile, checkpoint interval — excepted),
+    as ``section.field: run X, given Y``."""
     from brainuad.config import to_dict
 
     old, new = to_dict(saved), to_dict(given)
     ignored = {("training", k) for k in EXECUTION_SETTINGS} | {("training", "epochs"), ("model", "input_shape")}
     return [
         f"{section}.{key}: run {old[section][key]!r}, given {new[section].get(key)!r}"
-        for section in ("model", "training")
+        for section in ("model", "training", "postprocessing")
         for key in old[section]
         if (section, key) not in ignored and old[section][key] != new[section].get(key)
     ]

@@ -18,7 +18,7 @@ def _add_model_and_training_options(p: argparse.ArgumentParser, methods: bool = 
     """The model and training flags shared by ``train`` and ``ablate``, made from the config dataclasses; with
     ``methods``, each registered model's own settings too (that imports the models, and torch)."""
     from brainuad.cli.flags import add_flags
-    from brainuad.config import RECIPES, ModelConfig, TrainConfig
+    from brainuad.config import RECIPES, ModelConfig, PostprocessConfig, TrainConfig
 
     p.add_argument(
         "--recipe",
@@ -30,6 +30,8 @@ def _add_model_and_training_options(p: argparse.ArgumentParser, methods: bool = 
     )
     add_flags(p.add_argument_group("model"), ModelConfig, "model", skip=("input_shape", "options"))
     add_flags(p.add_argument_group("training"), TrainConfig, "training")
+    post = p.add_argument_group("post-processing (stored with the run; calibrate, detect and evaluate apply it)")
+    add_flags(post, PostprocessConfig, "postprocessing")
     if methods:
         from brainuad.models.registry import methods as registered
 
@@ -67,7 +69,12 @@ def _config_from_args(args: argparse.Namespace):
         kept = to_dict(model_base.options) if model_base.kind == kind else {}
         model_flags["options"] = {**kept, **options}
     model = replace(model_base, kind=kind, **model_flags)
-    return replace(base, model=model, training=replace(base.training, **given(args, "training")))
+    return replace(
+        base,
+        model=model,
+        training=replace(base.training, **given(args, "training")),
+        postprocessing=replace(base.postprocessing, **given(args, "postprocessing")),
+    )
 
 
 def _options_given(args: argparse.Namespace, method) -> dict:
@@ -164,7 +171,10 @@ def _resume_config(args: argparse.Namespace, config):
     if options:
         model["options"] = {**to_dict(saved.model.options), **options}
     return replace(
-        saved, model=replace(saved.model, **model), training=replace(saved.training, **given(args, "training"))
+        saved,
+        model=replace(saved.model, **model),
+        training=replace(saved.training, **given(args, "training")),
+        postprocessing=replace(saved.postprocessing, **given(args, "postprocessing")),
     )
 
 
