@@ -41,3 +41,23 @@ def test_a_setting_of_another_model_and_bad_values_are_refused():
         _config_from_args(_train_args("--lr", "0"))
     with pytest.raises(ConfigError, match="must be >= 0"):
         _config_from_args(_train_args("--median-mm", "-1"))
+
+
+def test_resume_checks_a_models_settings_against_the_saved_model(tmp_path):
+    from brainuad.checkpoints import save_config
+    from brainuad.cli.train import _resume_config
+    from brainuad.config import ModelConfig, replace
+
+    saved = replace(Config(), model=ModelConfig(kind="vae", options={"kl_weight": 0.5}))
+    save_config(saved, tmp_path / "config.json")
+    args = build_parser().parse_args(["train", "--data", "d", "--out", str(tmp_path), "--resume", "--kl-weight", "0.5"])
+    assert _resume_config(args) == saved  # --model not typed: the run's model, whose setting this is
+    args = build_parser().parse_args(["train", "--data", "d", "--out", str(tmp_path / "none"), "--resume"])
+    assert _resume_config(args) is None  # nothing saved: train() says there is nothing to resume
+
+
+def test_config_sections_stay_positional():
+    from brainuad.config import ModelConfig, PreprocessConfig
+
+    config = Config(PreprocessConfig(preset="paper-2mm"), ModelConfig(latent=8), TrainConfig(epochs=2))
+    assert config.preprocessing.preset == "paper-2mm" and config.model.latent == 8 and config.training.epochs == 2

@@ -208,3 +208,16 @@ def test_every_method_honours_the_contract():
         x = torch.rand(1, 1, 16, 16, 16)
         method.prepare(model, x[:, 0].numpy(), [0])
         assert model.eval()(x).shape == x.shape
+
+
+def test_a_failing_method_module_leaves_no_half_filled_registry(monkeypatch):
+    import brainuad.models.registry as registry
+
+    monkeypatch.setattr(registry, "_LOADED", False)
+    monkeypatch.setattr(registry, "_METHODS", {})
+    monkeypatch.setattr(registry, "_load_entry_points", lambda: (_ for _ in ()).throw(ImportError("broken plug-in")))
+    with pytest.raises(ImportError, match="broken plug-in"):
+        registry.get_method("vae")
+    assert registry._METHODS == {} and not registry._LOADED  # the next lookup tries again
+    monkeypatch.setattr(registry, "_load_entry_points", lambda: None)
+    assert registry.get_method("vae").name == "vae"

@@ -169,12 +169,19 @@ class Config:
         version: The config.json format (:data:`CONFIG_VERSION`); older files are upgraded when loaded.
     """
 
-    version: int = CONFIG_VERSION
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     # PostprocessConfig is declared at the end of this module, hence the lambda.
     postprocessing: PostprocessConfig = field(default_factory=PostprocessConfig)
+    version: int = CONFIG_VERSION  # last: positional calls Config(preprocessing, model, training) keep working
+
+    def __post_init__(self) -> None:
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(
+                f"version {self.version}: this brainuad writes config format {CONFIG_VERSION} (older files are "
+                "upgraded when read with config_from_json)"
+            )
 
 
 def quick_recipe() -> Config:

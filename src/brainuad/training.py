@@ -328,7 +328,9 @@ def _fit_context(
         val_ids=val_ids,
         plan=lambda seed, epoch: plan_batches(train_ids, tc.batch_size, seed, epoch, 0, 1, tc.steps_per_epoch),
         load=lambda ids, epoch, step: _load_batch(cache, ids, augmenter, tc.seed, epoch, step, device),
-        validation_loss=lambda model: evaluate_loss(model, cache, val_ids, device, tc.batch_size, None, tc.loss_mask),
+        validation_loss=lambda model, brain_only=False: evaluate_loss(
+            model, cache, val_ids, device, tc.batch_size, None, brain_only
+        ),
         log=lambda row: append_log(run_dir / "log.csv", row),
         save=lambda model, name: save_weights(model, run_dir / name),
         record=lambda name, data: write_json(run_dir / name, data),

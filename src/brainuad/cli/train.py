@@ -44,9 +44,16 @@ def _add_model_and_training_options(p: argparse.ArgumentParser, methods: bool = 
         )
         group = p.add_argument_group("settings of one model (apply to that --model only)")
         seen: set[str] = set()
+        taken = set(p._option_string_actions)
         for method in registered():
             names = {f.name for f in dataclasses.fields(method.Options)}
-            add_flags(group, method.Options, "options", skip=tuple(seen), label=f"{method.name}: ")
+            clash = sorted(n for n in names - seen if "--" + n.replace("_", "-") in taken)
+            for name in clash:  # a plug-in's setting named like a core flag: no flag, rather than no train verb
+                print(
+                    f"brainuad: model {method.name!r}: setting {name!r} has no flag (the name is taken)",
+                    file=sys.stderr,
+                )
+            add_flags(group, method.Options, "options", skip=(*seen, *clash), label=f"{method.name}: ")
             seen |= names
 
 
@@ -124,9 +131,9 @@ def _run_train(args: argparse.Namespace) -> int:
     from brainuad.training import train
 
     try:
-        config = _config_from_args(args)
-        if args.resume:
-            config = _resume_config(args, config)
+        # A resumed run starts from its saved settings (its model's own flags are checked against its model).
+        config = _resume_config(args) if args.resume else None
+        config = config or _config_from_args(args)
     except ConfigError as exc:
         return usage_error(str(exc))
     result = train(args.data, args.out, config, resume=args.resume, progress=not args.quiet, val_data=args.val_data)
@@ -152,9 +159,9 @@ def _run_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _resume_config(args: argparse.Namespace, config):
+def _resume_config(args: argparse.Namespace):
     """For ``train --resume``: the run's saved settings, overridden only by the flags given on this command line
-    (``train`` then refuses any that differ from the run's, naming them)."""
+    (``train`` then refuses any that differ from the run's, naming them); ``None`` when the folder holds no run."""
     from pathlib import Path
 
     from brainuad.checkpoints import load_config
@@ -164,12 +171,13 @@ def _resume_config(args: argparse.Namespace, config):
 
     saved_path = Path(args.out) / "config.json"
     if not saved_path.is_file():
-        return config  # train() says there is nothing to resume
+        return None  # train() says there is nothing to resume
     saved = load_config(saved_path)
     model = given(args, "model")
-    options = _options_given(args, get_method(model.get("kind", saved.model.kind)))
+    kind = model.get("kind", saved.model.kind)
+    options = _options_given(args, get_method(kind))
     if options:
-        model["options"] = {**to_dict(saved.model.options), **options}
+        model["options"] = {**(to_dict(saved.model.options) if kind == saved.model.kind else {}), **options}
     return replace(
         saved,
         model=replace(saved.model, **model),

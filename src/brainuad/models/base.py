@@ -142,7 +142,8 @@ class FitContext:
         val_ids: Rows of the validation split.
         plan: ``plan(seed, epoch)`` → the epoch's batches (lists of rows), as the default loop draws them.
         load: ``load(rows, epoch, step)`` → the batch on the device, augmented as configured (seeded by its arguments).
-        validation_loss: ``validation_loss(model)`` → mean squared reconstruction error on the validation split.
+        validation_loss: ``validation_loss(model, brain_only=False)`` → mean squared reconstruction error on the
+            validation split (over the whole volume, or inside the brain only), in eval mode.
         log: Append one row (``epoch``, ``train_loss``, ``val_loss``, ``seconds``, ``volumes_per_s``, ``lr``) to
             log.csv.
         save: ``save(model, name)`` writes ``name`` (``model.safetensors`` = the best weights, ``last.safetensors``).
@@ -156,7 +157,7 @@ class FitContext:
     val_ids: list[int]
     plan: Callable[[int, int], list[list[int]]]
     load: Callable[[list[int], int, int], Any]
-    validation_loss: Callable[[Any], float]
+    validation_loss: Callable[..., float]
     log: Callable[[dict], None]
     save: Callable[[Any, str], None]
     record: Callable[[str, dict], None]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,17 +20,25 @@ if TYPE_CHECKING:
 _NOT_METHODS = {"base", "registry", "layers"}
 _METHODS: dict[str, Method] = {}
 _LOADED = False
+_LOADING = False
 
 
 def _load() -> dict[str, Method]:
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True  # set first: a method module importing the registry must not recurse
-        for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-            if info.name not in _NOT_METHODS:
-                for method in getattr(importlib.import_module(f"{__package__}.{info.name}"), "METHODS", ()):
-                    register(method)
-        _load_entry_points()
+    global _LOADED, _LOADING
+    if not _LOADED and not _LOADING:
+        _LOADING = True  # a method module that looks a method up while it is imported must not recurse
+        try:
+            for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+                if info.name not in _NOT_METHODS:
+                    for method in getattr(importlib.import_module(f"{__package__}.{info.name}"), "METHODS", ()):
+                        register(method)
+            _load_entry_points()
+            _LOADED = True
+        except BaseException:
+            _METHODS.clear()  # nothing half-filled: the next lookup tries again and meets the same error
+            raise
+        finally:
+            _LOADING = False
     return _METHODS
 
 
@@ -49,18 +58,19 @@ def register(method: Method) -> Method:
     """
     if not method.name or (method.name in _METHODS and _METHODS[method.name] is not method):
         raise ValueError(f"model name {method.name!r} is empty or already registered")
-    fields = {f.name: f for f in dataclasses.fields(method.Options)}
+    mine = _option_fields(method)
     for other in _METHODS.values():
-        for field in dataclasses.fields(other.Options):
-            if field.name in fields and (field.type, field.default) != (
-                fields[field.name].type,
-                fields[field.name].default,
-            ):
-                raise ValueError(
-                    f"{method.name}: option {field.name!r} clashes with {other.name}'s (one CLI flag each)"
-                )
+        for name, declared in _option_fields(other).items():
+            if name in mine and mine[name] != declared:
+                raise ValueError(f"{method.name}: option {name!r} clashes with {other.name}'s (one CLI flag each)")
     _METHODS[method.name] = method
     return method
+
+
+def _option_fields(method: Method) -> dict[str, tuple]:
+    """Option name → (resolved type, default): one CLI flag serves every method declaring the same setting."""
+    hints = typing.get_type_hints(method.Options)
+    return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(method.Options)}
 
 
 def unregister(name: str) -> None:
