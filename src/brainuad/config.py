@@ -172,7 +172,6 @@ class Config:
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
-    # PostprocessConfig is declared at the end of this module, hence the lambda.
     postprocessing: PostprocessConfig = field(default_factory=PostprocessConfig)
     version: int = CONFIG_VERSION  # last: positional calls Config(preprocessing, model, training) keep working
 

@@ -33,14 +33,13 @@ def _add_model_and_training_options(p: argparse.ArgumentParser, methods: bool = 
     post = p.add_argument_group("post-processing (stored with the run; calibrate, detect and evaluate apply it)")
     add_flags(post, PostprocessConfig, "postprocessing")
     if methods:
+        from brainuad.models.base import DEFAULT_KIND
         from brainuad.models.registry import methods as registered
 
         kind = next(a for a in p._actions if a.dest == "model.kind")
         kind.choices = [m.name for m in registered()]
         kind.help = (
-            "the model: "
-            + "; ".join(f"{m.name} = {m.summary}" for m in registered())
-            + f" (default: {kind.help.rsplit('(default: ', 1)[-1]}"
+            "the model: " + "; ".join(f"{m.name} = {m.summary}" for m in registered()) + f" (default: {DEFAULT_KIND})"
         )
         group = p.add_argument_group("settings of one model (apply to that --model only)")
         seen: set[str] = set()
@@ -61,24 +60,32 @@ def _config_from_args(args: argparse.Namespace):
     """The config tree the model and training flags describe: the recipe's, with every flag given on top (raises
     ConfigError on bad values or a model setting given to another model)."""
     from brainuad.cli.flags import given
-    from brainuad.config import RECIPES, Config, ModelConfig, replace, to_dict
+    from brainuad.config import RECIPES, Config
+    from brainuad.models.base import DEFAULT_KIND
     from brainuad.models.registry import get_method
 
     base = RECIPES[args.recipe]()
-    model_flags = given(args, "model")
-    kind = model_flags.pop("kind", ModelConfig.__dataclass_fields__["kind"].default)
-    method = get_method(kind)
+    kind = given(args, "model").get("kind", DEFAULT_KIND)
+    family = get_method(kind).family
     # A recipe's network suits the models of its family; other models start from the defaults.
-    same_family = method.family and method.family == get_method(base.model.kind).family
-    model_base = base.model if same_family else Config().model
-    options = _options_given(args, method)
+    same_family = family and family == get_method(base.model.kind).family
+    return _with_flags(args, base, base.model if same_family else Config().model, kind)
+
+
+def _with_flags(args: argparse.Namespace, base, model_base, kind: str):
+    """``base`` with the model section ``model_base`` of model ``kind`` and every flag given on top; the model's own
+    settings given are checked against ``kind`` and merged into ``model_base``'s when it is the same model."""
+    from brainuad.cli.flags import given
+    from brainuad.config import replace, to_dict
+    from brainuad.models.registry import get_method
+
+    model = {k: v for k, v in given(args, "model").items() if k != "kind"}
+    options = _options_given(args, get_method(kind))
     if options:
-        kept = to_dict(model_base.options) if model_base.kind == kind else {}
-        model_flags["options"] = {**kept, **options}
-    model = replace(model_base, kind=kind, **model_flags)
+        model["options"] = {**(to_dict(model_base.options) if model_base.kind == kind else {}), **options}
     return replace(
         base,
-        model=model,
+        model=replace(model_base, kind=kind, **model),
         training=replace(base.training, **given(args, "training")),
         postprocessing=replace(base.postprocessing, **given(args, "postprocessing")),
     )
@@ -166,24 +173,12 @@ def _resume_config(args: argparse.Namespace):
 
     from brainuad.checkpoints import load_config
     from brainuad.cli.flags import given
-    from brainuad.config import replace, to_dict
-    from brainuad.models.registry import get_method
 
     saved_path = Path(args.out) / "config.json"
     if not saved_path.is_file():
         return None  # train() says there is nothing to resume
     saved = load_config(saved_path)
-    model = given(args, "model")
-    kind = model.get("kind", saved.model.kind)
-    options = _options_given(args, get_method(kind))
-    if options:
-        model["options"] = {**(to_dict(saved.model.options) if kind == saved.model.kind else {}), **options}
-    return replace(
-        saved,
-        model=replace(saved.model, **model),
-        training=replace(saved.training, **given(args, "training")),
-        postprocessing=replace(saved.postprocessing, **given(args, "postprocessing")),
-    )
+    return _with_flags(args, saved, saved.model, given(args, "model").get("kind", saved.model.kind))
 
 
 def _add_ablate(sub: argparse._SubParsersAction, methods: bool = True) -> None:
