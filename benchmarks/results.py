@@ -147,6 +147,43 @@ def _comparison(summaries: dict) -> list[str]:
     return [*lines, "", WHY]
 
 
+def _learned(out: Path, summaries: dict) -> list[str]:
+    """The learned-nothing guard of each run (``summary.json``'s ``reconstruction_check``), as a table and a verdict."""
+    rows, losers = [], []
+    for method in summaries:
+        path = out / "runs" / method / "summary.json"
+        check = json.loads(path.read_text()).get("reconstruction_check") if path.is_file() else None
+        if not check:
+            rows.append(f"| {method} | not recorded | | | | |")
+            continue
+        beats = check.get("beats_mean_image")
+        verdict = {True: "yes", False: "**no**", None: "n/a (no learned reconstruction)"}[beats]
+        if beats is False:
+            losers.append(method)
+        note = f" ({check['note']})" if check.get("note") else ""
+        rows.append(
+            f"| {method} | {check['val_cases']} | {check['model_mse']:.4f} | {check['mean_image_mse']:.4f} | "
+            f"{check['nearest_training_mse']:.4f} | {verdict}{note} |"
+        )
+    said = (
+        f"**{', '.join(losers)} did not beat the cohort mean image**: their maps here are not evidence of learned "
+        "healthy anatomy."
+        if losers
+        else "Every learned model beat the cohort mean image on its validation scans."
+    )
+    return [
+        "Validation scans of each run's own split (MSE inside the brain; `reconstruction_check` in the run's "
+        "summary.json; a check on one or two scans is weak):",
+        "",
+        "| method | validation scans | model MSE | cohort mean image MSE | nearest training scan MSE | beats the mean "
+        "image |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        said,
+    ]
+
+
 def _train_seconds(out: Path, method: str) -> float:
     return float(json.loads((out / "runs" / method / "summary.json").read_text()).get("train_seconds") or 0.0)
 
@@ -226,6 +263,10 @@ def write_markdown(args: argparse.Namespace, result: dict, command: str) -> Path
             f"| {m} | " + " | ".join(f"{float(r['dice']):.3f}" for r in _per_case(out, m, "t2")) + " |"
             for m in summaries
         ],
+        "",
+        "## Did the models learn healthy anatomy?",
+        "",
+        *_learned(out, summaries),
         "",
         "## Against the intensity baseline",
         "",
