@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Issue #18's GPU measurements in one run: network paths, brainuad's train() with augmentation on and off,
-# augmentation per volume (batched vs MONAI), bf16 inference — at paper size (160x192x96, batch 8).
+# Issue #18's GPU measurements in one run, at paper size (160x192x96, batch 8), in two parts:
+#   throughput: network paths, brainuad's train() with augmentation on and off, augmentation per volume (batched vs
+#               MONAI), bf16 inference (benchmarks/train_throughput.py; ~4-5 min on an H100/H200);
+#   variants:   where the compiled step's time goes (the convolutions' share and the ceiling it implies) and which
+#               step variants pay: fused Adam, batch 16, compile modes (benchmarks/step_variants.py; <= 4 min).
 #
-#   bash benchmarks/gpu_check.sh              # on the GPU machine, from the repository root; ~4-5 min on an H100/H200
+#   bash benchmarks/gpu_check.sh                              # both parts, on the GPU machine, from the repository root
+#   GPU_CHECK_PARTS=variants bash benchmarks/gpu_check.sh     # one part (fits a short device budget)
 #   GPU_CHECK_SMALL=1 WHEELS=/tmp/whl311 OUT=benchmarks/out/gpu_dry bash benchmarks/gpu_check.sh    # CPU dry run
 #
 # The machine has torch, numpy, scipy, matplotlib, safetensors, tqdm, tensorboard and scikit-learn but no network:
@@ -29,17 +33,35 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
+PARTS=${GPU_CHECK_PARTS:-throughput variants}
 if [ "${GPU_CHECK_SMALL:-0}" = 1 ]; then
   # Reduced size for a CPU dry run (compile skipped there: minutes of C++ compilation on 2 cores).
-  ARGS=(--shape 32 32 16 --batch-size 2 --steps 2 --warmup 1 --channels 4 8 8 8 --stem-channels 4 --latent 16
-        --cases 6 --epochs 3 --monai-volumes 2 --augment-reps 2 --inference-reps 1 --no-compile --threads 1)
+  SMALL=(--shape 32 32 16 --batch-size 2 --steps 2 --warmup 1 --channels 4 8 8 8 --stem-channels 4 --latent 16
+         --no-compile --threads 1)
+  ARGS=("${SMALL[@]}" --cases 6 --epochs 3 --monai-volumes 2 --augment-reps 2 --inference-reps 1)
+  VARIANT_ARGS=("${SMALL[@]}" --profile-steps 1)
   LIMIT=900
+  VARIANT_LIMIT=900
 else
   ARGS=(--steps 20 --warmup 3 --epochs 5 --cases 12 --monai-volumes 4 --augment-reps 4 --inference-reps 3)
+  VARIANT_ARGS=(--steps 10 --warmup 3 --profile-steps 3)
   LIMIT=${GPU_CHECK_LIMIT:-330}
+  VARIANT_LIMIT=${GPU_CHECK_VARIANT_LIMIT:-240}
 fi
-start=$(date +%s)
-timeout "$LIMIT" python3 benchmarks/train_throughput.py --loop "${ARGS[@]}" --out "$OUT" 2>&1 | tee "$OUT/log.txt"
-status=${PIPESTATUS[0]}
-echo "train_throughput exit status $status after $(( $(date +%s) - start )) s (124 = stopped at ${LIMIT} s)" | tee -a "$OUT/log.txt"
+status=0
+for part in $PARTS; do
+  start=$(date +%s)
+  case $part in
+    throughput)
+      timeout "$LIMIT" python3 benchmarks/train_throughput.py --loop "${ARGS[@]}" --out "$OUT" 2>&1 | tee "$OUT/log.txt"
+      code=${PIPESTATUS[0]}; limit=$LIMIT; log=$OUT/log.txt ;;
+    variants)
+      timeout "$VARIANT_LIMIT" python3 benchmarks/step_variants.py "${VARIANT_ARGS[@]}" --out "$OUT/variants" 2>&1 \
+        | tee "$OUT/variants_log.txt"
+      code=${PIPESTATUS[0]}; limit=$VARIANT_LIMIT; log=$OUT/variants_log.txt ;;
+    *) echo "unknown part: $part (throughput or variants)"; code=2; limit=0; log=/dev/null ;;
+  esac
+  echo "$part exit status $code after $(( $(date +%s) - start )) s (124 = stopped at ${limit} s)" | tee -a "$log"
+  [ "$code" = 0 ] || status=$code
+done
 exit "$status"

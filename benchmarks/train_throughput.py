@@ -106,19 +106,23 @@ def _model_config(args, shape):
     )
 
 
-def network_path(args, device, name: str, bf16: bool, channels_last: bool, compile_model: bool) -> dict:
-    """Steps of the bare network on one random batch (no data loading, no augmentation)."""
+def make_step(
+    args, device, bf16: bool, channels_last: bool, compile_model: bool, fused=None, mode=None, batch_size=None
+):
+    """One optimisation step of the network on one random batch (no data loading, no augmentation), as a function.
+
+    ``fused``: Adam's fused kernel (``None``: PyTorch's default); ``mode``: the ``torch.compile`` mode.
+    """
     from brainuad.models import build_model
 
-    _reset_peak(device)
     torch.manual_seed(0)
     model = build_model(_model_config(args, args.shape)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5, fused=fused)
     cuda = device.type == "cuda"
     if channels_last and cuda:
         model = model.to(memory_format=torch.channels_last_3d)
-    step_model = torch.compile(model, dynamic=False) if compile_model else model
-    batch = torch.rand(args.batch_size, 1, *args.shape, device=device)
+    step_model = torch.compile(model, dynamic=False, mode=mode) if compile_model else model
+    batch = torch.rand(batch_size or args.batch_size, 1, *args.shape, device=device)
     if channels_last and cuda:
         batch = batch.contiguous(memory_format=torch.channels_last_3d)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and cuda)
@@ -131,6 +135,14 @@ def network_path(args, device, name: str, bf16: bool, channels_last: bool, compi
         optimizer.step()
         return loss
 
+    return step
+
+
+def network_path(args, device, name: str, bf16: bool, channels_last: bool, compile_model: bool, **variant) -> dict:
+    """Steps of the bare network on one random batch (no data loading, no augmentation); ``variant``: make_step's."""
+    _reset_peak(device)
+    step = make_step(args, device, bf16, channels_last, compile_model, **variant)
+    batch_size = variant.get("batch_size") or args.batch_size
     start = time.perf_counter()
     for _ in range(args.warmup):
         step()
@@ -144,7 +156,7 @@ def network_path(args, device, name: str, bf16: bool, channels_last: bool, compi
     row = {
         "section": "network",
         "path": name,
-        "volume_steps_per_s": round(args.steps * args.batch_size / seconds, 2),
+        "volume_steps_per_s": round(args.steps * batch_size / seconds, 2),
         "warmup_s": round(warmup_s, 1),
         "peak_gib": _peak_gib(device),
     }
@@ -297,7 +309,10 @@ def inference_rows(args, device, case_folder: Path) -> list[dict]:
     case = load_case(case_folder)
     rows = []
     for name, run in (
-        ("reconstruct (bf16 autocast on CUDA)", lambda: reconstruct(model, case.image.array, device)),
+        (
+            f"reconstruct ({'bf16 autocast' if device.type == 'cuda' else 'fp32'})",
+            lambda: reconstruct(model, case.image.array, device),
+        ),
         ("detect_case (reconstruct + post-processing)", lambda: detect_case(model, case, 0.5, device=device)),
     ):
         run()

@@ -8,7 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from brainuad.checkpoints import load_config, load_model, load_weights, save_weights
+from brainuad.checkpoints import (
+    load_config,
+    load_model,
+    load_optimizer,
+    load_weights,
+    save_optimizer,
+    save_weights,
+)
 from brainuad.cli import main
 from brainuad.config import Config, ModelConfig, TrainConfig, replace
 from brainuad.errors import BrainuadError, InputError
@@ -117,6 +124,37 @@ def test_weights_round_trip_and_mismatch(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(InputError, match="safetensors"):
         load_weights(other, tmp_path / "junk.safetensors")
+
+
+@pytest.mark.parametrize(("saved_fused", "resumed_fused"), [(True, None), (None, True)])
+def test_optimizer_resumes_with_its_own_implementation(tmp_path, saved_fused, resumed_fused):
+    # A run checkpointed on CUDA (fused Adam) and resumed elsewhere, or the reverse: the state carries over, the
+    # implementation flag is the resuming optimiser's, and the next update matches an uninterrupted one.
+    def setup(fused):
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(4, 3)
+        return layer, torch.optim.Adam(layer.parameters(), lr=1e-2, weight_decay=1e-5, fused=fused)
+
+    def update(layer, optimizer, seed):
+        torch.manual_seed(seed)
+        optimizer.zero_grad()
+        layer(torch.randn(5, 4)).square().mean().backward()
+        optimizer.step()
+
+    reference, reference_opt = setup(saved_fused)
+    for seed in range(3):
+        update(reference, reference_opt, seed)
+    first, first_opt = setup(saved_fused)
+    for seed in range(2):
+        update(first, first_opt, seed)
+    path = save_optimizer(first_opt, tmp_path / "opt.safetensors")
+    second, second_opt = setup(resumed_fused)
+    second.load_state_dict(first.state_dict())
+    load_optimizer(second_opt, path)
+    assert second_opt.param_groups[0]["fused"] == resumed_fused
+    update(second, second_opt, 2)
+    for a, b in zip(reference.parameters(), second.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_config_mismatching_weights_is_refused(tmp_path):

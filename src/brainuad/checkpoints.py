@@ -109,6 +109,10 @@ def _check_declared_sizes(config: Config, weights_path: Path) -> None:
         )
 
 
+#: Optimiser settings that choose an implementation, not a result: taken from the optimiser being restored.
+_IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable")
+
+
 def save_optimizer(optimizer: torch.optim.Optimizer, path: str | Path) -> Path:
     """Optimiser state as safetensors: tensors flattened by name, the rest as JSON metadata."""
     state_dict = optimizer.state_dict()
@@ -148,6 +152,11 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: str | Path) -> None:
         state.setdefault(int(index), {})[key] = tensor
     for index, values in scalars.items():
         state.setdefault(int(index), {}).update(values)
+    # How the update runs (a fused CUDA kernel, foreach) belongs to this device, not to the one that saved the run.
+    for saved, current in zip(param_groups, optimizer.param_groups):
+        for key in _IMPLEMENTATION_FLAGS:
+            if key in current:
+                saved[key] = current[key]
     device = next((p.device for g in optimizer.param_groups for p in g["params"]), torch.device("cpu"))
     for entry in state.values():
         for key, value in entry.items():

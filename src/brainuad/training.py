@@ -192,7 +192,10 @@ def train(
         check = _reconstruction_check(run_dir, config, cache, train_ids, val_ids, all_cases, device)
         _finish(run_dir, model, state, outcome.history, world, None, check)
         return TrainResult(run_dir, outcome.epochs, outcome.best_val_loss, outcome.best_epoch, outcome.history)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    # One fused kernel for the update on CUDA (the 189 M fully-connected parameters of the paper's network);
+    # PyTorch's default elsewhere, so CPU runs and their resume stay bit for bit as before.
+    fused = True if device.type == "cuda" else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0}
     if resume and (run_dir / "state.json").is_file():
         state = read_json(run_dir / "state.json")
