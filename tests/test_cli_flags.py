@@ -61,3 +61,29 @@ def test_config_sections_stay_positional():
 
     config = Config(PreprocessConfig(preset="paper-2mm"), ModelConfig(latent=8), TrainConfig(epochs=2))
     assert config.preprocessing.preset == "paper-2mm" and config.model.latent == 8 and config.training.epochs == 2
+
+
+def test_warnings_reach_the_user_as_one_line_without_source_code(tmp_path):
+    # Python's default shows "path/to/preprocessing.py:367: DegradedInputWarning: …" and the source line under it.
+    import subprocess
+    import sys
+
+    script = tmp_path / "warn.py"
+    script.write_text(
+        "import warnings\n"
+        "import brainuad.cli.more as more\n"
+        "from brainuad.cli import main\n"
+        "from brainuad.preprocessing import DegradedInputWarning\n"
+        "def verb(args):\n"
+        "    warnings.warn('scan.nii.gz: QC: brain volume 2300 mL', DegradedInputWarning, stacklevel=2)\n"
+        "    warnings.warn('foreign', UserWarning, stacklevel=1)\n"
+        "    return 0\n"
+        "more._run_models = verb\n"
+        "raise SystemExit(main(['models']))\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert "brainuad models: warning: scan.nii.gz: QC: brain volume 2300 mL" in lines
+    assert f"brainuad models: warning (UserWarning from {script.name}:7): foreign" in lines
+    assert len(lines) == 2 and "warnings.warn" not in result.stderr

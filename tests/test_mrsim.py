@@ -76,6 +76,24 @@ def test_simulation_is_reproducible_and_keeps_the_head():
     assert (stripped.image.array[~stripped.brain] == 0).all()
 
 
+def test_simulated_heads_have_native_adult_brain_sizes(shared_data):
+    # BrainWeb's anatomies are MNI-sized (~2.0 L of CSF, grey and white matter): simulated as they are, their skull-
+    # stripped brains exceeded the QC's adult range and a fifth of each fell outside the MNI crop.
+    labels = mrsim.load_anatomy(mrsim.find_anatomies(shared_data / "brainweb")[0])
+    anatomy_ml = np.isin(labels.array, mrsim.BRAIN_LABELS).sum() / 1000.0
+    assert anatomy_ml > 1800
+    sizes = []
+    for seed in (0, 1):
+        subject = mrsim.simulate(labels, seed, "t2", spacing=2.0, thickness=4.0)
+        sizes.append(subject.brain.sum() * np.prod(subject.image.spacing) / 1000.0)
+    low, high = mrsim.NATIVE_BRAIN_ML
+    assert all(0.9 * low < ml < 1.1 * high for ml in sizes) and sizes[0] != sizes[1], sizes
+    # A small phantom is never enlarged.
+    phantom = _phantom()
+    assert mrsim.native_size_factor(np.random.default_rng(0), 50.0) == 1.0
+    assert mrsim.simulate(phantom, 0, "t2", spacing=1.0, pose=True).brain.sum() > 0
+
+
 def test_real_anatomy_crop_with_lesion(shared_data):
     files = mrsim.find_anatomies(shared_data / "brainweb")
     assert len(files) == 20

@@ -184,7 +184,11 @@ def test_demo_rerun_into_the_same_folder_reuses_the_finished_run(quick_start, mo
     cpu = _cpu_seconds()
     assert main([*_quick_start_demo(), "--minutes", str(DEMO_BUDGET_MINUTES)]) == 0
     assert _cpu_seconds() - cpu < 10  # nothing retrained (the old demo trained 300000 epochs here)
-    assert report.stat().st_mtime_ns == before and "reusing" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert report.stat().st_mtime_ns == before and "reusing" in printed
+    # The learned-nothing verdict reaches the console too, not only the report's banner.
+    check = json.loads((root / "brainuad-demo" / "runs" / "ae" / "summary.json").read_text())["reconstruction_check"]
+    assert ("learned nothing" in printed) == (check["beats_mean_image"] is False)
 
 
 def test_readme_steps_run_as_printed_on_the_demo_data(quick_start, monkeypatch):

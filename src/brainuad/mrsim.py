@@ -22,14 +22,14 @@ Relaxation times (ms) and relative proton densities per BrainWeb label:
   (2017). Labels without a 3 T measurement keep their 1.5 T T2 and have T1 scaled by the grey-matter T1 ratio.
 
 Per scan: a field strength, a sequence with parameters drawn in clinical ranges (:data:`SEQUENCE_RANGES`), each
-tissue's signal multiplied by a factor in [1 − ``jitter``, 1 + ``jitter``] (SynthSeg-style randomisation, kept
-small enough that the contrast's tissue order holds), partial volume from Gaussian-smoothed label fractions (the
-signal is linear in the fractions, so this is the crisp signal image smoothed), a random rigid pose plus a small
-scaling and elastic deformation, in-plane blur and thick slices (box slice profile), a smooth multiplicative bias
-field and Rician noise. Skull, fat, muscle and skin are simulated too, so the head is a real head and skull
-stripping has work to do. Lesions (:data:`brainuad.synthetic.LESION_KINDS`) are placed as in
-:mod:`brainuad.synthetic` and given relaxation times between white matter's and CSF's (oedema/gliosis: long T2,
-moderately long T1 — bright on T2 and FLAIR, dark on T1), with exact masks on the output grid.
+tissue's signal multiplied by a factor in [1 − ``jitter``, 1 + ``jitter``] (SynthSeg-style randomisation, kept small
+enough that the contrast's tissue order holds), partial volume from Gaussian-smoothed label fractions (the signal is
+linear in the fractions, so this is the crisp signal image smoothed), a native adult brain size (the anatomies are
+MNI-sized), a random rigid pose plus a small scaling and elastic deformation, in-plane blur and thick slices (box
+slice profile), a smooth multiplicative bias field and Rician noise. Skull, fat, muscle and skin are simulated too,
+so the head is a real head and skull stripping has work to do. Lesions (:data:`brainuad.synthetic.LESION_KINDS`) are
+placed as in :mod:`brainuad.synthetic` and given relaxation times between white matter's and CSF's (oedema/gliosis:
+long T2, moderately long T1 — bright on T2 and FLAIR, dark on T1), with exact masks on the output grid.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ CONTRASTS = ("t2", "pd", "t1", "flair")
 LABELS = ("background", "csf", "grey", "white", "fat", "muscle", "skin", "skull", "vessels", "connective",
           "dura", "marrow")  # fmt: skip
 BRAIN_LABELS = (1, 2, 3)
+#: Native brain volumes drawn for a simulated head (mL; CSF, grey and white matter): see :func:`native_size_factor`.
+NATIVE_BRAIN_ML = (1000.0, 1650.0)
 
 #: (T1 ms, T2 ms, relative PD) per label at 1.5 T (sources: module docstring).
 TISSUES_1_5T = np.array([
@@ -221,7 +223,8 @@ def simulate(
         skull: Keep the head (``False``: zero outside the brain, as a skull-stripped scan).
         field_t: 1.5 or 3 (T); default drawn at random.
         jitter: Bound of the per-tissue signal factor (SynthSeg-style randomisation).
-        pose: Random rigid pose, scaling and elastic deformation (``False``: the anatomy as it is).
+        pose: Random rigid pose, native brain size (:func:`native_size_factor`), scaling and elastic deformation
+            (``False``: the anatomy as it is, at its MNI-like size).
 
     Returns:
         The scan in arbitrary scanner units, its brain mask, the lesion mask (``None`` when healthy), the sequence.
@@ -256,7 +259,8 @@ def simulate(
     fine_affine = affine.copy()
     fine_affine[:3, 2] /= sub
     fine_affine[:3, 3] -= affine[:3, 2] * (sub - 1) / (2 * sub)
-    coords = _source_coordinates(rng, labels, fine_shape, fine_affine, pose)
+    brain_ml = float(brain.sum()) * float(np.prod(labels.spacing)) / 1000.0
+    coords = _source_coordinates(rng, labels, fine_shape, fine_affine, pose, brain_ml)
     image = ndimage.map_coordinates(crisp, coords, order=1, mode="constant").reshape(fine_shape)
     brain_frac = ndimage.map_coordinates(brain.astype(np.float32), coords, order=1).reshape(fine_shape)
     lesion_frac = None
@@ -288,10 +292,29 @@ def simulate(
     )  # fmt: skip
 
 
+def native_size_factor(rng: np.random.Generator, brain_ml: float) -> float:
+    """Linear factor from the anatomy's size to a native adult brain's (never above 1).
+
+    BrainWeb's anatomies lie in a space close to MNI's, whose brains are larger than native ones (the MNI152 brain
+    mask holds 2.08 L; BrainWeb's CSF + grey + white matter about 2.0 L). Without this, skull stripping finds
+    2.2–2.3 L brains, above the QC's adult range, and a fifth of the brain falls outside the MNI crop after the
+    rigid registration. The drawn volume, uniform in :data:`NATIVE_BRAIN_ML`, puts skull-stripped masks in the range
+    of the 52 real IXI T1 individuals in ../shared/data (1.08–1.84 L, median 1.38 L, deepbet).
+    """
+    target = rng.uniform(*NATIVE_BRAIN_ML)
+    return min(1.0, (target / brain_ml) ** (1.0 / 3.0)) if brain_ml > 0 else 1.0
+
+
 def _source_coordinates(
-    rng: np.random.Generator, labels: Volume, shape: tuple[int, int, int], affine: np.ndarray, pose: bool
+    rng: np.random.Generator,
+    labels: Volume,
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
+    pose: bool,
+    brain_ml: float = 0.0,
 ) -> np.ndarray:
-    """Label-volume voxel coordinates of every output voxel, through pose, scaling and elastic deformation.
+    """Label-volume voxel coordinates of every output voxel, through pose, native size, scaling and elastic
+    deformation.
 
     The mapping is smooth, so it is computed on a 4× coarser grid and linearly upsampled (sub-millimetre error).
     """
@@ -302,9 +325,14 @@ def _source_coordinates(
     centre = labels.affine[:3, :3] @ ((np.array(labels.shape) - 1) / 2) + labels.affine[:3, 3]
     if pose:
         linear = _rotation(rng, 10.0) @ np.diag(rng.uniform(0.95, 1.05, 3))
-        world = linear @ (world - centre[:, None]) + centre[:, None] + rng.uniform(-8.0, 8.0, (3, 1))
-        for axis in range(3):  # elastic part: up to a few mm, smooth over ~3 cm
-            world[axis] += _smooth_field(rng, coarse_shape, 6, 1.5).reshape(-1)
+        shift = rng.uniform(-8.0, 8.0, (3, 1))
+        # Elastic part: up to a few mm, smooth over ~3 cm.
+        elastic = [_smooth_field(rng, coarse_shape, 6, 1.5).reshape(-1) for _ in range(3)]
+        # Output → source: a head smaller by ``size`` samples the anatomy 1/size as far from its centre.
+        linear = linear / native_size_factor(rng, brain_ml)
+        world = linear @ (world - centre[:, None]) + centre[:, None] + shift
+        for axis in range(3):
+            world[axis] += elastic[axis]
     source = np.linalg.inv(labels.affine) @ np.vstack([world, np.ones((1, world.shape[1]))])
     source = source[:3].reshape(3, *coarse_shape).astype(np.float32)
     return np.stack([_upsample(source[axis], shape, step) for axis in range(3)]).reshape(3, -1)

@@ -50,6 +50,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.data is not None:
         check_exist([args.data], "data folder")
     from brainuad.demo import REAL_DATA_COMMANDS, run_demo
+    from brainuad.guard import banner_text
 
     device = device_from_flag(args.device)
     result = run_demo(args.out, args.minutes, args.data, args.size, args.seed, device, progress=not args.quiet)
@@ -60,6 +61,10 @@ def _run_demo(args: argparse.Namespace) -> int:
         voxels = summary.get("voxels", {})
         dice = voxels.get("dice_mean", float("nan"))
         print(f"demo: {name:9s} slice AUROC {summary['slices']['auroc']:.3f}  Dice {dice:.3f}")
+    for name, summary in result.summaries.items():
+        warning = banner_text(summary.get("reconstruction_check"))
+        if warning:
+            print(f"demo: {name}: {warning} (brainuad demo --minutes N gives training more time.)")
     print(f"demo: report -> {result.report}")
     print("To run the same chain on real data:\n" + REAL_DATA_COMMANDS)
     return EXIT_OK
