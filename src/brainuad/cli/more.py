@@ -64,7 +64,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     for name, summary in result.summaries.items():
         warning = banner_text(summary.get("reconstruction_check"))
         if warning:
-            print(f"demo: {name}: {warning} (brainuad demo --minutes N gives training more time.)")
+            print(f"demo: {name}: {warning} (A larger --minutes buys a larger cohort and longer training.)")
     print(f"demo: report -> {result.report}")
     print("To run the same chain on real data:\n" + REAL_DATA_COMMANDS)
     return EXIT_OK
