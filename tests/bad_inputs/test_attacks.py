@@ -197,6 +197,8 @@ def test_a_detect_folder_attacked(world, tmp_path, capsys):
 
     stdout, err = run()
     assert "1 done, 0 already finished, 2 failed" in stdout
+    summary = json.loads((out / "scan" / "summary.json").read_text())  # each finished scan gets its result line
+    assert f"  scan: scan score {summary['scan_score']:.3f}" in stdout and str(out / "scan" / "report.html") in stdout
     assert f"{scans / 'brain_mask.nii.gz'}: holds only the values 0, 1: a mask or label map" in err
     assert f"{scans / 'colour.nii.gz'}: voxels of type" in err
     OUTCOMES[("brain_mask_in_batch", "detect")] = OUTCOMES[("rgb24_in_batch", "detect")] = "others done"

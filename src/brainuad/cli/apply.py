@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from brainuad.cli.common import (
     EXIT_OK,
@@ -126,7 +127,26 @@ def _run_detect(args: argparse.Namespace) -> int:
     result = detect_batch(
         args.inputs, args.model, args.out, threshold, args.skull_strip, device, args.force, progress=not args.quiet
     )
+    for folder in [*result.done, *result.skipped]:
+        print(_finding_line(Path(folder)))
     return report_batch("detect", result, args.out)
+
+
+def _finding_line(folder: Path) -> str:
+    """One scan's result in a line: scan score (and its rank among healthy scans), findings, where the report is."""
+    import math
+
+    from brainuad.io import read_json
+
+    summary = read_json(folder / "summary.json")
+    percentile = summary.get("scan_score_percentile_vs_healthy")
+    rank = f" (above {percentile:.0f} % of healthy scans)" if isinstance(percentile, float) and math.isfinite(
+        percentile) else ""  # fmt: skip
+    count, volume = summary.get("lesion_count", 0), summary.get("lesion_volume_ml_native", 0.0)
+    return (
+        f"  {folder.name}: scan score {summary['scan_score']:.3f}{rank}; {count} finding(s), {volume:.1f} mL "
+        f"-> {folder / 'report.html'}"
+    )
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
