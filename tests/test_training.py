@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -332,3 +333,13 @@ def test_checkpoints_wait_for_their_interval_and_compile_falls_back(tmp_path, mo
     train([data], tmp_path / "eager", tiny_config(epochs=2, compile=False), progress=False)
     a, b = load_file(str(tmp_path / "compiled/last.safetensors")), load_file(str(tmp_path / "eager/last.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_long_run_says_how_long_after_its_first_epoch():
+    from brainuad.training import _warn_if_long
+
+    with pytest.warns(RuntimeWarning, match=r"the 199 epochs left take about 16\.6 h on cpu; .*--recipe quick"):
+        _warn_if_long(199, 300.0, torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_long(10, 300.0, torch.device("cpu"))  # under an hour: nothing to say

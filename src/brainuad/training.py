@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,6 +223,7 @@ def train(
     # One bar per epoch (steps, loss, the epoch's ETA); the epoch count and last losses in its description.
     bar = tqdm(total=steps, desc="train", unit="step", disable=not progress or rank)
     of = "until the time budget" if deadline else f"of {total_epochs}"
+    first_epoch = state["epoch"] + 1  # this process's first (after --resume too): its pace predicts the rest
     try:
         for epoch in range(state["epoch"] + 1, total_epochs + 1):
             start = time.perf_counter()
@@ -282,6 +284,8 @@ def train(
                     writer.add_scalars("loss", {"train": train_loss, **({"val": val_loss} if validate else {})}, epoch)
             checkpointer.maybe_save(dict(state), force=last)
             bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}", epoch_s=f"{seconds:.1f}")
+            if rank == 0 and not deadline and epoch == first_epoch:
+                _warn_if_long(total_epochs - epoch, seconds, device)
             if stopped_at_budget:
                 break
     except torch.cuda.OutOfMemoryError as exc:
@@ -364,6 +368,28 @@ def evaluate_loss(
         total += reconstruction_loss(output, batch, brain_only).double() * inside.sum()
         count += inside.sum()
     return float(total) / max(1.0, float(count))
+
+
+#: Remaining training time (s) above which the first epoch's pace is reported, with the faster alternatives.
+LONG_RUN_S = 3600.0
+
+
+def _warn_if_long(epochs_left: int, epoch_s: float, device: torch.device) -> None:
+    """After the first epoch, say how long the run will take when that is over an hour (once, not per epoch)."""
+    left = epochs_left * epoch_s
+    if left <= LONG_RUN_S:
+        return
+    advice = (
+        "; on a CPU, `--recipe quick` learns healthy anatomy in minutes (README: 'Quick CPU recipe'), or train on a GPU"
+        if device.type == "cpu"
+        else ""
+    )
+    warnings.warn(
+        f"the first epoch took {epoch_s:.0f} s: the {epochs_left} epochs left take about {left / 3600:.1f} h on "
+        f"{device.type}{advice}. Ctrl-C stops the run; --resume continues it from its last checkpoint",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _reconstruction_check(
