@@ -85,13 +85,13 @@ def ablate(
 
 def _figure5(out: Path, names: list[str], cases: list[str | Path], modality: str, device: str) -> Path:
     """Each variant's reconstruction of the most lesioned axial slice of the first reported case."""
+    from brainuad.cases import load_case
     from brainuad.data import find_labelled_cases
     from brainuad.device import resolve_device
     from brainuad.figures import plot_reconstruction_panel
     from brainuad.inference import reconstruct
     from brainuad.io import safe_name
     from brainuad.labelled import lesion_on_crop
-    from brainuad.preprocessing import load_case
     from brainuad.trained import TrainedModel
 
     case = find_labelled_cases(cases[0], modality)[0]

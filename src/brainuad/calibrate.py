@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from brainuad.calibration import Calibration, SliceReference, write_calibration
+from brainuad.cases import load_case
 from brainuad.errors import BrainuadError, InputError
 from brainuad.inference import MIN_HEALTHY_REFERENCE_SCANS
 from brainuad.io import read_json
-from brainuad.preprocessing import load_case
 from brainuad.trained import TrainedModel
 
 HEALTHY_METHOD = "healthy voxel false-positive rate"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brainuad.cases import case_names
 from brainuad.config import PostprocessConfig, PreprocessConfig, replace, to_dict
 from brainuad.errors import BrainuadError, InputError
 from brainuad.inference import Detection
@@ -28,13 +29,7 @@ from brainuad.io import (
     save_volume,
     write_json,
 )
-from brainuad.preprocessing import (
-    BatchResult,
-    DegradedInputWarning,
-    _remove_stale_partials,
-    case_names,
-    preprocess_volume,
-)
+from brainuad.preprocessing import BatchResult, DegradedInputWarning, _remove_stale_partials, preprocess_volume
 from brainuad.provenance import provenance, sha256_file
 from brainuad.qc import contrast_warning
 from brainuad.trained import TrainedModel

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from brainuad.calibration import Calibration
+from brainuad.cases import PreprocessedCase
 from brainuad.config import PostprocessConfig
 from brainuad.device import resolve_device
 from brainuad.errors import BrainuadError
@@ -24,7 +25,6 @@ from brainuad.postprocessing import (
     segment,
     slice_errors,
 )
-from brainuad.preprocessing import PreprocessedCase
 
 #: Fewer held-out healthy scans than this give no healthy references: a mean and spread over one or two scans turn
 #: every slice into a z-score of thousands (or 1e10) and every scan into the "100th percentile".

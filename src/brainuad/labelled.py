@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from brainuad import metrics, scores
+from brainuad.cases import PreprocessedCase, load_case
 from brainuad.config import PostprocessConfig
 from brainuad.data import LabelledCase
 from brainuad.errors import BrainuadError, InputError
 from brainuad.io import load_volume, read_grid, to_canonical
 from brainuad.postprocessing import PostprocessingSizes, erode_mask, postprocessing_sizes, segment
-from brainuad.preprocessing import PreprocessedCase, load_case, preprocess_file
+from brainuad.preprocessing import preprocess_file
 from brainuad.registration import fraction_outside_grid, native_to_mni
 from brainuad.templates import Grid
 from brainuad.trained import TrainedModel

@@ -282,9 +282,10 @@ def _input_hash(folder: Path) -> str | None:
 def healthy_case_folders(sources: Sequence[str | Path], config, cache: Path) -> list[Path]:
     """Preprocessed case folders of healthy scans given raw (NIfTI files or folders of them, preprocessed here with
     the model's settings into ``cache``) or already preprocessed (case folders, or folders of them)."""
-    from brainuad.data import find_case_folders
+    from brainuad.cases import case_names
+    from brainuad.data import find_case_folders, is_case_folder
     from brainuad.io import find_nifti_files
-    from brainuad.preprocessing import case_names, is_case_folder, preprocess_file
+    from brainuad.preprocessing import preprocess_file
 
     folders: list[Path] = []
     for source in sources:
@@ -331,7 +332,7 @@ def healthy_scan_scores(trained: TrainedModel, folders: Sequence[Path], threshol
     Raises:
         InputError: A healthy scan lies on another crop grid than the model's.
     """
-    from brainuad.preprocessing import load_case
+    from brainuad.cases import load_case
 
     rows = []
     for folder in folders:

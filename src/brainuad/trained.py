@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from brainuad.calibration import Calibration, read_calibration
+from brainuad.cases import PreprocessedCase
 from brainuad.config import Config
 from brainuad.errors import BrainuadError, InputError
 from brainuad.inference import Analysis, Detection, analyse_case, detect_case
-from brainuad.preprocessing import PreprocessedCase
 
 WEIGHTS_FILE = "model.safetensors"
 
