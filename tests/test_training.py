@@ -336,7 +336,7 @@ def test_checkpoints_wait_for_their_interval_and_compile_falls_back(tmp_path, mo
 
 
 def test_a_long_run_says_how_long_after_its_first_epoch():
-    from brainuad.training import _warn_if_long
+    from brainuad.runfolder import warn_if_long as _warn_if_long
 
     with pytest.warns(RuntimeWarning, match=r"the 199 epochs left take about 16\.6 h on cpu; .*--recipe quick"):
         _warn_if_long(199, 300.0, torch.device("cpu"))

@@ -1,15 +1,17 @@
-"""A training run folder: its split, its log, its safety — one trainer at a time (a lock), the settings a resume may
-not change, and case paths that hold from any working directory."""
+"""A training run folder: its split, its log, its summary, its safety — one trainer at a time (a lock), the
+settings a resume may not change, and case paths that hold from any working directory."""
 
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from brainuad.config import Config
 from brainuad.errors import BrainuadError, InputError
+from brainuad.files import write_json
 
 LOG_FIELDS = ("epoch", "train_loss", "val_loss", "seconds", "volumes_per_s", "lr")
 
@@ -172,3 +174,64 @@ def append_log(path: Path, row: dict) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+#: Remaining training time (s) above which the first epoch's pace is reported, with the faster alternatives.
+LONG_RUN_S = 3600.0
+
+
+def warn_if_long(epochs_left: int, epoch_s: float, device) -> None:
+    """After the first epoch, say how long the run will take when that is over an hour (once, not per epoch)."""
+    left = epochs_left * epoch_s
+    if left <= LONG_RUN_S:
+        return
+    advice = (
+        "; on a CPU, `--recipe quick` learns healthy anatomy in minutes (README: 'Quick CPU recipe'), or train on a GPU"
+        if device.type == "cpu"
+        else ""
+    )
+    warnings.warn(
+        f"the first epoch took {epoch_s:.0f} s: the {epochs_left} epochs left take about {left / 3600:.1f} h on "
+        f"{device.type}{advice}. Ctrl-C stops the run; --resume continues it from its last checkpoint",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def write_summary(
+    run_dir: Path,
+    parameters: int,
+    state: dict,
+    history: list[dict],
+    world: int,
+    in_sync: bool | None,
+    check: dict | None = None,
+) -> None:
+    """``summary.json`` (epochs, losses, costs, the learned-nothing check) and the loss curve of a finished run."""
+    from brainuad.figures import plot_loss_curve
+
+    if history:
+        plot_loss_curve(history, run_dir / "loss_curve.png")
+    write_json(
+        run_dir / "summary.json",
+        {
+            "epochs_done": state["epoch"],
+            "best_epoch": state["best_epoch"],
+            "best_val_loss": state["best_val_loss"],
+            "last_train_loss": history[-1]["train_loss"] if history else None,
+            "parameters": parameters,
+            "train_seconds": round(sum(r["seconds"] for r in history), 2),
+            # Process CPU time (all threads, data loading included): on a shared machine, the honest cost.
+            "process_cpu_seconds": round(_cpu_seconds(), 1),
+            "world_size": world,
+            "ddp_ranks_in_sync": in_sync,
+            "reconstruction_check": check,
+        },
+    )

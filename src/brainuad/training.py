@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +55,8 @@ from brainuad.runfolder import (
     lock_run_folder,
     prepare_run,
     resume_log,
+    warn_if_long,
+    write_summary,
 )
 from brainuad.train_step import TrainStep, learning_rate, reconstruction_loss
 
@@ -182,7 +183,15 @@ def train(
         if rank == 0:
             save_weights(model, run_dir / "model.safetensors")
             check = _reconstruction_check(run_dir, config, cache, train_ids, val_ids, all_cases, device)
-            _finish(run_dir, model, {"epoch": 0, "best_val_loss": math.nan, "best_epoch": 0}, [], world, None, check)
+            write_summary(
+                run_dir,
+                count_parameters(model),
+                {"epoch": 0, "best_val_loss": math.nan, "best_epoch": 0},
+                [],
+                world,
+                None,
+                check,
+            )
         return TrainResult(run_dir, 0, math.nan, 0, [])
     if not method.resumable and (resume or world > 1):
         raise BrainuadError(f"{method.name} training runs on one device and cannot be resumed; start a new run")
@@ -191,7 +200,7 @@ def train(
     if outcome is not None:  # the method ran its own loop
         state = {"epoch": outcome.epochs, "best_val_loss": outcome.best_val_loss, "best_epoch": outcome.best_epoch}
         check = _reconstruction_check(run_dir, config, cache, train_ids, val_ids, all_cases, device)
-        _finish(run_dir, model, state, outcome.history, world, None, check)
+        write_summary(run_dir, count_parameters(model), state, outcome.history, world, None, check)
         return TrainResult(run_dir, outcome.epochs, outcome.best_val_loss, outcome.best_epoch, outcome.history)
     # One fused kernel for the update on CUDA (the 189 M fully-connected parameters of the paper's network);
     # PyTorch's default elsewhere, so CPU runs and their resume stay bit for bit as before.
@@ -285,7 +294,7 @@ def train(
             checkpointer.maybe_save(dict(state), force=last)
             bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}", epoch_s=f"{seconds:.1f}")
             if rank == 0 and not deadline and epoch == first_epoch:
-                _warn_if_long(total_epochs - epoch, seconds, device)
+                warn_if_long(total_epochs - epoch, seconds, device)
             if stopped_at_budget:
                 break
     except torch.cuda.OutOfMemoryError as exc:
@@ -305,7 +314,7 @@ def train(
     in_sync = ranks_in_sync(model, world)
     if rank == 0:
         check = _reconstruction_check(run_dir, config, cache, train_ids, val_ids, all_cases, device)
-        _finish(run_dir, model, state, history, world, in_sync, check)
+        write_summary(run_dir, count_parameters(model), state, history, world, in_sync, check)
         if stopped_at_budget:
             summary = read_json(run_dir / "summary.json")
             write_json(run_dir / "summary.json", {**summary, "stopped_at_time_budget": True})
@@ -370,28 +379,6 @@ def evaluate_loss(
     return float(total) / max(1.0, float(count))
 
 
-#: Remaining training time (s) above which the first epoch's pace is reported, with the faster alternatives.
-LONG_RUN_S = 3600.0
-
-
-def _warn_if_long(epochs_left: int, epoch_s: float, device: torch.device) -> None:
-    """After the first epoch, say how long the run will take when that is over an hour (once, not per epoch)."""
-    left = epochs_left * epoch_s
-    if left <= LONG_RUN_S:
-        return
-    advice = (
-        "; on a CPU, `--recipe quick` learns healthy anatomy in minutes (README: 'Quick CPU recipe'), or train on a GPU"
-        if device.type == "cpu"
-        else ""
-    )
-    warnings.warn(
-        f"the first epoch took {epoch_s:.0f} s: the {epochs_left} epochs left take about {left / 3600:.1f} h on "
-        f"{device.type}{advice}. Ctrl-C stops the run; --resume continues it from its last checkpoint",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
 def _reconstruction_check(
     run_dir: Path,
     config: Config,
@@ -408,41 +395,3 @@ def _reconstruction_check(
     load_weights(best, run_dir / "model.safetensors")
     masks = [load_volume(Path(cases[i]) / "brain_mask.nii.gz").array > 0.5 for i in val_ids]
     return reconstruction_check(best, cache.array, train_ids, val_ids, masks, device, config.model.kind)
-
-
-def _cpu_seconds() -> float:
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _finish(
-    run_dir: Path,
-    model: nn.Module,
-    state: dict,
-    history: list[dict],
-    world: int,
-    in_sync: bool | None,
-    check: dict | None = None,
-) -> None:
-    from brainuad.figures import plot_loss_curve
-
-    if history:
-        plot_loss_curve(history, run_dir / "loss_curve.png")
-    write_json(
-        run_dir / "summary.json",
-        {
-            "epochs_done": state["epoch"],
-            "best_epoch": state["best_epoch"],
-            "best_val_loss": state["best_val_loss"],
-            "last_train_loss": history[-1]["train_loss"] if history else None,
-            "parameters": count_parameters(model),
-            "train_seconds": round(sum(r["seconds"] for r in history), 2),
-            # Process CPU time (all threads, data loading included): on a shared machine, the honest cost.
-            "process_cpu_seconds": round(_cpu_seconds(), 1),
-            "world_size": world,
-            "ddp_ranks_in_sync": in_sync,
-            "reconstruction_check": check,
-        },
-    )
