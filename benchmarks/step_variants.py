@@ -21,13 +21,21 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import Report, _reset_peak, _sync, make_step, network_path
+from train_throughput import (
+    Report,
+    _reset_peak,
+    _sync,
+    add_network_arguments,
+    attempt,
+    make_step,
+    network_path,
+    setup_device,
+)
 
 #: Profiler rows whose time counts as convolution: aten's convolution ops (cuDNN's kernels are launched inside them).
 CONV_OPS = ("convolution", "conv3d", "conv_transpose3d")
@@ -77,54 +85,32 @@ def conv_profile(args, device, compile_model: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", type=int, nargs=3, default=[160, 192, 96])
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per row")
-    parser.add_argument("--warmup", type=int, default=3)
+    add_network_arguments(parser, "timed steps per row")
     parser.add_argument("--profile-steps", type=int, default=3)
-    parser.add_argument("--latent", type=int, default=512)
-    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128, 256])
-    parser.add_argument("--input-pool", type=int, default=1, choices=(1, 2, 4))
-    parser.add_argument("--stem-channels", type=int, default=16)
     parser.add_argument("--no-compile", action="store_true", help="eager rows only (the compile modes are skipped)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (ignored on GPU)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/step_variants"))
     args = parser.parse_args()
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({args.threads} threads)"
+    device, name = setup_device(args)
     header = {"device": name, "torch": torch.__version__, "shape": args.shape, "batch_size": args.batch_size,
               "channels": args.channels, "latent": args.latent, "argv": sys.argv[1:]}  # fmt: skip
     report = Report(args.out, header)
     print(f"device: {name}", flush=True)
     compiled = not args.no_compile
 
-    def attempt(label, produce):
-        print(f"[{time.strftime('%H:%M:%S')}] {label} …", flush=True)
-        start = time.perf_counter()
-        try:
-            row = produce()
-        except Exception as exc:
-            traceback.print_exc()
-            row = {"section": label, "path": "failed", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-        report.add({**row, "section": label, "section_wall_s": round(time.perf_counter() - start, 1)})
-
     base = f"bf16 + channels-last{' + compile' if compiled else ''}"
-    attempt("profile", lambda: conv_profile(args, device, compiled))
-    attempt("variant", lambda: network_path(args, device, f"{base} (default Adam)", True, True, compiled))
-    attempt("variant", lambda: network_path(args, device, f"{base} + fused Adam", True, True, compiled, fused=True))
-    double = args.batch_size * 2
-    attempt("variant", lambda: network_path(args, device, f"{base}, batch {double}", True, True, compiled,
-                                            batch_size=double))  # fmt: skip
+    attempt(report, "profile", lambda: conv_profile(args, device, compiled))
+
+    def variant(name: str, compile_model: bool = compiled, **options) -> None:
+        path = f"{base}{name}"
+        attempt(report, "variant", lambda: network_path(args, device, path, True, True, compile_model, **options),
+                section="variant")  # fmt: skip
+
+    variant(" (default Adam)")
+    variant(" + fused Adam", fused=True)
+    variant(f", batch {args.batch_size * 2}", batch_size=args.batch_size * 2)
     if compiled:
         for mode in ("reduce-overhead", "max-autotune-no-cudagraphs"):
-            attempt("variant", lambda mode=mode: network_path(args, device, f"{base}, mode {mode}", True, True, True,
-                                                              mode=mode))  # fmt: skip
+            variant(f", mode {mode}", mode=mode)
     print((args.out / "table.md").read_text(), flush=True)
 
 

@@ -326,11 +326,11 @@ def inference_rows(args, device, case_folder: Path) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_network_arguments(parser: argparse.ArgumentParser, steps_help: str) -> None:
+    """The network, batch, timing and device flags this script and ``step_variants.py`` share."""
     parser.add_argument("--shape", type=int, nargs=3, default=[160, 192, 96])
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps (network) / steps per epoch (loop)")
+    parser.add_argument("--steps", type=int, default=20, help=steps_help)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--latent", type=int, default=512)
     parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128, 256], help="2 to 5 down blocks")
@@ -338,6 +338,40 @@ def main() -> None:
                         help="the network sees the volume pooled by this factor (a tiny network for the loop's "
                         "augmentation share on CPU)")  # fmt: skip
     parser.add_argument("--stem-channels", type=int, default=16)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (ignored on GPU)")
+
+
+def setup_device(args) -> tuple[torch.device, str]:
+    """The device ``--device`` names (``auto``: CUDA when available), set up for timing, and its name."""
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({args.threads} threads)"
+    return device, name
+
+
+def attempt(report: Report, label: str, produce, section: str | None = None) -> None:
+    """Run one measurement and add its rows; a failure (out of memory, a compiler error) becomes a row and does not
+    cost the others. ``section``: overrides the rows' own."""
+    print(f"[{time.strftime('%H:%M:%S')}] {label} …", flush=True)
+    start = time.perf_counter()
+    try:
+        rows = produce()
+    except Exception as exc:
+        traceback.print_exc()
+        rows = [{"section": label, "path": "failed", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}]
+    for row in rows if isinstance(rows, list) else [rows]:
+        report.add({**row, **({"section": section} if section else {}),
+                    "section_wall_s": round(time.perf_counter() - start, 1)})  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_network_arguments(parser, "timed steps (network) / steps per epoch (loop)")
     parser.add_argument("--loop", action="store_true", help="all sections (network, loop, augmentation, inference)")
     parser.add_argument("--sections", help="comma-separated subset of network,loop,augmentation,inference")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled network path")
@@ -347,21 +381,13 @@ def main() -> None:
     parser.add_argument("--augment-reps", type=int, default=4, help="augmentation: timed batches")
     parser.add_argument("--monai-volumes", type=int, default=4, help="augmentation: volumes through MONAI")
     parser.add_argument("--inference-reps", type=int, default=3)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (ignored on GPU)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/train_throughput"))
     args = parser.parse_args()
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    device, name = setup_device(args)
     sections = (
         args.sections.split(",") if args.sections else ["network", "loop", "augmentation", "inference"]
         if args.loop else ["network"]
     )  # fmt: skip
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({args.threads} threads)"
     report = Report(
         args.out,
         {
@@ -378,23 +404,11 @@ def main() -> None:
     )
     print(f"device: {name}; sections: {sections}", flush=True)
 
-    def attempt(label, produce):
-        # One failed measurement (out of memory, a compiler error) must not cost the others.
-        print(f"[{time.strftime('%H:%M:%S')}] {label} …", flush=True)
-        start = time.perf_counter()
-        try:
-            rows = produce()
-        except Exception as exc:
-            traceback.print_exc()
-            rows = [{"section": label, "path": "failed", "error": f"{type(exc).__name__}: {str(exc)[:300]}"}]
-        for row in rows if isinstance(rows, list) else [rows]:
-            report.add({**row, "section_wall_s": round(time.perf_counter() - start, 1)})
-
     # Cheapest and most important first: a run stopped by its time limit keeps the early rows.
     if "augmentation" in sections:
-        attempt("augmentation", lambda: augmentation_rows(args, device))
+        attempt(report, "augmentation", lambda: augmentation_rows(args, device))
     if "network" in sections:
-        attempt("network", lambda: network_path(args, device, "fp32 eager", False, False, False))
+        attempt(report, "network", lambda: network_path(args, device, "fp32 eager", False, False, False))
     with tempfile.TemporaryDirectory(prefix="brainuad-bench-") as tmp:
         data = Path(tmp) / "cases"
         if "loop" in sections or "inference" in sections:
@@ -402,16 +416,18 @@ def main() -> None:
             write_cases(data, args.cases, args.shape)
             print(f"wrote {args.cases} synthetic cases in {time.perf_counter() - start:.1f} s", flush=True)
         if "loop" in sections:
-            attempt("loop", lambda: loop_row(args, device, data, Path(tmp) / "runs", "on"))
-            attempt("loop", lambda: loop_row(args, device, data, Path(tmp) / "runs", "off"))
-            attempt("loop", lambda: augmentation_cost_in_loop(report.rows))
+            attempt(report, "loop", lambda: loop_row(args, device, data, Path(tmp) / "runs", "on"))
+            attempt(report, "loop", lambda: loop_row(args, device, data, Path(tmp) / "runs", "off"))
+            attempt(report, "loop", lambda: augmentation_cost_in_loop(report.rows))
         if "network" in sections:
-            attempt("network", lambda: network_path(args, device, "bf16 + channels-last eager", True, True, False))
+            attempt(
+                report, "network", lambda: network_path(args, device, "bf16 + channels-last eager", True, True, False)
+            )
             if not args.no_compile:
                 compiled = "bf16 + channels-last + compile"
-                attempt("network", lambda: network_path(args, device, compiled, True, True, True))
+                attempt(report, "network", lambda: network_path(args, device, compiled, True, True, True))
         if "inference" in sections:
-            attempt("inference", lambda: inference_rows(args, device, data / "case000"))
+            attempt(report, "inference", lambda: inference_rows(args, device, data / "case000"))
     print((args.out / "table.md").read_text(), flush=True)
 
 
