@@ -149,7 +149,7 @@ def _comparison(summaries: dict) -> list[str]:
 
 def _learned(out: Path, summaries: dict) -> list[str]:
     """The learned-nothing guard of each run (``summary.json``'s ``reconstruction_check``), as a table and a verdict."""
-    rows, losers = [], []
+    rows, losers, winners = [], [], []
     for method in summaries:
         path = out / "runs" / method / "summary.json"
         check = json.loads(path.read_text()).get("reconstruction_check") if path.is_file() else None
@@ -158,19 +158,21 @@ def _learned(out: Path, summaries: dict) -> list[str]:
             continue
         beats = check.get("beats_mean_image")
         verdict = {True: "yes", False: "**no**", None: "n/a (no learned reconstruction)"}[beats]
-        if beats is False:
-            losers.append(method)
+        (losers if beats is False else winners if beats else []).append(method)
         note = f" ({check['note']})" if check.get("note") else ""
         rows.append(
             f"| {method} | {check['val_cases']} | {check['model_mse']:.4f} | {check['mean_image_mse']:.4f} | "
             f"{check['nearest_training_mse']:.4f} | {verdict}{note} |"
         )
-    said = (
-        f"**{', '.join(losers)} did not beat the cohort mean image**: their maps here are not evidence of learned "
-        "healthy anatomy."
-        if losers
-        else "Every learned model beat the cohort mean image on its validation scans."
-    )
+    if losers:
+        said = (
+            f"**{', '.join(losers)} did not beat the cohort mean image**: their maps here are not evidence of learned "
+            "healthy anatomy."
+        )
+    elif winners:
+        said = "Every learned model with a recorded check beat the cohort mean image on its validation scans."
+    else:
+        said = "No learned model recorded a check (runs made before the guard existed): nothing is claimed."
     return [
         "Validation scans of each run's own split (MSE inside the brain; `reconstruction_check` in the run's "
         "summary.json; a check on one or two scans is weak):",

@@ -68,11 +68,19 @@ def conv_profile(args, device, compile_model: bool) -> dict:
         if event.key.startswith("aten::") and any(word in event.key for word in CONV_OPS):
             # Self time only: aten::convolution calls aten::_convolution calls aten::cudnn_convolution, and each
             # kernel is attributed to exactly one of them.
-            conv_us += event.self_device_time_total if cuda else event.self_cpu_time_total
+            # ``self_device_time_total`` (PyTorch >= 2.4) was ``self_cuda_time_total`` before.
+            device_us = getattr(event, "self_device_time_total", None)
+            conv_us += (
+                (device_us if device_us is not None else event.self_cuda_time_total)
+                if cuda
+                else event.self_cpu_time_total
+            )
     conv_s = conv_us / 1e6 / args.profile_steps
     return {
         "section": "profile",
-        "path": f"bf16 + channels-last{' + compile' if compile_model else ''}: convolutions",
+        "path": ("bf16 + channels-last" if cuda else "fp32")
+        + (" + compile" if compile_model else "")
+        + ": convolutions",
         "volume_steps_per_s": round(args.batch_size / step_s, 2),
         "step_ms": round(step_s * 1e3, 2),
         "conv_ms_per_step": round(conv_s * 1e3, 2),
@@ -97,7 +105,8 @@ def main() -> None:
     print(f"device: {name}", flush=True)
     compiled = not args.no_compile
 
-    base = f"bf16 + channels-last{' + compile' if compiled else ''}"
+    # make_step applies bf16 and channels-last on CUDA only: the labels say what ran.
+    base = ("bf16 + channels-last" if device.type == "cuda" else "fp32") + (" + compile" if compiled else "")
     attempt(report, "profile", lambda: conv_profile(args, device, compiled))
 
     def variant(name: str, compile_model: bool = compiled, **options) -> None:

@@ -87,3 +87,19 @@ def test_warnings_reach_the_user_as_one_line_without_source_code(tmp_path):
     assert "brainuad models: warning: scan.nii.gz: QC: brain volume 2300 mL" in lines
     assert f"brainuad models: warning (UserWarning from {script.name}:7): foreign" in lines
     assert len(lines) == 2 and "warnings.warn" not in result.stderr
+
+
+def test_preprocessing_workers_word_warnings_as_the_cli(monkeypatch):
+    # Spawned or forkserver workers do not inherit the parent's formatter: preprocess_batch passes the verb on.
+    import signal
+    import warnings
+
+    from brainuad.preprocessing import _worker_init
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # the worker's SIGTERM handler: not in the test process
+    _worker_init(None)
+    assert getattr(warnings.formatwarning, "brainuad_command", None) is None  # a library call keeps Python's
+    _worker_init("preprocess")
+    line = warnings.formatwarning("scan.nii.gz: QC", UserWarning, "/elsewhere/x.py", 3)
+    assert line == "brainuad preprocess: warning (UserWarning from x.py:3): scan.nii.gz: QC\n"

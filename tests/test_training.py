@@ -127,19 +127,31 @@ def test_weights_round_trip_and_mismatch(tmp_path):
         load_weights(other, tmp_path / "junk.safetensors")
 
 
-@pytest.mark.parametrize(("saved_fused", "resumed_fused"), [(True, None), (None, True)])
+def _fused_adam_on_cpu() -> bool:
+    try:
+        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], fused=True)
+    except RuntimeError:  # PyTorch before 2.4: the fused kernel is CUDA-only
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _fused_adam_on_cpu(), reason="fused Adam on the CPU needs PyTorch 2.4 or later")
+@pytest.mark.parametrize(("saved_fused", "resumed_fused"), [(True, None), (None, True), (True, True)])
 def test_optimizer_resumes_with_its_own_implementation(tmp_path, saved_fused, resumed_fused):
-    # A run checkpointed on CUDA (fused Adam) and resumed elsewhere, or the reverse: the state carries over, the
-    # implementation flag is the resuming optimiser's, and the next update matches an uninterrupted one.
+    # A run checkpointed on CUDA (fused Adam, channels-last weights) and resumed elsewhere, or the reverse: the state
+    # carries over in the parameters' own layout, the implementation flag is the resuming optimiser's, and the next
+    # update matches an uninterrupted one's.
     def setup(fused):
         torch.manual_seed(0)
-        layer = torch.nn.Linear(4, 3)
-        return layer, torch.optim.Adam(layer.parameters(), lr=1e-2, weight_decay=1e-5, fused=fused)
+        net = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+        net(torch.zeros(1, 3, 5, 5, 5))
+        net = net.to(memory_format=torch.channels_last_3d)  # as train() does on CUDA, before the optimiser
+        return net, torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-5, fused=fused)
 
-    def update(layer, optimizer, seed):
+    def update(net, optimizer, seed):
         torch.manual_seed(seed)
         optimizer.zero_grad()
-        layer(torch.randn(5, 4)).square().mean().backward()
+        net(torch.randn(2, 3, 5, 5, 5)).square().mean().backward()
         optimizer.step()
 
     reference, reference_opt = setup(saved_fused)
@@ -153,6 +165,8 @@ def test_optimizer_resumes_with_its_own_implementation(tmp_path, saved_fused, re
     second.load_state_dict(first.state_dict())
     load_optimizer(second_opt, path)
     assert second_opt.param_groups[0]["fused"] == resumed_fused
+    weight = second[0].weight
+    assert second_opt.state[weight]["exp_avg"].stride() == weight.stride()  # channels-last, as the weight
     update(second, second_opt, 2)
     for a, b in zip(reference.parameters(), second.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -338,8 +352,10 @@ def test_checkpoints_wait_for_their_interval_and_compile_falls_back(tmp_path, mo
 def test_a_long_run_says_how_long_after_its_first_epoch():
     from brainuad.runfolder import warn_if_long as _warn_if_long
 
-    with pytest.warns(RuntimeWarning, match=r"the 199 epochs left take about 16\.6 h on cpu; .*--recipe quick"):
-        _warn_if_long(199, 300.0, torch.device("cpu"))
+    with pytest.warns(
+        RuntimeWarning, match=r"^runs/x: epoch 1 took 300 s: the 199 epochs left take about 16\.6 h on cpu; .*quick"
+    ):
+        _warn_if_long("runs/x", 1, 199, 300.0, torch.device("cpu"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _warn_if_long(10, 300.0, torch.device("cpu"))  # under an hour: nothing to say
+        _warn_if_long("runs/x", 1, 10, 300.0, torch.device("cpu"))  # under an hour: nothing to say

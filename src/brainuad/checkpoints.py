@@ -157,10 +157,18 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: str | Path) -> None:
         for key in _IMPLEMENTATION_FLAGS:
             if key in current:
                 saved[key] = current[key]
-    device = next((p.device for g in optimizer.param_groups for p in g["params"]), torch.device("cpu"))
-    for entry in state.values():
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    device = params[0].device if params else torch.device("cpu")
+    for index, entry in state.items():
+        param = params[index] if 0 <= index < len(params) else None
         for key, value in entry.items():
-            if isinstance(value, torch.Tensor) and key != "step":
+            if not isinstance(value, torch.Tensor) or key == "step":
+                continue
+            if param is not None and value.shape == param.shape:
+                # The moments in the parameter's own layout (channels-last on CUDA; saved contiguous): the fused
+                # kernel refuses a mismatch on CUDA and, on the CPU, would pair the wrong elements.
+                entry[key] = torch.empty_like(param).copy_(value)
+            else:
                 entry[key] = value.to(device)
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 

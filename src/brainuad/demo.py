@@ -101,12 +101,15 @@ def _synthetic_generator():
     settings, so a re-run never mixes the two (another generator starts clean)."""
     from functools import partial
 
-    from brainuad.mrsim import find_anatomies, simulated_subject
+    from brainuad.mrsim import SIMULATION_VERSION, find_anatomies, simulated_subject
     from brainuad.synthetic import synthetic_subject
 
     anatomies = find_anatomies()
     if anatomies:
-        text = f"T2 simulated from {len(anatomies)} BrainWeb anatomies in {anatomies[0].parent}, with skull"
+        text = (
+            f"T2 simulated from {len(anatomies)} BrainWeb anatomies in {anatomies[0].parent}, with skull "
+            f"(brainuad.mrsim v{SIMULATION_VERSION})"
+        )
         return text, partial(simulated_subject, anatomies=anatomies)
     return "T2-like contrast from the MNI template's tissue maps, skull-stripped", synthetic_subject
 

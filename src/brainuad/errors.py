@@ -1,4 +1,4 @@
-"""Exceptions brainuad raises on purpose: each says which file and what is wrong with it."""
+"""Exceptions brainuad raises on purpose: each says which file and what is wrong with it; and how warnings read."""
 
 from __future__ import annotations
 
@@ -35,3 +35,26 @@ class OutputError(BrainuadError):
 
 class ConfigError(BrainuadError):
     """A configuration (JSON or CLI flags) does not match the schema."""
+
+
+#: The installed package's folder: warnings raised by its own code are worded as its own.
+PACKAGE = Path(__file__).resolve().parent
+
+
+def warning_formatter(command: str):
+    """A ``warnings.formatwarning`` that reads "brainuad COMMAND: warning: …" (one line, no file:line, no source).
+
+    Set as ``formatwarning`` rather than ``showwarning``, so that filters and ``catch_warnings(record=True)`` keep
+    working. Warnings from other libraries name their category and origin.
+
+    Args:
+        command: The verb the user ran (``preprocess``, ``train``, …).
+    """
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        ours = category.__module__.startswith("brainuad") or Path(filename).resolve().is_relative_to(PACKAGE)
+        origin = "" if ours else f" ({category.__name__} from {Path(filename).name}:{lineno})"
+        return f"brainuad {command}: warning{origin}: {message}\n"
+
+    format_warning.brainuad_command = command  # worker processes install the same (preprocessing._worker_init)
+    return format_warning

@@ -46,10 +46,13 @@ from brainuad.io import Volume, to_canonical
 from brainuad.synthetic import SyntheticSubject, _plant, _rotation, _smooth_field
 
 CONTRASTS = ("t2", "pd", "t1", "flair")
+#: Bumped when the same seed simulates a different scan, so that results made from older scans are not reused
+#: (the demo names it among its settings). 2: native adult brain sizes.
+SIMULATION_VERSION = 2
 LABELS = ("background", "csf", "grey", "white", "fat", "muscle", "skin", "skull", "vessels", "connective",
           "dura", "marrow")  # fmt: skip
 BRAIN_LABELS = (1, 2, 3)
-#: Native brain volumes drawn for a simulated head (mL; CSF, grey and white matter): see :func:`native_size_factor`.
+#: Native brain volumes drawn for a simulated head (mL; the simulation's brain mask): see :func:`native_size_factor`.
 NATIVE_BRAIN_ML = (1000.0, 1650.0)
 
 #: (T1 ms, T2 ms, relative PD) per label at 1.5 T (sources: module docstring).
@@ -239,11 +242,15 @@ def simulate(
     crisp = per_label[label]
     # Brain mask: CSF, GM, WM and the vessels on and in them (BrainWeb labels ~1 % of the brain as vessels).
     brain = ndimage.binary_fill_holes(np.isin(label, (*BRAIN_LABELS, 8)))
+    # The head's native size first: lesions are planted in the anatomy's millimetres, which the head then shrinks
+    # by ``size``, so their documented sizes hold on the output grid.
+    brain_ml = float(brain.sum()) * float(np.prod(labels.spacing)) / 1000.0
+    size = native_size_factor(rng, brain_ml) if pose else 1.0
     lesion = None
     if lesion_kind is not None:
         tissues = {"csf": (label == 1).astype(np.float32), "grey": (label == 2).astype(np.float32),
                    "white": (label == 3).astype(np.float32)}  # fmt: skip
-        lesion, t2_relative = _plant(rng, lesion_kind, tissues, brain, float(labels.spacing[0]))
+        lesion, t2_relative = _plant(rng, lesion_kind, tissues, brain, float(labels.spacing[0]) * size)
         water = np.clip((t2_relative[lesion] - 0.5) / 0.5, 0.0, 1.0)
         t1, t2, pd = _lesion_relaxation(table, water)
         crisp[lesion] = signal(t1, t2, pd, sequence) * rng.uniform(1.0 - jitter, 1.0 + jitter)
@@ -259,8 +266,7 @@ def simulate(
     fine_affine = affine.copy()
     fine_affine[:3, 2] /= sub
     fine_affine[:3, 3] -= affine[:3, 2] * (sub - 1) / (2 * sub)
-    brain_ml = float(brain.sum()) * float(np.prod(labels.spacing)) / 1000.0
-    coords = _source_coordinates(rng, labels, fine_shape, fine_affine, pose, brain_ml)
+    coords = _source_coordinates(rng, labels, fine_shape, fine_affine, pose, size)
     image = ndimage.map_coordinates(crisp, coords, order=1, mode="constant").reshape(fine_shape)
     brain_frac = ndimage.map_coordinates(brain.astype(np.float32), coords, order=1).reshape(fine_shape)
     lesion_frac = None
@@ -295,6 +301,13 @@ def simulate(
 def native_size_factor(rng: np.random.Generator, brain_ml: float) -> float:
     """Linear factor from the anatomy's size to a native adult brain's (never above 1).
 
+    Args:
+        rng: Draws the native volume.
+        brain_ml: The anatomy's brain volume (mL; CSF, grey and white matter and the vessels on them, holes filled).
+
+    Returns:
+        The factor by which the simulated head is smaller than the anatomy (1 for a brain already that small).
+
     BrainWeb's anatomies lie in a space close to MNI's, whose brains are larger than native ones (the MNI152 brain
     mask holds 2.08 L; BrainWeb's CSF + grey + white matter about 2.0 L). Without this, skull stripping finds
     2.2–2.3 L brains, above the QC's adult range, and a fifth of the brain falls outside the MNI crop after the
@@ -311,7 +324,7 @@ def _source_coordinates(
     shape: tuple[int, int, int],
     affine: np.ndarray,
     pose: bool,
-    brain_ml: float = 0.0,
+    size: float = 1.0,
 ) -> np.ndarray:
     """Label-volume voxel coordinates of every output voxel, through pose, native size, scaling and elastic
     deformation.
@@ -329,7 +342,7 @@ def _source_coordinates(
         # Elastic part: up to a few mm, smooth over ~3 cm.
         elastic = [_smooth_field(rng, coarse_shape, 6, 1.5).reshape(-1) for _ in range(3)]
         # Output → source: a head smaller by ``size`` samples the anatomy 1/size as far from its centre.
-        linear = linear / native_size_factor(rng, brain_ml)
+        linear = linear / size
         world = linear @ (world - centre[:, None]) + centre[:, None] + shift
         for axis in range(3):
             world[axis] += elastic[axis]

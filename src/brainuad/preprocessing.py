@@ -22,7 +22,7 @@ import numpy as np
 from brainuad.cases import LEGACY_CASE_FILES, PreprocessedCase, case_names, load_case, save_case
 from brainuad.config import PreprocessConfig, from_dict, to_dict
 from brainuad.data import is_case_folder
-from brainuad.errors import BrainuadError, InputError
+from brainuad.errors import BrainuadError, InputError, warning_formatter
 from brainuad.io import (
     Volume,
     check_replaceable,
@@ -44,12 +44,23 @@ from brainuad.registration import (
 from brainuad.skullstrip import skull_strip
 from brainuad.templates import crop_grid
 
-__all__ = [  # the case format's names are re-exported: callers import them from here
+__all__ = [  # with the case format's names, re-exported from brainuad.cases
     "LEGACY_CASE_FILES",
+    "MIN_REGISTRATION_INSIDE",
+    "RECORD_VERSION",
+    "THICK_SLICE_MM",
+    "BatchResult",
+    "DegradedInputWarning",
     "PreprocessedCase",
     "case_names",
+    "degraded_input_warnings",
+    "intensity_range",
     "load_case",
+    "preprocess_batch",
+    "preprocess_file",
+    "preprocess_volume",
     "save_case",
+    "scale_intensity",
 ]
 
 RECORD_VERSION = 1
@@ -266,11 +277,16 @@ class BatchResult:
         return not self.failed
 
 
-def _worker_init() -> None:
-    """In each worker: SIGTERM removes the case folder being built and ends the process at once."""
+def _worker_init(command: str | None = None) -> None:
+    """In each worker: SIGTERM removes the case folder being built and ends the process at once; warnings read as
+    the parent's (``command``: the CLI verb whose formatter the parent had, if any; spawned or forkserver workers
+    do not inherit it)."""
     import signal
 
     from brainuad.io import remove_staging_folders
+
+    if command is not None:
+        warnings.formatwarning = warning_formatter(command)
 
     def stop(signum, frame):
         remove_staging_folders()
@@ -350,7 +366,8 @@ def preprocess_batch(
                 record(task[0], InputError(task[0], f"unexpected {type(exc).__name__}: {exc}"))
     else:
         started = time.time() - 1.0
-        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
+        command = getattr(warnings.formatwarning, "brainuad_command", None)
+        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init, initargs=(command,))
         try:
             futures = {pool.submit(_worker, task): task[0] for task in tasks}
             for future in as_completed(futures):

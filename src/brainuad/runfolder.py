@@ -180,8 +180,16 @@ def append_log(path: Path, row: dict) -> None:
 LONG_RUN_S = 3600.0
 
 
-def warn_if_long(epochs_left: int, epoch_s: float, device) -> None:
-    """After the first epoch, say how long the run will take when that is over an hour (once, not per epoch)."""
+def warn_if_long(run_dir: Path, epoch: int, epochs_left: int, epoch_s: float, device) -> None:
+    """Say how long the run will take, when that is over :data:`LONG_RUN_S` (called once, after one epoch).
+
+    Args:
+        run_dir: The run folder (named in the warning).
+        epoch: The epoch just finished, whose pace predicts the rest.
+        epochs_left: Epochs still to run.
+        epoch_s: Seconds that epoch took (its validation included, as the others').
+        device: The :class:`torch.device` training runs on (on a CPU, the warning names the faster alternatives).
+    """
     left = epochs_left * epoch_s
     if left <= LONG_RUN_S:
         return
@@ -191,8 +199,8 @@ def warn_if_long(epochs_left: int, epoch_s: float, device) -> None:
         else ""
     )
     warnings.warn(
-        f"the first epoch took {epoch_s:.0f} s: the {epochs_left} epochs left take about {left / 3600:.1f} h on "
-        f"{device.type}{advice}. Ctrl-C stops the run; --resume continues it from its last checkpoint",
+        f"{run_dir}: epoch {epoch} took {epoch_s:.0f} s: the {epochs_left} epochs left take about {left / 3600:.1f} h "
+        f"on {device.type}{advice}. Ctrl-C stops the run; --resume continues it from its last checkpoint",
         RuntimeWarning,
         stacklevel=3,
     )
@@ -214,7 +222,17 @@ def write_summary(
     in_sync: bool | None,
     check: dict | None = None,
 ) -> None:
-    """``summary.json`` (epochs, losses, costs, the learned-nothing check) and the loss curve of a finished run."""
+    """``summary.json`` (epochs, losses, costs, the learned-nothing check) and the loss curve of a finished run.
+
+    Args:
+        run_dir: The run folder.
+        parameters: The model's trainable parameters.
+        state: ``epoch``, ``best_epoch`` and ``best_val_loss`` as the loop ended.
+        history: The log rows (one per epoch).
+        world: Processes that trained (DDP world size).
+        in_sync: Whether the DDP ranks ended with identical weights (``None``: not checked).
+        check: The learned-nothing guard's result (:func:`brainuad.guard.reconstruction_check`).
+    """
     from brainuad.figures import plot_loss_curve
 
     if history:

@@ -202,18 +202,19 @@ def train(
         check = _reconstruction_check(run_dir, config, cache, train_ids, val_ids, all_cases, device)
         write_summary(run_dir, count_parameters(model), state, outcome.history, world, None, check)
         return TrainResult(run_dir, outcome.epochs, outcome.best_val_loss, outcome.best_epoch, outcome.history)
+    use_cuda = device.type == "cuda"
+    if use_cuda and tc.channels_last:
+        # Before the optimiser state is restored: its moments take the layout of the parameters they belong to.
+        model = model.to(memory_format=torch.channels_last_3d)
     # One fused kernel for the update on CUDA (the 189 M fully-connected parameters of the paper's network);
     # PyTorch's default elsewhere, so CPU runs and their resume stay bit for bit as before.
-    fused = True if device.type == "cuda" else None
+    fused = True if use_cuda else None
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0}
     if resume and (run_dir / "state.json").is_file():
         state = read_json(run_dir / "state.json")
         load_weights(model, run_dir / "last.safetensors")
         load_optimizer(optimizer, run_dir / "last_optimizer.safetensors")
-    use_cuda = device.type == "cuda"
-    if use_cuda and tc.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
     step_model: nn.Module = model
     if world > 1:
         step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
@@ -232,7 +233,9 @@ def train(
     # One bar per epoch (steps, loss, the epoch's ETA); the epoch count and last losses in its description.
     bar = tqdm(total=steps, desc="train", unit="step", disable=not progress or rank)
     of = "until the time budget" if deadline else f"of {total_epochs}"
-    first_epoch = state["epoch"] + 1  # this process's first (after --resume too): its pace predicts the rest
+    # This process's first epoch (after --resume too) predicts the rest; its second when compiling: the first pays
+    # for the compilation.
+    pace_epoch = state["epoch"] + 1 + int(train_step.compiled)
     try:
         for epoch in range(state["epoch"] + 1, total_epochs + 1):
             start = time.perf_counter()
@@ -293,8 +296,8 @@ def train(
                     writer.add_scalars("loss", {"train": train_loss, **({"val": val_loss} if validate else {})}, epoch)
             checkpointer.maybe_save(dict(state), force=last)
             bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}", epoch_s=f"{seconds:.1f}")
-            if rank == 0 and not deadline and epoch == first_epoch:
-                warn_if_long(total_epochs - epoch, seconds, device)
+            if rank == 0 and not deadline and epoch == pace_epoch:
+                warn_if_long(run_dir, epoch, total_epochs - epoch, seconds, device)
             if stopped_at_budget:
                 break
     except torch.cuda.OutOfMemoryError as exc:

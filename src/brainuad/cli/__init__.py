@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from brainuad import __version__
 from brainuad.cli.apply import _add_calibrate, _add_detect, _add_evaluate
@@ -63,8 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, terminate) if _in_main_thread() else None
     import warnings
 
+    from brainuad.errors import warning_formatter
+
     format_before = warnings.formatwarning
-    warnings.formatwarning = _warning_formatter(args.command)
+    warnings.formatwarning = warning_formatter(args.command)
     try:
         return args.func(args)
     except BrainuadError as exc:
@@ -77,24 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.formatwarning = format_before
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-#: The installed package's folder: warnings raised by its own code are worded as its own.
-PACKAGE = Path(__file__).resolve().parents[1]
-
-
-def _warning_formatter(command: str):
-    """Warnings as one line a user reads ("brainuad preprocess: warning: …"), not Python's file:line and source line.
-
-    ``formatwarning`` rather than ``showwarning``: filters and ``catch_warnings(record=True)`` keep working.
-    """
-
-    def format_warning(message, category, filename, lineno, line=None) -> str:
-        ours = category.__module__.startswith("brainuad") or Path(filename).resolve().is_relative_to(PACKAGE)
-        origin = "" if ours else f" ({category.__name__} from {Path(filename).name}:{lineno})"
-        return f"brainuad {command}: warning{origin}: {message}\n"
-
-    return format_warning
 
 
 def _in_main_thread() -> bool:
