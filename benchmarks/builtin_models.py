@@ -85,6 +85,7 @@ def prepare_t2(out: Path) -> tuple[list[Path], list[Path], dict]:
     data = {
         "train": [p.name for p in sorted((out / "prep" / "train").iterdir()) if p.is_dir()],
         "calibration": [p.name for p in sorted((out / "prep" / "cal").iterdir()) if p.is_dir()],
+        "simulation_version": mrsim.SIMULATION_VERSION,
         "train_anatomies": [p.name for p in train_anat],
         "calibration_anatomies": [p.name for p in cal_anat],
     }
@@ -271,8 +272,9 @@ CARD_INTRO = {
         "(brainuad's quick recipe: dense latent, mean-image skip) on the "
         "paper-2mm grid",
         "- **Training data**: {n_train} healthy T2 volumes — {n_sim} T2 scans simulated with `brainuad.mrsim` from 16 "
-        "of BrainWeb's 20 normal anatomies ({train_anatomies}; one scan each: random 1.5/3 T TSE parameters, pose, "
-        "in-plane 1–2 mm, slices up to 5 mm, bias field, Rician noise; skull-stripped with the simulation's exact "
+        "of BrainWeb's 20 normal anatomies ({train_anatomies}; one scan each, `brainuad.mrsim` v{sim_version}: random "
+        "1.5/3 T TSE parameters, pose, a native adult head size (the anatomies are MNI-sized), in-plane 1–2 mm, "
+        "slices up to 5 mm, bias field, Rician noise; skull-stripped with the simulation's exact "
         "brain mask, whereas `detect` strips real heads with deepbet), IXI002's T2 (one real person, IXI, CC BY-SA "
         "3.0), the FSL MNI152 T2 templates at 1 mm and 2 mm (HCP pipelines / FSL licence) and SPM's avg152T2 "
         "(GPL). BrainWeb: research use; cite Aubert-Broche, Evans & Collins, NeuroImage 32:138 (2006) and Kwan, "
@@ -323,6 +325,7 @@ def write_card(name: str, metrics: dict) -> str:
         "n_cal": len(data["calibration"]),
         "n_sim": sum(n.startswith("sim-") for n in data["train"]),
         "train_anatomies": ", ".join(a.split("_")[0] for a in data.get("train_anatomies", [])),
+        "sim_version": data.get("simulation_version", 1),  # runs before the version was recorded: version 1
         "cal_anatomies": ", ".join(a.split("_")[0] for a in data.get("calibration_anatomies", [])),
         "split": data.get("split", ""),
     }
