@@ -158,7 +158,10 @@ def _learned(out: Path, summaries: dict) -> list[str]:
             continue
         beats = check.get("beats_mean_image")
         verdict = {True: "yes", False: "**no**", None: "n/a (no learned reconstruction)"}[beats]
-        (losers if beats is False else winners if beats else []).append(method)
+        if beats is False:
+            losers.append(method)
+        elif beats:
+            winners.append(method)
         note = f" ({check['note']})" if check.get("note") and beats is not None else ""
         rows.append(
             f"| {method} | {check['val_cases']} | {check['model_mse']:.4f} | {check['mean_image_mse']:.4f} | "

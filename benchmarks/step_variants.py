@@ -35,6 +35,7 @@ from train_throughput import (
     make_step,
     network_path,
     setup_device,
+    time_steps,
 )
 
 #: Profiler rows whose time counts as convolution: aten's convolution ops (cuDNN's kernels are launched inside them).
@@ -47,14 +48,7 @@ def conv_profile(args, device, compile_model: bool) -> dict:
 
     _reset_peak(device)
     step = make_step(args, device, True, True, compile_model)
-    for _ in range(args.warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    _sync(device)
-    step_s = (time.perf_counter() - start) / args.steps
+    _, step_s = time_steps(step, args, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         start = time.perf_counter()

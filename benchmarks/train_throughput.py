@@ -143,6 +143,19 @@ def network_path(args, device, name: str, bf16: bool, channels_last: bool, compi
     _reset_peak(device)
     step = make_step(args, device, bf16, channels_last, compile_model, **variant)
     batch_size = variant.get("batch_size") or args.batch_size
+    warmup_s, step_s = time_steps(step, args, device)
+    row = {
+        "section": "network",
+        "path": name,
+        "volume_steps_per_s": round(batch_size / step_s, 2),
+        "warmup_s": round(warmup_s, 1),
+        "peak_gib": _peak_gib(device),
+    }
+    return row
+
+
+def time_steps(step, args, device) -> tuple[float, float]:
+    """``args.warmup`` steps, then ``args.steps`` timed ones: (warm-up seconds, seconds per timed step)."""
     start = time.perf_counter()
     for _ in range(args.warmup):
         step()
@@ -152,15 +165,7 @@ def network_path(args, device, name: str, bf16: bool, channels_last: bool, compi
     for _ in range(args.steps):
         loss = step()
     float(loss.detach())  # one sync at the end, none inside the loop
-    seconds = time.perf_counter() - start
-    row = {
-        "section": "network",
-        "path": name,
-        "volume_steps_per_s": round(args.steps * batch_size / seconds, 2),
-        "warmup_s": round(warmup_s, 1),
-        "peak_gib": _peak_gib(device),
-    }
-    return row
+    return warmup_s, (time.perf_counter() - start) / args.steps
 
 
 def augmentation_rows(args, device) -> list[dict]:
