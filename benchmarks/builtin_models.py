@@ -53,10 +53,10 @@ def _cpu_seconds() -> float:
 
 def prepare_t2(out: Path) -> tuple[list[Path], list[Path], dict]:
     """Simulate and preprocess the T2 training and calibration scans; returns their preprocessed folders."""
-    from brainuad import mrsim
     from brainuad.config import PreprocessConfig
-    from brainuad.io import save_volume
-    from brainuad.preprocessing import preprocess_batch
+    from brainuad.data import mrsim
+    from brainuad.io.volumes import save_volume
+    from brainuad.preprocess.pipeline import preprocess_batch
 
     anatomies = mrsim.find_anatomies(DATA / "brainweb")
     train_anat, cal_anat = anatomies[:16], anatomies[16:]
@@ -95,7 +95,7 @@ def prepare_t2(out: Path) -> tuple[list[Path], list[Path], dict]:
 def prepare_t1(out: Path, prep: Path | None, split_file: Path) -> tuple[list[Path], list[Path], dict]:
     """Preprocess (or reuse) the 52 real T1 individuals and split them into training and calibration folders."""
     from brainuad.config import PreprocessConfig
-    from brainuad.preprocessing import preprocess_batch
+    from brainuad.preprocess.pipeline import preprocess_batch
 
     if prep is None:
         inputs = [DATA / f for f in T1_FOLDERS] + [DATA / f for f in T1_EXTRA]
@@ -136,7 +136,7 @@ def train_model(name: str, out: Path, train_dirs: list[Path], epochs: int | None
     import torch
 
     from brainuad.config import PreprocessConfig, quick_recipe, replace, to_dict
-    from brainuad.training import train
+    from brainuad.train.loop import train
 
     torch.set_num_threads(2)
     recipe = quick_recipe()
@@ -164,9 +164,9 @@ def _held_out_mse(run: Path, train_dirs: list[Path], cal_dirs: list[Path]) -> di
     """Mean squared reconstruction error in the brain on the calibration scans: model vs the mean training image."""
     import torch
 
-    from brainuad.checkpoints import load_model
-    from brainuad.data import find_case_folders
-    from brainuad.preprocessing import load_case
+    from brainuad.data.datasets import find_case_folders
+    from brainuad.preprocess.pipeline import load_case
+    from brainuad.train.checkpoints import load_model
 
     model, _ = load_model(run)
     mean = np.mean([load_case(f).image.array for f in find_case_folders(train_dirs)], axis=0)
@@ -201,10 +201,10 @@ def _summary_numbers(summary: dict) -> dict:
 
 
 def evaluate_model(name: str, out: Path, cal_dirs: list[Path]) -> dict:
-    from brainuad.calibrate import calibrate
     from brainuad.config import Config, ModelConfig, PreprocessConfig
-    from brainuad.evaluation import evaluate
-    from brainuad.training import train
+    from brainuad.evaluate.calibrate import calibrate
+    from brainuad.evaluate.evaluation import evaluate
+    from brainuad.train.loop import train
 
     calibrate(out / "run", cal_dirs)
     baseline = out / "intensity"
@@ -228,8 +228,8 @@ def evaluate_model(name: str, out: Path, cal_dirs: list[Path]) -> dict:
 
 def reference_detection(name: str, out: Path, model: str | Path | None = None) -> dict:
     """``detect`` on the card's reference scan with ``model`` (default: the run's fp32 weights)."""
-    from brainuad.detect import detect_batch
-    from brainuad.io import read_json
+    from brainuad.infer.detect import detect_batch
+    from brainuad.io.volumes import read_json
 
     scan = DATA / REFERENCE_SCAN[name]
     wall0, cpu0 = time.perf_counter(), _cpu_seconds()
@@ -246,7 +246,7 @@ def install(name: str, out: Path, metrics: dict) -> Path:
     """Write fp16 weights, config, calibration (case names only) and metrics into src/brainuad/builtin/<name>/."""
     from safetensors.torch import load_file, save_file
 
-    from brainuad.io import read_json, write_json
+    from brainuad.io.volumes import read_json, write_json
 
     target = BUILTIN / name
     target.mkdir(parents=True, exist_ok=True)
@@ -271,8 +271,9 @@ CARD_INTRO = {
         "T2-weighted brain MRI: 3D residual autoencoder "
         "(brainuad's quick recipe: dense latent, mean-image skip) on the "
         "paper-2mm grid",
-        "- **Training data**: {n_train} healthy T2 volumes — {n_sim} T2 scans simulated with `brainuad.mrsim` from 16 "
-        "of BrainWeb's 20 normal anatomies ({train_anatomies}; one scan each, `brainuad.mrsim` v{sim_version}: random "
+        "- **Training data**: {n_train} healthy T2 volumes — {n_sim} T2 scans simulated with `brainuad.data.mrsim` "
+        "from 16 of BrainWeb's 20 normal anatomies ({train_anatomies}; one scan each, `brainuad.data.mrsim` "
+        "v{sim_version}: random "
         "1.5/3 T TSE parameters, pose, a native adult head size (the anatomies are MNI-sized), in-plane 1–2 mm, "
         "slices up to 5 mm, bias field, Rician noise; skull-stripped with the simulation's exact "
         "brain mask, whereas `detect` strips real heads with deepbet), IXI002's T2 (one real person, IXI, CC BY-SA "

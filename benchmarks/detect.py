@@ -34,15 +34,15 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from brainuad.checkpoints import save_config, save_weights
     from brainuad.config import Config, ModelConfig, PreprocessConfig
-    from brainuad.detect import write_detection
-    from brainuad.inference import detect_case
-    from brainuad.io import load_volume
+    from brainuad.infer.detect import write_detection
+    from brainuad.infer.inference import detect_case
+    from brainuad.infer.trained import TrainedModel
+    from brainuad.io.volumes import load_volume
     from brainuad.models import build_model
-    from brainuad.preprocessing import preprocess_volume
-    from brainuad.templates import crop_grid
-    from brainuad.trained import TrainedModel
+    from brainuad.preprocess.pipeline import preprocess_volume
+    from brainuad.preprocess.templates import crop_grid
+    from brainuad.train.checkpoints import save_config, save_weights
 
     stages = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,7 +64,7 @@ def main() -> None:
         total_detect = time.perf_counter() - start
         # Split inference from post-processing by timing the network alone once more.
         start = time.perf_counter()
-        from brainuad.inference import reconstruct
+        from brainuad.infer.inference import reconstruct
 
         reconstruct(model, case.image.array)
         inference = time.perf_counter() - start

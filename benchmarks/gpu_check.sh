@@ -28,7 +28,7 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
   git rev-parse HEAD 2>/dev/null || echo "git: not a repository"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
   python3 -c "import sys, torch; print(sys.version.split()[0], torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
-  python3 -c "import brainuad.training, nibabel, monai, cc3d; print('imports ok: brainuad.training, nibabel', nibabel.__version__, 'monai', monai.__version__)"
+  python3 -c "import brainuad.train.loop, nibabel, monai, cc3d; print('imports ok: brainuad.train.loop, nibabel', nibabel.__version__, 'monai', monai.__version__)"
   nproc
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"

@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
-from brainuad import mrsim
+from brainuad.data import mrsim
 
 BINS = np.linspace(0.0, 4.0, 161)
 

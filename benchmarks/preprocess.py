@@ -28,7 +28,7 @@ def run_once(scan: str, preset: str, threads: int, out: str) -> dict:
 
     torch.set_num_threads(threads)
     from brainuad.config import PreprocessConfig
-    from brainuad.preprocessing import preprocess_file
+    from brainuad.preprocess.pipeline import preprocess_file
 
     start = time.perf_counter()
     _, folder = preprocess_file(scan, out, PreprocessConfig(preset=preset), force=True)

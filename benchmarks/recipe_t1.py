@@ -48,7 +48,7 @@ def load_split(data: Path) -> dict[str, list[Path]]:
 
 
 def load_arrays(folders: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    from brainuad.io import load_volume
+    from brainuad.io.volumes import load_volume
 
     images = np.stack([load_volume(f / "image.nii.gz").array.astype(np.float32) for f in folders])
     masks = np.stack([load_volume(f / "brain_mask.nii.gz").array > 0.5 for f in folders])
@@ -61,7 +61,7 @@ def masked_mse(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 def references(images: np.ndarray, masks: np.ndarray, train_images: np.ndarray) -> dict[str, list[float]]:
     """Per held-out scan: the mean image's and the nearest training scan's MSE inside its brain."""
-    from brainuad.cohort import cohort_mean
+    from brainuad.models.cohort import cohort_mean
 
     mean = cohort_mean(train_images)
     mean_mse = [masked_mse(x, mean, m) for x, m in zip(images, masks)]
@@ -94,9 +94,9 @@ def intensity_augment(batch, masks, generator):
 def explore(args: argparse.Namespace) -> dict:
     import torch
 
-    from brainuad.cohort import cohort_mean
     from brainuad.config import ModelConfig
     from brainuad.models import build_model, count_parameters
+    from brainuad.models.cohort import cohort_mean
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -187,7 +187,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     """Score a ``brainuad train`` run on the split's held-out subjects."""
     import torch
 
-    from brainuad.checkpoints import load_model
+    from brainuad.train.checkpoints import load_model
 
     torch.set_num_threads(args.threads)
     parts = load_split(args.data)

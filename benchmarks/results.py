@@ -7,7 +7,7 @@ Usage (from the repository root, a clean checkout with brainuad installed):
 Protocol:
 - Healthy training data: every healthy T2 scan in ../shared/data — IXI002 (one real person) and two population
   templates (FSL MNI152 T2, SPM avg152T2) — preprocessed with the ``paper-2mm`` preset (80×96×48), augmented.
-  ``--synthetic N`` adds N synthetic healthy scans (brainuad.synthetic) to the training set.
+  ``--synthetic N`` adds N synthetic healthy scans (brainuad.data.synthetic) to the training set.
 - Tuning (thresholds only): the first two BraTS cases by name. Reported (T2): the other four BraTS cases, the stroke
   case and the MS case; and the MS case on FLAIR (thresholds tuned on the same two BraTS cases' FLAIR).
 - Methods: ae (the paper's network, reduced channels), spatial-ae, vae, dae, fanogan (each of its two stages gets
@@ -44,13 +44,13 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from brainuad.calibrate import calibrate
     from brainuad.config import Config, ModelConfig, PreprocessConfig, TrainConfig
-    from brainuad.evaluation import evaluate
-    from brainuad.io import read_json
-    from brainuad.preprocessing import preprocess_file
-    from brainuad.synthetic import write_cohort
-    from brainuad.training import train
+    from brainuad.data.synthetic import write_cohort
+    from brainuad.evaluate.calibrate import calibrate
+    from brainuad.evaluate.evaluation import evaluate
+    from brainuad.io.volumes import read_json
+    from brainuad.preprocess.pipeline import preprocess_file
+    from brainuad.train.loop import train
 
     out: Path = args.out
     timings: dict[str, float] = {}
@@ -205,9 +205,9 @@ def _other_sections(path: Path) -> str:
 def write_markdown(args: argparse.Namespace, result: dict, command: str) -> Path:
     import numpy as np
 
-    from brainuad.evaluation import TABLE_HEADER, table_row
-    from brainuad.figures import plot_pr_curves, plot_roc_curves
-    from brainuad.provenance import provenance
+    from brainuad.evaluate.evaluation import TABLE_HEADER, table_row
+    from brainuad.io.provenance import provenance
+    from brainuad.report.figures import plot_pr_curves, plot_roc_curves
 
     out: Path = args.out
     docs = ROOT / "docs"
@@ -320,7 +320,7 @@ def main() -> None:
         result = json.loads((args.out / "results.json").read_text())
         result.setdefault("command", command)
     else:
-        from brainuad.provenance import provenance
+        from brainuad.io.provenance import provenance
 
         # Before the run, so that editing the tree during a long run cannot mislabel the code that produced it.
         started = {"provenance": provenance(), "date": time.strftime("%Y-%m-%d")}

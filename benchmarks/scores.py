@@ -41,8 +41,8 @@ BEGIN, END = "<!-- scores.py: begin -->", "<!-- scores.py: end -->"
 def train_t2(out: Path, method: str, epochs: int, steps: int, seed: int) -> Path:
     """Train (or reuse) one T2 model with results.py's documented settings."""
     from brainuad.config import Config, ModelConfig, PreprocessConfig, TrainConfig
-    from brainuad.preprocessing import preprocess_file
-    from brainuad.training import train
+    from brainuad.preprocess.pipeline import preprocess_file
+    from brainuad.train.loop import train
 
     prep = PreprocessConfig(preset="paper-2mm")
     for rel in HEALTHY_T2:
@@ -68,7 +68,7 @@ def t1_split(prep: Path, split_file: Path = SPLIT) -> dict[str, list[Path]]:
 def baseline_t1(out: Path, kind: str, train_folders: list[Path]) -> Path:
     """Fit (or reuse) a T1 baseline that needs no gradient training (``intensity``, ``normative``)."""
     from brainuad.config import Config, ModelConfig, PreprocessConfig, TrainConfig
-    from brainuad.training import train
+    from brainuad.train.loop import train
 
     run_dir = out / "runs_t1" / kind
     if not (run_dir / "summary.json").is_file():
@@ -78,9 +78,9 @@ def baseline_t1(out: Path, kind: str, train_folders: list[Path]) -> Path:
 
 
 def evaluate_all(args: argparse.Namespace) -> dict:
-    from brainuad.calibrate import calibrate
-    from brainuad.evaluation import evaluate
-    from brainuad.io import read_json
+    from brainuad.evaluate.calibrate import calibrate
+    from brainuad.evaluate.evaluation import evaluate
+    from brainuad.io.volumes import read_json
 
     out: Path = args.out
     tune, report = _brats_split()
@@ -268,7 +268,8 @@ def markdown(results: dict, command: str, info: dict, seconds: dict) -> str:
         "",
         f"```bash\n{command}\n```",
         "",
-        'Definitions: README "Metrics" (code: `src/brainuad/scores.py`). Slice metrics pool the brain-containing '
+        'Definitions: README "Metrics" (code: `src/brainuad/evaluate/scores.py`). Slice metrics pool the '
+        'brain-containing '
         "axial slices of the reported cases, AP for the abnormal class; brackets: 95 % bootstrap over cases (6 T2 "
         "cases, 5 T1 cases: wide), over scans for scan-level results. The default slice score is the one with the best "
         f"pooled slice AP on the tuning cases ({', '.join(results['tune'])}), never on the reported ones.",
@@ -395,7 +396,7 @@ def main() -> None:
         for method in args.t2_methods:
             train_t2(args.out, method, args.epochs, args.steps_per_epoch, args.seed)
         return
-    from brainuad.provenance import provenance
+    from brainuad.io.provenance import provenance
 
     command = "python benchmarks/scores.py " + " ".join(a for a in sys.argv[1:] if a != "--report-only")
     if args.report_only:

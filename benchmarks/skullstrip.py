@@ -4,7 +4,8 @@ Usage (from the repository root):
     python benchmarks/skullstrip.py [--threads 2] [--methods deepbet template hd-bet]
 
 Reference: the HD-BET mask shipped with IXI002's T2. The T2 brain is put back into a real T2 head (the stroke
-scan's scalp and skull, registered to it: ``brainuad.skullstrip.embed_brain_in_head``) so the strippers see a head.
+scan's scalp and skull, registered to it: ``brainuad.preprocess.skullstrip.embed_brain_in_head``) so the strippers
+see a head.
 For the heads without a reference (stroke T2, IXI012/IXI015 T1) the brain volume and the agreement between methods
 are reported. ``hd-bet`` needs ``pip install brainuad[hdbet]`` and is skipped without it.
 """
@@ -36,8 +37,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from brainuad.errors import BrainuadError
-    from brainuad.io import load_volume
-    from brainuad.skullstrip import STRIPPERS, embed_brain_in_head
+    from brainuad.io.volumes import load_volume
+    from brainuad.preprocess.skullstrip import STRIPPERS, embed_brain_in_head
 
     t2 = load_volume(DATA / "healthy/IXI002-Guys-0828-T2_brain.nii.gz")
     reference = load_volume(DATA / "healthy/IXI002-Guys-0828-T2_brainmask.nii.gz", "mask").array

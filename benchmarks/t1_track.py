@@ -38,7 +38,7 @@ def voxel_ap_interval(trained, cases, cache: Path, resamples: int, seed: int = 0
     resample's pooled AP is a sum of histograms rather than a sort of a million voxels; the binned AP differs from the
     exact one (reported as the point estimate) only by ties within a bin.
     """
-    from brainuad.labelled import evaluate_case
+    from brainuad.evaluate.labelled import evaluate_case
 
     truths, scores, missed = [], [], []
     for case in cases:
@@ -71,7 +71,7 @@ def voxel_ap_interval(trained, cases, cache: Path, resamples: int, seed: int = 0
 
 def _reusable(path: Path, run: Path, reported: list[str]) -> dict | None:
     """An evaluation this script wrote before, if it was made with the same weights on the same reported cases."""
-    from brainuad.provenance import sha256_file
+    from brainuad.io.provenance import sha256_file
 
     if not path.is_file():
         return None
@@ -94,13 +94,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from recipe_t1 import link_split
 
-    from brainuad.calibrate import calibrate
-    from brainuad.checkpoints import load_model
     from brainuad.config import Config, ModelConfig, TrainConfig
-    from brainuad.data import find_labelled_cases
-    from brainuad.evaluation import evaluate
-    from brainuad.trained import TrainedModel
-    from brainuad.training import train
+    from brainuad.data.datasets import find_labelled_cases
+    from brainuad.evaluate.calibrate import calibrate
+    from brainuad.evaluate.evaluation import evaluate
+    from brainuad.infer.trained import TrainedModel
+    from brainuad.train.checkpoints import load_model
+    from brainuad.train.loop import train
 
     out = args.out
     split = out / "split"

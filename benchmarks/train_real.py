@@ -8,7 +8,7 @@ templates are the training set (with augmentation); IXI002, a real individual, i
 T1 scans instead: two more real individuals (IXI012, IXI015 — heads, skull-stripped by preprocessing) train with the
 two T1 templates, and IXI002's T1 is held out. The crop is the paper's field of view at 2 mm (``paper-2mm``,
 80×96×48) and the network has the paper's structure with fewer channels.
-``--synthetic N`` adds N synthetic healthy T2 scans (``brainuad.synthetic``) to the training set; ``--model
+``--synthetic N`` adds N synthetic healthy T2 scans (``brainuad.data.synthetic``) to the training set; ``--model
 spatial-ae`` trains the paper's spatial-latent variant (5×6×3 latent grid at 2 mm) instead of the dense one.
 Reported: the held-out scan's mean squared error inside the brain for (a) the model's reconstruction, (b) the mean
 training image — a model that learned nothing beyond the average brain does no better than (b) — and (c) the single
@@ -65,18 +65,18 @@ def run(
     import torch
 
     torch.set_num_threads(threads)
-    from brainuad.checkpoints import load_model
     from brainuad.config import Config, ModelConfig, PreprocessConfig, TrainConfig
-    from brainuad.figures import plot_reconstruction_panel
-    from brainuad.preprocessing import load_case, preprocess_file
-    from brainuad.training import train
+    from brainuad.preprocess.pipeline import load_case, preprocess_file
+    from brainuad.report.figures import plot_reconstruction_panel
+    from brainuad.train.checkpoints import load_model
+    from brainuad.train.loop import train
 
     train_scans, held_out_scan = SCANS[contrast]
     config = PreprocessConfig(preset="paper-2mm")
     for rel in train_scans:
         preprocess_file(DATA / rel, out / "train", config)
     if synthetic:
-        from brainuad.synthetic import write_cohort
+        from brainuad.data.synthetic import write_cohort
 
         cohort = write_cohort(out / "synthetic", synthetic, 0, 0)
         for path in sorted(cohort.healthy.glob("*.nii.gz")):

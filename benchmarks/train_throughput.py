@@ -13,11 +13,12 @@ Sections (``--sections``, or all of them with ``--loop``):
   fp32 eager channels-first (the reference), bf16 autocast + channels-last-3d eager, and the same + torch.compile.
   On CPU bf16 and channels-last do not apply: the paths coincide except for compile.
 - ``augmentation``: the batched Augmenter per volume on the device, next to MONAI's per-volume pipeline (if installed).
-- ``loop``: ``brainuad.training.train`` itself on ``--cases`` synthetic preprocessed cases (written once), ``--epochs``
+- ``loop``: ``brainuad.train.loop.train`` itself on ``--cases`` synthetic preprocessed cases (written once),
+``--epochs``
   epochs of ``--steps`` steps, validation after the last epoch only, compile as train() defaults (on CUDA); with
   augmentation off and on. Throughput is taken from the epochs between the first (warm-up, compilation) and the last
   (validation, checkpoint); the total wall time of train() is reported too.
-- ``inference``: ``brainuad.inference.reconstruct`` (bf16 on CUDA) and ``detect_case`` (reconstruction +
+- ``inference``: ``brainuad.infer.inference.reconstruct`` (bf16 on CUDA) and ``detect_case`` (reconstruction +
   post-processing) per preprocessed volume, random weights.
 
 Every result is appended to ``OUT/results.jsonl`` and the table ``OUT/table.md`` is rewritten as soon as it is known,
@@ -170,7 +171,8 @@ def time_steps(step, args, device) -> tuple[float, float]:
 
 def augmentation_rows(args, device) -> list[dict]:
     """Milliseconds per volume: the batched Augmenter on ``device``; MONAI's pipeline one volume at a time."""
-    from brainuad.augmentation import Augmenter, MonaiAugmenter, batch_seed
+    from brainuad.data.augmentation import Augmenter, MonaiAugmenter
+    from brainuad.seeds import batch_seed
 
     volume = torch.from_numpy(_synthetic_image(args.shape, np.random.default_rng(0)))[None, None].to(device)
     batch = volume.repeat(args.batch_size, 1, 1, 1, 1)
@@ -226,10 +228,10 @@ def _synthetic_image(shape, rng) -> np.ndarray:
 
 def write_cases(folder: Path, n: int, shape) -> Path:
     """``n`` synthetic preprocessed cases (image, brain mask, identity transform) on a 1 mm grid."""
-    from brainuad.io import Volume
-    from brainuad.preprocessing import PreprocessedCase, save_case
-    from brainuad.registration import Transform
-    from brainuad.templates import Grid
+    from brainuad.io.volumes import Volume
+    from brainuad.preprocess.pipeline import PreprocessedCase, save_case
+    from brainuad.preprocess.registration import Transform
+    from brainuad.preprocess.templates import Grid
 
     rng = np.random.default_rng(0)
     grid = Grid("synthetic", tuple(shape), tuple(tuple(map(float, r)) for r in np.eye(4)))
@@ -250,8 +252,8 @@ def write_cases(folder: Path, n: int, shape) -> Path:
 def loop_row(args, device, data: Path, runs: Path, augment: str) -> dict:
     """brainuad's train() end to end; throughput from the epochs between the first and the last."""
     from brainuad.config import Config, TrainConfig
-    from brainuad.train_step import compile_enabled
-    from brainuad.training import train
+    from brainuad.train.loop import train
+    from brainuad.train.step import compile_enabled
 
     _reset_peak(device)
     config = Config(
@@ -305,9 +307,9 @@ def augmentation_cost_in_loop(rows: list[dict]) -> dict:
 
 def inference_rows(args, device, case_folder: Path) -> list[dict]:
     """Seconds per preprocessed volume: the network's reconstruction, and detection with post-processing."""
-    from brainuad.inference import detect_case, reconstruct
+    from brainuad.infer.inference import detect_case, reconstruct
     from brainuad.models import build_model
-    from brainuad.preprocessing import load_case
+    from brainuad.preprocess.pipeline import load_case
 
     torch.manual_seed(0)
     model = build_model(_model_config(args, args.shape)).to(device).eval()

@@ -50,8 +50,8 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def skull_stripped_scan(tmp_path_factory):
     """A skull-stripped 'scan': the MNI template moved by a known rigid transform onto a 2 mm LPS grid."""
-    from brainuad.registration import Transform, to_native
-    from brainuad.templates import Grid, mni_template
+    from brainuad.preprocess.registration import Transform, to_native
+    from brainuad.preprocess.templates import Grid, mni_template
 
     template = mni_template("t1")
     shape = (84, 100, 78)

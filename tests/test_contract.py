@@ -1,6 +1,7 @@
 """The model contract (brainuad.models.base): a method added in one module — here a deliberately tiny example that
 exists only in this test — trains, calibrates and detects through the same verbs as the shipped ones; and the
-package keeps its shape: no import cycles, no model name spelled outside models/, old run folders still load."""
+package keeps its shape: no model name spelled outside models/, old run folders still load (its layers and the
+absence of import cycles are import-linter's contracts in pyproject.toml, run by the README's test command)."""
 
 import ast
 import json
@@ -12,11 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from brainuad.checkpoints import load_config, load_model
 from brainuad.cli import main
 from brainuad.config import CONFIG_VERSION, ConfigError, config_from_json, to_dict
-from brainuad.models.base import Method, ModelConfig, TrainingHooks
-from brainuad.models.registry import get_method, method_names, register, unregister
+from brainuad.models.base import Method, ModelConfig, TrainingHooks, get_method, method_names, register, unregister
+from brainuad.train.checkpoints import load_config, load_model
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "brainuad"
 
@@ -62,10 +62,10 @@ def example_method():
 
 
 def _cases(folder: Path, n: int = 4) -> Path:
-    from brainuad.io import Volume
-    from brainuad.preprocessing import PreprocessedCase, save_case
-    from brainuad.registration import Transform
-    from brainuad.templates import Grid
+    from brainuad.io.volumes import Volume
+    from brainuad.preprocess.pipeline import PreprocessedCase, save_case
+    from brainuad.preprocess.registration import Transform
+    from brainuad.preprocess.templates import Grid
 
     shape = (16, 16, 16)
     grid = Grid("tiny", shape, tuple(tuple(map(float, r)) for r in np.eye(4)))
@@ -83,8 +83,8 @@ def _cases(folder: Path, n: int = 4) -> Path:
 
 
 def test_a_method_added_through_the_contract_trains_calibrates_and_detects(example_method, tmp_path, capsys):
-    from brainuad.inference import detect_case
-    from brainuad.preprocessing import load_case
+    from brainuad.infer.inference import detect_case
+    from brainuad.preprocess.pipeline import load_case
 
     data, run = _cases(tmp_path / "data"), tmp_path / "run"
     assert main(["models", "--methods"]) == 0
@@ -130,61 +130,6 @@ def test_config_formats_old_runs_load_newer_are_refused(tmp_path):
         config_from_json({"version": 2, "model": {"kind": "vae", "options": {"noise_std": 0.1}}})
 
 
-def _imports(path: Path, module: str) -> set[str]:
-    """brainuad modules ``path`` imports, at the top or inside functions (TYPE_CHECKING blocks excluded)."""
-    tree = ast.parse(path.read_text())
-    skipped = {
-        id(child)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        for child in ast.walk(node)
-    }
-    found = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("brainuad")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("brainuad"):
-            for alias in node.names:  # `from brainuad import metrics` imports the module brainuad.metrics
-                sub = f"{node.module}.{alias.name}"
-                found.add(sub if _module_path(sub) else node.module)
-    found.discard(module)
-    return found
-
-
-def _module_path(name: str) -> Path | None:
-    base = PACKAGE.parent.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def test_the_package_has_no_import_cycles():
-    graph = {_module_name(p): _imports(p, _module_name(p)) for p in PACKAGE.rglob("*.py")}
-    cycles, state = [], {}
-
-    def visit(node, stack):
-        state[node] = "open"
-        for target in sorted(graph.get(node, ())):
-            if state.get(target) == "open":
-                cycles.append(" → ".join([*stack[stack.index(target) :], target]))
-            elif target not in state:
-                visit(target, [*stack, target])
-        state[node] = "done"
-
-    for node in sorted(graph):
-        if node not in state:
-            visit(node, [node])
-    assert not cycles, "import cycles (top-level or inside functions):\n" + "\n".join(cycles)
-
-
 def test_no_model_name_is_spelled_outside_models():
     names = set(method_names())
     assert {"ae", "spatial-ae", "vae", "dae", "fanogan", "intensity", "normative"} <= names
@@ -211,7 +156,7 @@ def test_every_method_honours_the_contract():
 
 
 def test_a_failing_method_module_leaves_no_half_filled_registry(monkeypatch):
-    import brainuad.models.registry as registry
+    import brainuad.models.base as registry
 
     monkeypatch.setattr(registry, "_LOADED", False)
     monkeypatch.setattr(registry, "_METHODS", {})

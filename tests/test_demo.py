@@ -6,10 +6,10 @@ import time
 import numpy as np
 import pytest
 
+from brainuad.data.synthetic import LESION_KINDS, synthetic_subject
 from brainuad.demo import STAMP, prepare_folder
 from brainuad.errors import OutputError
-from brainuad.synthetic import LESION_KINDS, synthetic_subject
-from brainuad.training import train
+from brainuad.train.loop import train
 
 
 @pytest.mark.parametrize("kind", LESION_KINDS)
@@ -35,7 +35,7 @@ def test_synthetic_subjects_are_reproducible_and_varied():
 
 
 def test_training_stops_at_its_deadline_after_at_least_one_epoch(tmp_path):
-    from test_training import tiny_config, write_cases
+    from tiny import tiny_config, write_cases
 
     data = write_cases(tmp_path / "prep", 2)
     result = train([data], tmp_path / "run", tiny_config(epochs=50), progress=False, deadline=time.monotonic())

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from brainuad.io import atomic_folder, current_umask, write_json
+from brainuad.io.volumes import atomic_folder, current_umask, write_json
 from conftest import REPO_ROOT
 
 

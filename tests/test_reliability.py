@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from brainuad.cli import main
 from brainuad.errors import BrainuadError, OutputError
-from brainuad.io import atomic_folder, load_volume
-from brainuad.preprocessing import case_names, is_case_folder, load_case
-from test_training import TINY_CLI, write_cases
+from brainuad.io.volumes import atomic_folder, load_volume
+from brainuad.preprocess.pipeline import case_names, is_case_folder, load_case
+from tiny import TINY_CLI, write_cases
 
 BRAINUAD = [sys.executable, "-m", "brainuad"]
 
@@ -140,7 +140,7 @@ _affine_values = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False) | st.
 def test_fuzz_nifti_header_space(tmp_path_factory, shape, dtype, affine, fill):
     """Any NIfTI nibabel can write either preprocesses or fails with a documented BrainuadError."""
     from brainuad.config import PreprocessConfig
-    from brainuad.preprocessing import preprocess_file
+    from brainuad.preprocess.pipeline import preprocess_file
 
     rng = np.random.default_rng(len(shape))
     data = {

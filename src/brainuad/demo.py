@@ -1,8 +1,8 @@
 """``brainuad demo``: the whole chain — data, preprocess, train, calibrate, detect, evaluate, report — on a laptop.
 
-With no data it builds a **synthetic** cohort: T2 simulated from BrainWeb's 20 anatomies (:mod:`brainuad.mrsim`)
+With no data it builds a **synthetic** cohort: T2 simulated from BrainWeb's 20 anatomies (:mod:`brainuad.data.mrsim`)
 when their label files are found (``$BRAINUAD_BRAINWEB`` or ``../shared/data/brainweb``), else from the MNI tissue
-maps nilearn ships (:mod:`brainuad.synthetic`); the report says which;
+maps nilearn ships (:mod:`brainuad.data.synthetic`); the report says which;
 with ``data_dir`` it runs the same chain on a real folder: ``<data_dir>/healthy/`` holds healthy scans, and every
 other sub-folder labelled cases (BraTS- or MS-style). Labelled cases are split by name into tuning cases (the
 threshold is chosen on them) and test cases (reported), never mixed.
@@ -26,7 +26,7 @@ from brainuad.config import Config, ModelConfig, PreprocessConfig, quick_recipe,
 from brainuad.errors import BrainuadError, OutputError
 
 if TYPE_CHECKING:
-    from brainuad.calibration import Calibration
+    from brainuad.infer.calibration import Calibration
 
 #: Cohort sizes (healthy, tuning, test) and training steps per epoch per demo size (the network is the quick
 #: recipe's at every size).
@@ -75,7 +75,7 @@ def _cpu_seconds() -> float:
 
 def _real_layout(data_dir: Path) -> tuple[list[Path], list[Path], list[Path]]:
     """Healthy scans, tuning case folders and test case folders from a real data folder."""
-    from brainuad.data import find_healthy_scans, find_labelled_cases
+    from brainuad.data.datasets import find_healthy_scans, find_labelled_cases
 
     healthy_dir = data_dir / "healthy"
     if not healthy_dir.is_dir():
@@ -97,18 +97,19 @@ def _real_layout(data_dir: Path) -> tuple[list[Path], list[Path], list[Path]]:
 
 def _synthetic_generator():
     """How the synthetic cohort is made: T2 simulated from BrainWeb anatomies when they are found
-    (:func:`brainuad.mrsim.find_anatomies`), else the MNI template's tissue maps. The generator is one of the demo's
+    (:func:`brainuad.data.mrsim.find_anatomies`), else the MNI template's tissue maps. The generator is one of the
+    demo's
     settings, so a re-run never mixes the two (another generator starts clean)."""
     from functools import partial
 
-    from brainuad.mrsim import SIMULATION_VERSION, find_anatomies, simulated_subject
-    from brainuad.synthetic import synthetic_subject
+    from brainuad.data.mrsim import SIMULATION_VERSION, find_anatomies, simulated_subject
+    from brainuad.data.synthetic import synthetic_subject
 
     anatomies = find_anatomies()
     if anatomies:
         text = (
             f"T2 simulated from {len(anatomies)} BrainWeb anatomies in {anatomies[0].parent}, with skull "
-            f"(brainuad.mrsim v{SIMULATION_VERSION})"
+            f"(brainuad.data.mrsim v{SIMULATION_VERSION})"
         )
         return text, partial(simulated_subject, anatomies=anatomies)
     return "T2-like contrast from the MNI template's tissue maps, skull-stripped", synthetic_subject
@@ -120,7 +121,7 @@ def prepare_folder(out: Path, settings: dict, progress: bool = False) -> dict | 
     A folder holding a demo with the same settings is kept (finished stages are reused); one with other settings
     is cleared of what the demo wrote (and only that); a non-empty folder the demo did not write is refused.
     """
-    from brainuad.io import ensure_writable_folder, read_json, write_json
+    from brainuad.io.volumes import ensure_writable_folder, read_json, write_json
 
     stamp = out / STAMP
     if out.exists() and not out.is_dir():
@@ -185,11 +186,11 @@ def run_demo(
         progress: Print progress.
     """
     from brainuad import __version__
-    from brainuad.calibration import read_calibration
-    from brainuad.device import resolve_device
-    from brainuad.io import read_json, write_json
-    from brainuad.preprocessing import preprocess_batch
-    from brainuad.synthetic import write_cohort
+    from brainuad.data.synthetic import write_cohort
+    from brainuad.infer.calibration import read_calibration
+    from brainuad.io.volumes import read_json, write_json
+    from brainuad.preprocess.pipeline import preprocess_batch
+    from brainuad.train.device import resolve_device
 
     if size not in (*SIZES, "auto"):
         raise BrainuadError(f"unknown demo size {size!r}; choose from auto, {', '.join(SIZES)}")
@@ -322,15 +323,15 @@ def model_names() -> tuple[str, str]:
 
 def _train(data: Path, run: Path, config: Config, deadline: float | None, progress: bool) -> None:
     """Train (or finish training) the demo's model in ``run`` until ``deadline``; a finished run is kept."""
-    from brainuad.io import read_json
-    from brainuad.training import train
+    from brainuad.io.volumes import read_json
+    from brainuad.train.loop import train
 
     if (run / "summary.json").is_file() and (run / "model.safetensors").is_file():
         return  # finished by an earlier run with the same settings
     resume = (run / "state.json").is_file()
     if not resume and run.exists():
         shutil.rmtree(run)  # cut off during its first epoch; the demo wrote it
-    from brainuad.models.registry import get_method
+    from brainuad.models.base import get_method
 
     learns = get_method(config.model.kind).learns
     if learns:
@@ -345,9 +346,9 @@ def _train(data: Path, run: Path, config: Config, deadline: float | None, progre
 
 
 def _calibrate_evaluate_detect(out, run, baseline, tune_dirs, test_dirs, test_scans, device, seed, progress, done):
-    from brainuad.calibrate import calibrate
-    from brainuad.detect import detect_batch
-    from brainuad.evaluation import evaluate
+    from brainuad.evaluate.calibrate import calibrate
+    from brainuad.evaluate.evaluation import evaluate
+    from brainuad.infer.detect import detect_batch
 
     calibration = calibrate(run, None, device=device)  # on the run's own validation split
     calibrate(baseline, None, device=device)
@@ -383,9 +384,10 @@ def write_demo_report(
 
     import numpy as np
 
-    from brainuad.detect import learned_nothing_warning
-    from brainuad.evaluation import TABLE_HEADER, table_row
-    from brainuad.figures import html_report, plot_pr_curves, plot_roc_curves
+    from brainuad.evaluate.evaluation import TABLE_HEADER, table_row
+    from brainuad.infer.detect import learned_nothing_warning
+    from brainuad.report.figures import plot_pr_curves, plot_roc_curves
+    from brainuad.report.html import html_report
 
     curves = {}
     for name in summaries:

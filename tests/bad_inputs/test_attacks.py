@@ -223,7 +223,7 @@ def test_a_detect_folder_attacked(world, tmp_path, capsys):
 
 
 def test_case_names_never_collide(tmp_path):
-    from brainuad.preprocessing import case_names
+    from brainuad.preprocess.pipeline import case_names
 
     paths = [tmp_path / n for n in ("a b.nii.gz", "a_b.nii.gz", "c.nii", "c.nii.gz")]
     names = case_names(paths)
@@ -375,9 +375,9 @@ def test_world_size_without_torchrun(world, tmp_path, capsys, monkeypatch):
 
 
 def test_memory_estimate_before_loading(world, tmp_path, capsys, monkeypatch):
-    import brainuad.qc
+    import brainuad.preprocess.qc
 
-    monkeypatch.setattr(brainuad.qc, "available_memory", lambda: 1024**2)
+    monkeypatch.setattr(brainuad.preprocess.qc, "available_memory", lambda: 1024**2)
     assert main(["preprocess", str(world["good"]), "--out", str(tmp_path / "o"), "--quiet"]) == 1
     assert "GiB of memory" in capsys.readouterr().err
     OUTCOMES[("memory_estimate", "preprocess")] = "clear error"
@@ -386,8 +386,8 @@ def test_memory_estimate_before_loading(world, tmp_path, capsys, monkeypatch):
 SLOW_WORKERS = """
 import sys, time
 from pathlib import Path
-import brainuad.preprocessing
-from brainuad.io import atomic_folder
+import brainuad.preprocess.pipeline
+from brainuad.io.volumes import atomic_folder
 
 def slow_case(path, out_dir, config=None, name=None, force=False):
     # A worker in the middle of writing its case folder, for as long as it takes to be stopped.
@@ -395,7 +395,7 @@ def slow_case(path, out_dir, config=None, name=None, force=False):
         (staging / "image.nii.gz").write_bytes(b"half")
         time.sleep(600)
 
-brainuad.preprocessing.preprocess_file = slow_case  # the forked workers inherit it
+brainuad.preprocess.pipeline.preprocess_file = slow_case  # the forked workers inherit it
 from brainuad.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -444,7 +444,8 @@ class NoSocket(socket.socket):  # a class, so that modules subclassing socket.so
 socket.socket = NoSocket  # blocks creating any socket, not only connecting
 socket.socketpair = socket.create_connection = socket.fromfd = refuse
 from brainuad.cli import main
-import brainuad.demo, brainuad.synthetic  # the demo runs under a socket block in tests/test_readme.py; its imports here
+# the demo runs under a socket block in tests/test_readme.py; its imports here
+import brainuad.demo, brainuad.data.synthetic
 
 codes = {}
 for verb, args in json.loads(sys.argv[1]):
@@ -502,17 +503,17 @@ def test_sigterm_during_detect_leaves_no_partial_folder(world, tmp_path, capsys,
     import os
     import signal
 
-    import brainuad.detect
-    from brainuad.preprocessing import load_case
+    import brainuad.infer.detect
+    from brainuad.preprocess.pipeline import load_case
 
     # Preprocessing is replaced by the world's finished case of the same scan (the costly part is not under test).
     case = load_case(world["prep"] / "sub-01_T2w")
-    monkeypatch.setattr(brainuad.detect, "preprocess_volume", lambda volume, config, name: case)
+    monkeypatch.setattr(brainuad.infer.detect, "preprocess_volume", lambda volume, config, name: case)
 
     def terminated(*args):  # SIGTERM arrives while the findings folder is being written
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(brainuad.detect, "_write_figures", terminated)
+    monkeypatch.setattr(brainuad.infer.detect, "_write_figures", terminated)
     out = tmp_path / "out"
     assert _detect([world["good"]], world["run"], out) == 130
     assert "interrupted" in capsys.readouterr().err

@@ -124,12 +124,12 @@ def test_output_folder_not_writable(world, capsys):
 
 
 def test_disk_full_leaves_nothing(world, capsys, monkeypatch):
-    import brainuad.io
+    import brainuad.io.volumes
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(brainuad.io.nib, "save", full)
+    monkeypatch.setattr(brainuad.io.volumes.nib, "save", full)
     out = world["root"] / "full"
     assert main(["preprocess", str(world["good"]), "--out", str(out), "--preset", "paper-2mm", "--quiet"]) == 1
     assert "disk full" in capsys.readouterr().err

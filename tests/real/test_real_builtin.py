@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainuad import shipped
 from brainuad.cli import main
+from brainuad.io import shipped
 
 pytestmark = pytest.mark.real
 

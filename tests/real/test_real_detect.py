@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from brainuad.cli import main
-from brainuad.io import load_volume
+from brainuad.io.volumes import load_volume
 
 pytestmark = pytest.mark.real
 TINY = ["--channels", "8", "16", "32", "64", "--stem-channels", "8", "--latent", "128", "--device", "cpu", "--quiet"]

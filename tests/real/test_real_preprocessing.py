@@ -7,11 +7,11 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from brainuad.config import PreprocessConfig
-from brainuad.io import Volume, load_volume
-from brainuad.preprocessing import load_case, preprocess_file
-from brainuad.registration import estimate_transform, native_to_mni, registration_overlap, to_native
-from brainuad.skullstrip import deepbet_mask, embed_brain_in_head, skull_strip
-from brainuad.templates import crop_grid
+from brainuad.io.volumes import Volume, load_volume
+from brainuad.preprocess.pipeline import load_case, preprocess_file
+from brainuad.preprocess.registration import estimate_transform, native_to_mni, registration_overlap, to_native
+from brainuad.preprocess.skullstrip import deepbet_mask, embed_brain_in_head, skull_strip
+from brainuad.preprocess.templates import crop_grid
 
 pytestmark = pytest.mark.real
 

@@ -1,4 +1,4 @@
 """Data package: one folder per shipped model (config.json, model.safetensors, calibration.json, MODEL_CARD.md).
 
-See :mod:`brainuad.shipped` and ``brainuad models``.
+See :mod:`brainuad.io.shipped` and ``brainuad models``.
 """

@@ -59,8 +59,8 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         return usage_error("--fpr must be between 0 and 1")
     check_model_folder(args.model)
     check_exist((args.healthy or []) + (args.labelled or []))
-    from brainuad.calibrate import calibrate, calibrate_on_labelled
-    from brainuad.guard import banner
+    from brainuad.evaluate.calibrate import calibrate, calibrate_on_labelled
+    from brainuad.train.guard import banner
 
     warning = banner(args.model)
     if warning:
@@ -121,7 +121,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         return usage_error(f"--threshold must be a finite number, got {args.threshold!r}")
     check_exist(args.inputs)
     check_model_folder(args.model)
-    from brainuad.detect import detect_batch
+    from brainuad.infer.detect import detect_batch
 
     device = device_from_flag(args.device)
     result = detect_batch(
@@ -136,7 +136,7 @@ def _finding_line(folder: Path) -> str:
     """One scan's result in a line: scan score (and its rank among healthy scans), findings, where the report is."""
     import math
 
-    from brainuad.io import read_json
+    from brainuad.io.volumes import read_json
 
     summary = read_json(folder / "summary.json")
     percentile = summary.get("scan_score_percentile_vs_healthy")
@@ -189,7 +189,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     check_model_folder(args.model)
     check_exist(args.cases + (args.tune_cases or []))
-    from brainuad.evaluation import evaluate
+    from brainuad.evaluate.evaluation import evaluate
 
     summary = evaluate(
         args.model,

@@ -39,7 +39,7 @@ def config_choices(name: str) -> list[str]:
 
 def device_from_flag(name: str):
     """The ``--device`` word resolved once, here at the CLI's edge, into the torch.device every API receives."""
-    from brainuad.device import resolve_device
+    from brainuad.train.device import resolve_device
 
     return resolve_device(name)
 

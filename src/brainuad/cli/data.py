@@ -47,7 +47,7 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return usage_error(str(exc))
     check_exist(args.inputs)
-    from brainuad.preprocessing import preprocess_batch
+    from brainuad.preprocess.pipeline import preprocess_batch
 
     result = preprocess_batch(args.inputs, args.out, config, jobs=args.jobs, force=args.force, progress=not args.quiet)
     return report_batch("preprocess", result, args.out)
@@ -70,7 +70,7 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_download(args: argparse.Namespace) -> int:
-    from brainuad.download import IXI_BASE_URL, download_ixi
+    from brainuad.data.download import IXI_BASE_URL, download_ixi
 
     target = download_ixi(
         args.out,

@@ -50,7 +50,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.data is not None:
         check_exist([args.data], "data folder")
     from brainuad.demo import REAL_DATA_COMMANDS, run_demo
-    from brainuad.guard import banner_text
+    from brainuad.train.guard import banner_text
 
     device = device_from_flag(args.device)
     result = run_demo(args.out, args.minutes, args.data, args.size, args.seed, device, progress=not args.quiet)
@@ -83,10 +83,10 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from brainuad.shipped import PREFIX, builtin_names, model_card, resolve_model_dir
+    from brainuad.io.shipped import PREFIX, builtin_names, model_card, resolve_model_dir
 
     if args.methods:
-        from brainuad.models.registry import methods
+        from brainuad.models.base import methods
 
         for method in methods():
             print(f"{method.name:12s} {method.summary}")

@@ -34,7 +34,7 @@ def _add_model_and_training_options(p: argparse.ArgumentParser, methods: bool = 
     add_flags(post, PostprocessConfig, "postprocessing")
     if methods:
         from brainuad.models.base import DEFAULT_KIND
-        from brainuad.models.registry import methods as registered
+        from brainuad.models.base import methods as registered
 
         kind = next(a for a in p._actions if a.dest == "model.kind")
         kind.choices = [m.name for m in registered()]
@@ -61,8 +61,7 @@ def _config_from_args(args: argparse.Namespace):
     ConfigError on bad values or a model setting given to another model)."""
     from brainuad.cli.flags import given
     from brainuad.config import RECIPES, Config
-    from brainuad.models.base import DEFAULT_KIND
-    from brainuad.models.registry import get_method
+    from brainuad.models.base import DEFAULT_KIND, get_method
 
     base = RECIPES[args.recipe]()
     kind = given(args, "model").get("kind", DEFAULT_KIND)
@@ -77,7 +76,7 @@ def _with_flags(args: argparse.Namespace, base, model_base, kind: str):
     settings given are checked against ``kind`` and merged into ``model_base``'s when it is the same model."""
     from brainuad.cli.flags import given
     from brainuad.config import replace, to_dict
-    from brainuad.models.registry import get_method
+    from brainuad.models.base import get_method
 
     model = {k: v for k, v in given(args, "model").items() if k != "kind"}
     options = _options_given(args, get_method(kind))
@@ -135,7 +134,7 @@ def _add_train(sub: argparse._SubParsersAction, methods: bool = True) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from brainuad.errors import ConfigError
-    from brainuad.training import train
+    from brainuad.train.loop import train
 
     try:
         # A resumed run starts from its saved settings (its model's own flags are checked against its model).
@@ -145,7 +144,7 @@ def _run_train(args: argparse.Namespace) -> int:
         return usage_error(str(exc))
     result = train(args.data, args.out, config, resume=args.resume, progress=not args.quiet, val_data=args.val_data)
     if int(os.environ.get("RANK", "0")) == 0:
-        from brainuad.guard import banner, read_check
+        from brainuad.train.guard import banner, read_check
 
         if result.epochs_done:
             print(
@@ -171,8 +170,8 @@ def _resume_config(args: argparse.Namespace):
     (``train`` then refuses any that differ from the run's, naming them); ``None`` when the folder holds no run."""
     from pathlib import Path
 
-    from brainuad.checkpoints import load_config
     from brainuad.cli.flags import given
+    from brainuad.train.checkpoints import load_config
 
     saved_path = Path(args.out) / "config.json"
     if not saved_path.is_file():
@@ -201,8 +200,8 @@ def _add_ablate(sub: argparse._SubParsersAction, methods: bool = True) -> None:
 
 
 def _run_ablate(args: argparse.Namespace) -> int:
-    from brainuad.ablation import ablate
     from brainuad.errors import ConfigError
+    from brainuad.evaluate.ablation import ablate
 
     try:
         base = _config_from_args(args)

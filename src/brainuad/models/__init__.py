@@ -1,5 +1,5 @@
 """The models: one module per method, each holding its ``nn.Module``, its own settings and its training behaviour
-(the contract: :mod:`brainuad.models.base`; found by name: :mod:`brainuad.models.registry`).
+(the contract: :mod:`brainuad.models.base`; found by name: :mod:`brainuad.models.base`).
 
 Importing this package is light (no torch): the config tree and the CLI read the contract; the networks are
 imported when a method is first looked up.
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def build_model(config: ModelConfig) -> nn.Module:
     """The network a model config describes (randomly initialised), built by its registered method."""
-    from brainuad.models.registry import get_method
+    from brainuad.models.base import get_method
 
     return get_method(config.kind).build(config)
 

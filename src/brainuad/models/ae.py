@@ -117,7 +117,7 @@ class DenseAE(Method):
 
     def prepare(self, model: nn.Module, volumes, train_ids: list[int]) -> None:
         if model.config.mean_skip:
-            from brainuad.cohort import cohort_mean
+            from brainuad.models.cohort import cohort_mean
 
             model.set_mean_image(torch.from_numpy(cohort_mean(volumes, train_ids)))
 

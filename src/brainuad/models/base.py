@@ -1,15 +1,17 @@
-"""The model contract: what a method module under ``brainuad/models/`` declares, and the model section of the config.
+"""The model contract: what a method module under ``brainuad/models/`` declares, the model section of the config, and
+the registry that finds methods by name.
 
 A method is one module holding its ``nn.Module``, its own settings (an ``Options`` frozen dataclass, stored as
 ``model.options`` in config.json), its training behaviour and a :class:`Method` instance in a module-level
-``METHODS`` list; :mod:`brainuad.models.registry` finds it by name. The training loop, the CLI flags and the config
+``METHODS`` list; the registry at the end of this module finds it by name. The training loop, the CLI flags and the
+config
 validation ask the registry, so adding a method touches no other file (docs/architecture.md, "How to add a model").
 
 Training behaviour, from the least to the most a method has to write:
 
 - nothing (``learns = False``, e.g. the intensity baseline): the run folder holds the config and empty weights;
 - :meth:`Method.prepare` only (the normative model): statistics of the training cohort, no optimiser;
-- the default gradient loop of :mod:`brainuad.training` (autoencoders): the network's :class:`TrainingHooks` say what
+- the default gradient loop of :mod:`brainuad.train.loop` (autoencoders): the network's :class:`TrainingHooks` say what
   it sees (``training_input``) and what it adds to the MSE (``regulariser``);
 - :meth:`Method.fit` (f-AnoGAN's two stages): the method runs its own loop on what :class:`FitContext` offers.
 
@@ -19,8 +21,12 @@ This module imports no torch at import time: the config tree and the CLI read it
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from brainuad.errors import ConfigError
@@ -81,7 +87,6 @@ class ModelConfig:
     options: Any = None
 
     def __post_init__(self) -> None:
-        from brainuad.models.registry import get_method
         from brainuad.schema import from_dict
 
         if self.latent < 1 or self.spatial_channels < 1 or self.stem_channels < 1 or min(self.channels) < 1:
@@ -106,8 +111,6 @@ class ModelConfig:
         data = dict(data)
         flat = {k: data.pop(k) for k in LEGACY_FLAT_OPTIONS if k in data}
         if "options" not in data:
-            from brainuad.models.registry import get_method
-
             known = {f.name for f in dataclasses.fields(get_method(data.get("kind", DEFAULT_KIND)).Options)}
             data["options"] = {k: v for k, v in flat.items() if k in known}
         return data
@@ -237,3 +240,92 @@ class Method:
     def fit(self, model: nn.Module, context: FitContext) -> FitResult | None:
         """Train the model with the method's own loop; ``None`` (the default) = the default gradient loop."""
         return None
+
+
+# The registry: methods found by name — every module of this package that lists Method instances in ``METHODS``,
+# methods installed by other packages under the ``brainuad.models`` entry-point group, and methods register()-ed at
+# run time (a plug-in, a test). It lives beside the contract it serves: ModelConfig's validation looks methods up,
+# and a method is a Method, so one module holds both and nothing imports in a circle.
+
+#: Modules of this package that are not methods.
+_NOT_METHODS = {"base", "layers", "cohort"}
+_METHODS: dict[str, Method] = {}
+_LOADED = False
+_LOADING = False
+
+
+def _load() -> dict[str, Method]:
+    global _LOADED, _LOADING
+    if not _LOADED and not _LOADING:
+        _LOADING = True  # a method module that looks a method up while it is imported must not recurse
+        try:
+            for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+                if info.name not in _NOT_METHODS:
+                    for method in getattr(importlib.import_module(f"{__package__}.{info.name}"), "METHODS", ()):
+                        register(method)
+            _load_entry_points()
+            _LOADED = True
+        except BaseException:
+            _METHODS.clear()  # nothing half-filled: the next lookup tries again and meets the same error
+            raise
+        finally:
+            _LOADING = False
+    return _METHODS
+
+
+def _load_entry_points() -> None:
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="brainuad.models"):
+        for method in entry.load():
+            register(method)
+
+
+def register(method: Method) -> Method:
+    """Add a method (its name must be new; its option fields must not clash with another method's).
+
+    Raises:
+        ValueError: A name already taken, or an option field another method declares differently.
+    """
+    if not method.name or (method.name in _METHODS and _METHODS[method.name] is not method):
+        raise ValueError(f"model name {method.name!r} is empty or already registered")
+    mine = _option_fields(method)
+    for other in _METHODS.values():
+        for name, declared in _option_fields(other).items():
+            if name in mine and mine[name] != declared:
+                raise ValueError(f"{method.name}: option {name!r} clashes with {other.name}'s (one CLI flag each)")
+    _METHODS[method.name] = method
+    return method
+
+
+def _option_fields(method: Method) -> dict[str, tuple]:
+    """Option name → (resolved type, default): one CLI flag serves every method declaring the same setting."""
+    hints = typing.get_type_hints(method.Options)
+    return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(method.Options)}
+
+
+def unregister(name: str) -> None:
+    """Remove a method added with :func:`register` (tests)."""
+    _METHODS.pop(name, None)
+
+
+def get_method(name: str) -> Method:
+    """The method registered as ``name``.
+
+    Raises:
+        ConfigError: No such method (the message lists the registered ones).
+    """
+    methods = _load()
+    if name not in methods:
+        raise ConfigError(f"model.kind {name!r} is not a registered model; known: {', '.join(sorted(methods))}")
+    return methods[name]
+
+
+def method_names() -> list[str]:
+    """Every registered method's name, the package's in module order."""
+    return list(_load())
+
+
+def methods() -> list[Method]:
+    """Every registered method."""
+    return list(_load().values())

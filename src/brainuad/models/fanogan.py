@@ -130,7 +130,7 @@ class FAnoGAN(Method):
         """Both stages (one device, not resumable)."""
         from tqdm import tqdm
 
-        from brainuad.augmentation import batch_seed
+        from brainuad.seeds import batch_seed
 
         config, device, progress = context.config, context.device, context.progress
         tc = config.training

@@ -3,7 +3,7 @@
 Its reconstruction of every scan is the cohort centre, so the anomaly map is |x − centre| (or, with
 ``model.options.normative_score = "z"``, the z-score |x − centre| / spread). It knows population anatomy and nothing
 about the individual: a learned model exists to beat it. The centre and spread are buffers, saved as safetensors like
-any weights; ``fit_cohort`` fills them at ``train`` time (``brainuad.cohort`` computes them).
+any weights; ``fit_cohort`` fills them at ``train`` time (``brainuad.models.cohort`` computes them).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class NormativeModel(TrainingHooks, nn.Module):
     def fit_cohort(self, volumes: np.ndarray, indices: list[int] | None = None) -> None:
         """Set centre and spread from the training cohort: rows ``indices`` of ``(n, *input_shape)`` ``volumes`` (a
         memory map is fine)."""
-        from brainuad.cohort import cohort_centre_spread
+        from brainuad.models.cohort import cohort_centre_spread
 
         options = self.options
         centre, spread = cohort_centre_spread(volumes, options.normative_centre, options.normative_floor, indices)

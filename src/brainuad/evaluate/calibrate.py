@@ -1,0 +1,230 @@
+"""``brainuad calibrate``: fit a run's :class:`~brainuad.infer.calibration.Calibration` — on held-out healthy scans (the
+threshold at a healthy voxel false-positive rate, and the healthy slice and scan references) or on labelled tuning
+cases (the paper's way: the threshold of best pooled Dice) — and save it in the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brainuad.errors import BrainuadError, InputError
+from brainuad.infer.calibration import Calibration, SliceReference, write_calibration
+from brainuad.infer.inference import MIN_HEALTHY_REFERENCE_SCANS
+from brainuad.infer.trained import TrainedModel
+from brainuad.io.volumes import read_json
+from brainuad.preprocess.cases import load_case
+
+HEALTHY_METHOD = "healthy voxel false-positive rate"
+LABELLED_METHOD = "best pooled Dice on labelled tuning cases"
+
+
+def _input_digest(folder: Path) -> str | None:
+    """The sha256 of the raw scan a preprocessed case came from (``record.json``), if recorded."""
+    try:
+        digest = (read_json(Path(folder) / "record.json").get("input") or {}).get("sha256")
+    except (OSError, ValueError, AttributeError, BrainuadError):
+        return None
+    return digest if isinstance(digest, str) else None
+
+
+def training_overlap(run_dir: str | Path, folders: list[Path]) -> list[str]:
+    """Names of ``folders`` that are in the run's training split: the same folder, or a case preprocessed from the
+    same raw scan (by its recorded sha256)."""
+    split_path = Path(run_dir) / "split.json"
+    if not split_path.is_file():
+        return []
+    trained = [Path(p) for p in read_json(split_path).get("train", [])]
+    trained_paths = {p.resolve() for p in trained}
+    trained_digests = {d for d in map(_input_digest, trained) if d}
+    return [
+        f.name for f in folders if Path(f).resolve() in trained_paths or (_input_digest(f) or "") in trained_digests
+    ]
+
+
+def calibrate(
+    run_dir: str | Path,
+    healthy: list[str | Path] | None = None,
+    false_positive_rate: float = 1e-3,
+    device: str | torch.device = "cpu",
+    allow_training_scans: bool = False,
+) -> Calibration:
+    """Fit the detection threshold and the healthy references on healthy validation scans; save them in the run.
+
+    The threshold is the anomaly value exceeded by ``false_positive_rate`` of brain voxels in healthy scans; the
+    slice reference is the mean and standard deviation of e(u) per axial slice; the scan scores place a new scan's
+    score among healthy ones. Use scans the model was not trained on: by default the run's own validation split
+    (``split.json``). Scans the run was trained on are refused unless ``allow_training_scans`` (or the run has no
+    held-out scan at all), and then named in the result's ``notes``; with fewer than
+    :data:`~brainuad.infer.inference.MIN_HEALTHY_REFERENCE_SCANS` held-out scans the slice reference and scan
+    percentiles
+    are left out (z-scores come out NaN) and a note says why.
+
+    Args:
+        run_dir: Trained model folder.
+        healthy: Folders of preprocessed healthy scans; ``None`` = the validation cases in ``RUN_DIR/split.json``.
+        false_positive_rate: Fraction of healthy brain voxels above the threshold.
+        device: Where to run the network.
+        allow_training_scans: Accept healthy scans from the run's training split (an optimistic threshold).
+
+    Returns:
+        The calibration written to ``RUN_DIR/calibration.json`` (``calibrated_on`` says what it was fitted on).
+
+    Raises:
+        BrainuadError: A built-in model; healthy scans from the model's own training split (a reconstruction model
+            fits them too well, so the threshold would come out too low) unless ``allow_training_scans``; scans
+            mixing crop grids, template contrasts or modalities.
+    """
+    from brainuad.data.datasets import check_one_cohort, find_case_folders
+    from brainuad.io.shipped import refuse_builtin
+
+    refuse_builtin(run_dir, "calibrate")
+    run_dir = Path(run_dir)
+    # The earlier calibration is not read: this one replaces it (and a broken one must not block its repair).
+    trained = TrainedModel.load(run_dir, device, calibration=False)
+    config = trained.config
+    split_path = run_dir / "split.json"
+    split = read_json(split_path) if split_path.is_file() else None
+    if healthy is None:
+        if split is None or not split.get("val"):
+            raise InputError(split_path, "no validation split recorded: pass the healthy scans to calibrate on")
+        healthy, origin = list(split["val"]), "the run's validation split"
+    else:
+        origin = "the healthy scans given"
+    folders = find_case_folders(list(healthy))
+    check_one_cohort(folders, "--healthy")
+    # The run's own training scans (the same folder, or the same raw scan preprocessed again) are refused: a model
+    # reconstructs them too well and the threshold comes out too low. Accepted when asked, or when the run has no
+    # held-out scan at all (one healthy case: its split says so), and then named in the notes.
+    no_held_out = bool((split or {}).get("note")) and sorted((split or {}).get("val", [])) == sorted(
+        (split or {}).get("train", [])
+    )
+    from brainuad.models.base import get_method
+
+    shaped_by_training = get_method(config.model.kind).uses_training_data
+    in_training = training_overlap(run_dir, folders) if shaped_by_training else []
+    if in_training and not (allow_training_scans or (origin == "the run's validation split" and no_held_out)):
+        shown = ", ".join(in_training[:5]) + (f" (+{len(in_training) - 5} more)" if len(in_training) > 5 else "")
+        raise BrainuadError(
+            f"{len(in_training)} of the healthy scans were in the model's training split ({shown}): a model "
+            "reconstructs its training scans too well, so the threshold would be too low. Calibrate on held-out "
+            "scans (the run's validation split), or pass --allow-training-scans to accept it"
+        )
+    held_out = len(folders) - len(in_training)
+    values, errors, scores, ratios = [], [], [], []
+    for folder in folders:
+        case = load_case(folder)
+        if case.grid.shape != tuple(config.model.input_shape):
+            raise InputError(
+                folder,
+                f"crop grid {case.grid.shape} ({case.grid.spacing_mm:g} mm) does not match the model's "
+                f"{tuple(config.model.input_shape)}; preprocess the healthy scans with the model's preset "
+                f"({config.preprocessing.preset})",
+            )
+        analysis = trained.analyse(case)
+        values.append(analysis.anomaly[case.brain_mask.array])
+        errors.append(analysis.slice_errors)
+        scores.append(analysis.scan_score)
+        ratios.append(case.record.get("qc", {}).get("csf_to_white_matter"))
+    if len({e.size for e in errors}) != 1:
+        raise InputError(None, "healthy scans lie on different crop grids; preprocess them with one preset")
+    pooled = np.concatenate(values)
+    stack = np.stack(errors)
+    notes = []
+    if in_training:
+        notes.append(
+            f"{len(in_training)} of the {len(folders)} calibration scans were used in training "
+            f"({', '.join(in_training)}): the threshold is optimistic, not a held-out estimate"
+        )
+    references = held_out >= MIN_HEALTHY_REFERENCE_SCANS
+    if not references:
+        notes.append(
+            f"{held_out} held-out healthy scan(s), fewer than {MIN_HEALTHY_REFERENCE_SCANS}: no healthy slice "
+            "reference (calibrated z-scores are NaN) and no scan percentile"
+        )
+    reference = SliceReference(tuple(stack.mean(0).tolist()), tuple(stack.std(0).tolist()))
+    calibration = Calibration(
+        method=HEALTHY_METHOD,
+        false_positive_rate=false_positive_rate,
+        threshold=float(np.quantile(pooled, 1.0 - false_positive_rate)),
+        calibrated_on=f"{len(folders)} healthy scans ({origin}; {held_out} held out from training)",
+        healthy_cases=tuple(str(f) for f in folders),
+        held_out_healthy_scans=held_out,
+        notes=tuple(notes),
+        slice_errors=reference if references else None,
+        healthy_scan_scores=tuple(float(s) for s in scores) if references else (),
+        # The healthy scans' contrast, to warn when detect is given another one (a T1 scan to a T2 model).
+        csf_to_white_matter=_median_or_none(ratios),
+        # One preset for all cases (slice counts checked above), so the last case's sizes stand for them all.
+        postprocessing=analysis.sizes,
+    )
+    write_calibration(run_dir, calibration)
+    return calibration
+
+
+def calibrate_on_labelled(
+    run_dir: str | Path,
+    sources: list[str | Path],
+    modality: str = "t2",
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> Calibration:
+    """Fit the threshold the paper's way: best pooled Dice on labelled tuning cases; saved in ``calibration.json``.
+
+    Healthy references already in the calibration (slice errors, scan scores) are kept. Never tune on the cases you
+    will report.
+
+    Raises:
+        BrainuadError: A built-in model, tuning cases without voxel labels, unusable cases.
+    """
+    from tqdm import tqdm
+
+    from brainuad.data.datasets import find_labelled_cases
+    from brainuad.evaluate.labelled import apply_threshold, evaluate_case, tune_threshold
+    from brainuad.evaluate.scores import default_slice_score
+    from brainuad.io.provenance import sha256_file
+    from brainuad.io.shipped import refuse_builtin
+
+    refuse_builtin(run_dir, "calibrate")
+    run_dir = Path(run_dir)
+    trained = TrainedModel.load(run_dir, device)
+    cases = [c for source in sources for c in find_labelled_cases(source, modality)]
+    temporary = None if cache_dir else tempfile.TemporaryDirectory(prefix="brainuad-calibrate-")
+    cache = Path(cache_dir) if cache_dir else Path(temporary.name)
+    try:
+        evaluations = [
+            evaluate_case(trained, case, cache)
+            for case in tqdm(cases, desc="calibrate", unit="case", disable=not progress)
+        ]
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+    sweep = tune_threshold(evaluations)
+    for evaluation in evaluations:
+        apply_threshold(evaluation, sweep.threshold)
+    slice_score, choice = default_slice_score(evaluations, None)
+    fitted = {
+        "method": LABELLED_METHOD,
+        "threshold": sweep.threshold,
+        "slice_score": slice_score,
+        "slice_score_tuning_ap": choice.get("tuning_ap"),
+        "tuning_dice": sweep.dice,
+        "tuning_cases": tuple(str(c.image_path.resolve()) for c in cases),
+        "tuning_cases_sha256": tuple(sha256_file(c.image_path) for c in cases),
+        "postprocessing": evaluations[0].sizes,
+    }
+    # A healthy calibration's references are kept; the threshold and its provenance are replaced.
+    earlier = trained.calibration
+    calibration = dataclasses.replace(earlier, **fitted) if earlier is not None else Calibration(**fitted)
+    write_calibration(run_dir, calibration)
+    return calibration
+
+
+def _median_or_none(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.median(known)) if known else None

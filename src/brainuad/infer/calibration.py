@@ -1,0 +1,225 @@
+"""A run's calibration — the operating threshold and the healthy references, saved as ``calibration.json`` beside the
+weights — as one typed, validated record.
+
+This module owns the file: :func:`read_calibration` is its one reader and :func:`write_calibration` its one writer
+(which never writes into a shipped model). :mod:`brainuad.evaluate.calibrate` fits calibrations; everything else
+reads them
+through :class:`brainuad.infer.trained.TrainedModel`.
+
+A calibration fitted on healthy scans holds the threshold at a healthy voxel false-positive rate, the healthy slice
+reference (mean and spread of e(u) per axial slice) and the healthy scans' scan scores; one fitted on labelled
+tuning cases holds the best-pooled-Dice threshold, the chosen slice score and the tuning cases (by path and content).
+A labelled calibration of a run calibrated on healthy scans keeps the healthy references. Files written by older
+brainuad versions (fewer keys) load; keys this version does not know are kept and written back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brainuad.errors import BrainuadError, InputError
+from brainuad.infer.postprocessing import PostprocessingSizes
+
+CALIBRATION_FILE = "calibration.json"
+#: Keys a healthy calibration writes even when empty (``null``): no slice reference, no contrast measured.
+_HEALTHY_NULLABLE = ("slice_errors", "csf_to_white_matter")
+
+
+@dataclass(frozen=True)
+class SliceReference:
+    """Healthy scans' slice errors e(u): mean and standard deviation per axial slice of the crop grid."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Calibration:
+    """The contents of ``calibration.json``; fields in the file's key order. ``None`` = not in the file.
+
+    Attributes:
+        method: How the threshold was fitted (``healthy voxel false-positive rate`` or ``best pooled Dice on
+            labelled tuning cases``).
+        false_positive_rate: Healthy calibration: the share of healthy brain voxels above the threshold.
+        threshold: The anomaly-map threshold of the segmentation (finite).
+        calibrated_on: Healthy calibration: what the healthy references were fitted on, in words.
+        healthy_cases: Healthy calibration: the case folders it was fitted on.
+        held_out_healthy_scans: Healthy calibration: how many of them were not in the training split.
+        notes: Healthy calibration: caveats (training scans used, too few scans for references).
+        slice_errors: Healthy slice reference (calibrated z-scores); ``None`` with too few held-out scans.
+        healthy_scan_scores: Healthy scans' scan scores (scan percentile); empty with too few held-out scans.
+        csf_to_white_matter: Median CSF / white-matter intensity ratio of the healthy scans (contrast check).
+        postprocessing: The post-processing sizes (voxels) the threshold was fitted with.
+        slice_score: Labelled calibration: the default slice score chosen on the tuning cases.
+        slice_score_tuning_ap: Labelled calibration: each slice score's pooled AP on the tuning cases.
+        tuning_dice: Labelled calibration: the pooled Dice at the threshold on the tuning cases.
+        tuning_cases: Labelled calibration: the tuning images (absolute paths).
+        tuning_cases_sha256: Labelled calibration: their content hashes (a renamed copy is still caught).
+        extra: Keys of other brainuad versions, kept as read.
+    """
+
+    method: str | None = None
+    false_positive_rate: float | None = None
+    threshold: float
+    calibrated_on: str | None = None
+    healthy_cases: tuple[str, ...] | None = None
+    held_out_healthy_scans: int | None = None
+    notes: tuple[str, ...] | None = None
+    slice_errors: SliceReference | None = None
+    healthy_scan_scores: tuple[float, ...] | None = None
+    csf_to_white_matter: float | None = None
+    postprocessing: PostprocessingSizes | None = None
+    slice_score: str | None = None
+    slice_score_tuning_ap: Mapping[str, float] | None = None
+    tuning_dice: float | None = None
+    tuning_cases: tuple[str, ...] | None = None
+    tuning_cases_sha256: tuple[str, ...] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.threshold) or not math.isfinite(self.threshold):
+            # A NaN threshold flags nothing and says so nowhere: never built, never written.
+            raise BrainuadError(f"a calibration's threshold must be a finite number, got {self.threshold!r}")
+
+    @property
+    def source(self) -> str:
+        """Where a threshold taken from this calibration comes from, in words (summaries and reports)."""
+        return f"{CALIBRATION_FILE} ({self.method})"
+
+    @property
+    def healthy_scores(self) -> tuple[float, ...]:
+        """The healthy scans' scan scores (empty when there are none)."""
+        return self.healthy_scan_scores or ()
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str | Path | None = None) -> Calibration:
+        """Validate the JSON of a ``calibration.json`` (``path`` names it in errors).
+
+        Raises:
+            InputError: Not an object, a missing or non-finite threshold, or a known key of the wrong type; the
+                message names the key and says to run ``brainuad calibrate``.
+        """
+        if not isinstance(data, dict):
+            raise InputError(path, f"not a calibration (expected a JSON object, got {type(data).__name__})")
+        threshold = data.get("threshold")
+        if not _is_number(threshold) or not math.isfinite(threshold):
+            raise InputError(path, f"'threshold' must be a finite number, got {threshold!r}; run 'brainuad calibrate'")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        values: dict[str, Any] = {"threshold": float(threshold)}
+        for key in known - {"threshold"}:
+            if data.get(key) is not None:
+                values[key] = _parse(key, data[key], path)
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``calibration.json``: the keys the fitting wrote, in its order; unknown keys last."""
+        healthy = self.healthy_cases is not None
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or (value is None and not (healthy and f.name in _HEALTHY_NULLABLE)):
+                continue
+            if isinstance(value, (SliceReference, PostprocessingSizes)):
+                value = dataclasses.asdict(value)
+                value = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        out.update({k: v for k, v in self.extra.items() if k not in out})
+        return out
+
+
+def read_calibration(model_dir: str | Path) -> Calibration | None:
+    """The calibration of a model folder (or ``builtin:NAME``), validated; ``None`` if it was never calibrated.
+
+    Raises:
+        InputError: The file is not valid JSON or not a valid calibration (naming the file).
+    """
+    from brainuad.io.shipped import resolve_model_dir
+    from brainuad.io.volumes import read_json
+
+    path = resolve_model_dir(model_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    return Calibration.from_dict(read_json(path), path)
+
+
+def write_calibration(model_dir: str | Path, calibration: Calibration) -> Path:
+    """Save ``calibration`` as the model folder's ``calibration.json`` (atomically).
+
+    Raises:
+        BrainuadError: ``model_dir`` is a built-in model (its install folder is read-only to brainuad).
+    """
+    from brainuad.io.shipped import refuse_builtin
+    from brainuad.io.volumes import write_json
+
+    refuse_builtin(model_dir, "calibrate")
+    return write_json(Path(model_dir) / CALIBRATION_FILE, calibration.to_dict())
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fail(path: str | Path | None, key: str, expected: str, value: Any) -> InputError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return InputError(path, f"'{key}' must be {expected}, got {shown}; run 'brainuad calibrate'")
+
+
+def _numbers(key: str, value: Any, path: str | Path | None) -> tuple[float, ...]:
+    if not isinstance(value, list) or not all(_is_number(v) for v in value):
+        raise _fail(path, key, "a list of numbers", value)
+    return tuple(float(v) for v in value)
+
+
+def _strings(key: str, value: Any, path: str | Path | None) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(path, key, "a list of strings", value)
+    return tuple(value)
+
+
+def _parse(key: str, value: Any, path: str | Path | None) -> Any:
+    """One known key's JSON value as its field's type (``value`` is not ``None``)."""
+    if key in ("method", "calibrated_on", "slice_score"):
+        if not isinstance(value, str):
+            raise _fail(path, key, "a string", value)
+        return value
+    if key in ("false_positive_rate", "csf_to_white_matter", "tuning_dice"):
+        if not _is_number(value):
+            raise _fail(path, key, "a number", value)
+        return float(value)
+    if key == "held_out_healthy_scans":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _fail(path, key, "a count (an integer >= 0)", value)
+        return value
+    if key in ("healthy_cases", "notes", "tuning_cases", "tuning_cases_sha256"):
+        return _strings(key, value, path)
+    if key == "healthy_scan_scores":
+        return _numbers(key, value, path)
+    if key == "slice_errors":
+        if not isinstance(value, dict) or set(value) != {"mean", "std"}:
+            raise _fail(path, key, "an object with 'mean' and 'std' lists", value)
+        mean, std = _numbers(f"{key}.mean", value["mean"], path), _numbers(f"{key}.std", value["std"], path)
+        if len(mean) != len(std):
+            raise _fail(path, key, "'mean' and 'std' lists of one length", value)
+        return SliceReference(mean, std)
+    if key == "postprocessing":
+        names = [f.name for f in dataclasses.fields(PostprocessingSizes)]
+        if not isinstance(value, dict) or set(value) != set(names):
+            raise _fail(path, key, f"an object with {', '.join(names)}", value)
+        if not all(isinstance(value[n], int) and not isinstance(value[n], bool) for n in names):
+            raise _fail(path, key, "voxel counts (integers)", value)
+        return PostprocessingSizes(**{n: value[n] for n in names})
+    if key == "slice_score_tuning_ap":
+        if not isinstance(value, dict) or not all(_is_number(v) for v in value.values()):
+            raise _fail(path, key, "an object of numbers", value)
+        return {str(k): float(v) for k, v in value.items()}
+    raise AssertionError(key)  # every field of Calibration is parsed above

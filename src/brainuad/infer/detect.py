@@ -1,0 +1,318 @@
+"""``brainuad detect``: raw scans in, findings out — in the scan's own space and in MNI crop space.
+
+For each scan ``DIR/<name>/`` holds ``anomaly_map``, ``reconstruction`` and ``segmentation`` (``.nii.gz``) on the
+input's grid (same shape, affine and voxel order, so they overlay in ITK-SNAP or 3D Slicer), the same three under
+``mni/``, ``slice_scores.csv`` and ``summary.json``. Each folder is built under a temporary name and renamed into
+place when complete, so a killed batch never leaves a folder that a re-run would trust.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from brainuad.config import PostprocessConfig, PreprocessConfig, replace, to_dict
+from brainuad.errors import BrainuadError, InputError
+from brainuad.infer.inference import Detection
+from brainuad.infer.trained import TrainedModel
+from brainuad.io.provenance import provenance, sha256_file
+from brainuad.io.volumes import (
+    Volume,
+    atomic_folder,
+    check_replaceable,
+    ensure_writable_folder,
+    find_nifti_files,
+    load_volume,
+    read_json,
+    save_volume,
+    write_json,
+)
+from brainuad.preprocess.cases import case_names
+from brainuad.preprocess.pipeline import BatchResult, DegradedInputWarning, _remove_stale_partials, preprocess_volume
+from brainuad.preprocess.qc import contrast_warning
+
+OUTPUTS = (
+    "anomaly_map.nii.gz",
+    "reconstruction.nii.gz",
+    "segmentation.nii.gz",
+    "slice_scores.csv",
+    "summary.json",
+    "report.html",
+)
+#: What a findings folder of an older brainuad (before the ownership marker) held: such a folder may be replaced.
+LEGACY_OUTPUTS = (*OUTPUTS, "mni", "figure_rows.png", "figure_slice_scores.png")
+
+
+def nearest_native_slices(detection: Detection) -> list[int]:
+    """For each axial MNI slice, the nearest slice index along the input file's own most-superior axis."""
+    case = detection.case
+    transform, grid = case.transform, case.grid
+    native_axcodes = transform.native_axcodes
+    axis = next(i for i, c in enumerate(native_axcodes) if c in ("S", "I"))
+    ras_axis = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+    ras_index = ras_axis[native_axcodes[axis]]
+    flip = native_axcodes[axis] == "I"
+    size = transform.native_shape[ras_index]
+    centre = (np.asarray(grid.shape) - 1) / 2
+    to_native_voxel = np.linalg.inv(transform.native_affine) @ transform.mni_to_native @ grid.affine_array
+    indices = []
+    for u in range(grid.shape[2]):
+        voxel = to_native_voxel @ np.array([centre[0], centre[1], u, 1.0])
+        index = int(np.clip(np.rint(voxel[ras_index]), 0, size - 1))
+        indices.append(size - 1 - index if flip else index)
+    return indices
+
+
+def mni_z_mm(detection: Detection) -> list[float]:
+    """Each axial slice's MNI z coordinate in mm."""
+    affine = detection.case.grid.affine_array
+    return [float(affine[2, 2] * u + affine[2, 3]) for u in range(detection.case.grid.shape[2])]
+
+
+def _write_slice_table(path: Path, detection: Detection, native: list[int], z_mm: list[float]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["mni_slice", "mni_z_mm", "native_slice", "summed_error", "normality_score", "calibrated_z"])
+        for u, (e, s) in enumerate(zip(detection.slice_errors, detection.normality)):
+            z = "" if detection.calibrated is None else f"{detection.calibrated[u]:.4f}"
+            writer.writerow([u, f"{z_mm[u]:g}", native[u], f"{e:.6g}", f"{s:.6f}", z])
+
+
+def _write_figures(staging: Path, detection: Detection, native: list[int], z_mm: list[float]) -> None:
+    from brainuad.report.figures import plot_detection_rows, plot_slice_scores
+
+    # The three most abnormal slices that hold brain (lowest normality score first).
+    brain_slices = np.flatnonzero(detection.case.brain_mask.array.any(axis=(0, 1)))
+    ranked = sorted([int(u) for u in np.argsort(detection.normality) if u in set(brain_slices)][:3])
+    plot_detection_rows(
+        detection.case.image.array,
+        detection.reconstruction,
+        detection.anomaly,
+        detection.segmentation,
+        ranked,
+        staging / "figure_rows.png",
+        slice_labels=[f"MNI z {z_mm[u]:+.0f} mm\nnative slice {native[u]}" for u in ranked],
+        threshold=detection.threshold,
+        affine=detection.case.grid.affine_array,
+    )
+    plot_slice_scores(detection.normality, staging / "figure_slice_scores.png", detection.calibrated, z_mm)
+
+
+def learned_nothing_warning(run_dir: Path) -> str | None:
+    """The run's own verdict when its model did not beat the healthy mean image (``summary.json``), else ``None``."""
+    from brainuad.train.guard import read_check, report_warning
+
+    return report_warning(read_check(run_dir, strict=False))
+
+
+def _write_report(staging: Path, name: str, summary: dict, warning: str | None) -> None:
+    import html
+
+    from brainuad.report.html import html_report, records_table_html
+
+    columns = {
+        "id": "lesion",
+        "volume_ml_native": "volume (mL, native)",
+        "centroid_native_mm": "centroid, scanner mm (x, y, z)",
+        "centroid_mni_mm": "centroid, MNI mm (x, y, z)",
+        "peak_score": "peak score",
+        "mean_score": "mean score",
+    }
+    lesions = summary["lesions"]
+    table = records_table_html(lesions, columns) if lesions else "<p>No component above the threshold.</p>"
+    calibration = summary.get("calibration") or {}
+    notes = [
+        f"Segmentation threshold <b>{summary['threshold']:.4g}</b> ({html.escape(str(summary['threshold_source']))})"
+        " — the one used for the segmentation panels, the lesion table and the volumes.",
+        "Images are axial slices of the MNI crop in neurological view (the patient's right on the right, "
+        "marked R/L and A/P); rows are labelled by MNI z in mm and the nearest slice of the input file.",
+    ]
+    percentile = summary.get("scan_score_percentile_vs_healthy")
+    notes.append(
+        f"Scan triage: scan score <b>{summary['scan_score']:.4g}</b> (99.9th percentile of the anomaly map in the "
+        + (f"brain), higher than <b>{percentile:.0f} %</b> of the healthy calibration scans."
+           if percentile is not None else "brain); no healthy calibration, so no percentile among healthy scans.")
+    )  # fmt: skip
+    if calibration.get("calibrated_on"):
+        notes.append(
+            "Healthy reference (calibrated z, scan percentile): "
+            + html.escape(str(calibration["calibrated_on"]))
+            + "".join(f"; <b>{html.escape(n)}</b>" for n in calibration.get("notes", []))
+            + "."
+        )
+    html_report(
+        f"brainuad findings: {name}",
+        {k: v for k, v in summary.items() if k != "provenance"},
+        {
+            "Most abnormal axial slices: input, reconstruction, anomaly heatmap, segmentation (MNI crop)": staging
+            / "figure_rows.png",
+            "Normality score s(u) per axial slice (0 = most abnormal) and calibrated z vs healthy scans": staging
+            / "figure_slice_scores.png",
+        },
+        staging / "report.html",
+        notes=notes,
+        banner=html.escape(warning) if warning else None,
+        sections={f"Lesions ({len(lesions)} components, largest first)": table},
+    )
+
+
+def write_detection(
+    detection: Detection,
+    folder: Path,
+    input_volume: Volume,
+    trained: TrainedModel,
+    settings: dict | None = None,
+    threshold_source: str | None = None,
+) -> Path:
+    """Write one scan's outputs (native and MNI) into ``folder`` atomically.
+
+    ``settings`` (input hash, threshold, weights, preprocessing) go into ``summary.json`` so a re-run knows whether
+    this result still holds; the run's calibration and ``threshold_source`` describe the result in the summary and
+    the report.
+    """
+    from brainuad.infer.postprocessing import describe_lesions
+
+    case = detection.case
+    native_slices = nearest_native_slices(detection)
+    z_mm = mni_z_mm(detection)
+    native_labels = case.to_native(detection.segmentation, order=0)
+    lesions = describe_lesions(
+        detection.segmentation, detection.anomaly, case.grid.affine_array, native_labels.array, native_labels.affine
+    )
+    with atomic_folder(folder, LEGACY_OUTPUTS) as staging:
+        (staging / "mni").mkdir()
+        low, high = case.record.get("intensity_range", [0.0, 1.0])
+        # Reconstruction back in the input's intensity units, so it can be compared with the scan directly.
+        reconstruction_units = (low + detection.reconstruction * (high - low)) * case.brain_mask.array
+        maps = {
+            "anomaly_map.nii.gz": (detection.anomaly, 1, np.float32),
+            "reconstruction.nii.gz": (reconstruction_units.astype(np.float32), 1, np.float32),
+            "segmentation.nii.gz": ((detection.segmentation > 0).astype(np.uint8), 0, np.uint8),
+        }
+        protect = (input_volume.path,) if input_volume.path else ()
+        for name, (array, order, dtype) in maps.items():
+            save_volume(Volume(array, case.grid.affine_array), staging / "mni" / name, dtype=dtype)
+            native = case.to_native(array, order=order)
+            # Same geometry as the input file: its header, affine and voxel order.
+            native = Volume(native.array, input_volume.affine, input_volume.source_axcodes, input_volume.header)
+            save_volume(native, staging / name, dtype=dtype, protect=protect)
+        _write_slice_table(staging / "slice_scores.csv", detection, native_slices, z_mm)
+        _write_figures(staging, detection, native_slices, z_mm)
+        summary = {
+            "input": case.record.get("input"),
+            "scan_score": detection.scan_score,
+            "scan_score_definition": "99.9th percentile of the post-processed anomaly map inside the brain",
+            "scan_score_percentile_vs_healthy": detection.scan_percentile,
+            "threshold": detection.threshold,
+            "threshold_source": threshold_source or "given",
+            "calibration": _calibration_summary(trained),
+            "lesion_count": detection.components,
+            "lesion_volume_ml_native": float(sum(r["volume_ml_native"] for r in lesions)),
+            "lesion_volume_ml_mni": float(sum(r["volume_ml_mni"] for r in lesions)),
+            # One record per component (postprocessing.describe_lesions), largest first.
+            "lesions": lesions,
+            "most_abnormal_mni_slices": [int(u) for u in np.argsort(detection.normality)[:5]],
+            "model": {"run_dir": str(trained.run_dir), "weights_sha256": trained.weights_sha256},
+            "preprocessing": {
+                k: case.record.get(k) for k in ("preprocessing", "skull_strip_method", "qc", "grid", "warnings")
+            },
+            "settings": settings,
+            "provenance": provenance(),
+        }
+        write_json(staging / "summary.json", summary)
+        _write_report(staging, folder.name, summary, trained.report_warning)
+    return folder
+
+
+def _calibration_summary(trained: TrainedModel) -> dict | None:
+    """What the findings say about the healthy reference: what it was fitted on, and its caveats."""
+    calibration = trained.calibration
+    if calibration is None:
+        return None
+    notes = None if calibration.notes is None else list(calibration.notes)
+    return {"calibrated_on": calibration.calibrated_on, "notes": notes}
+
+
+def detect_batch(
+    inputs: list[str | Path],
+    run_dir: str | Path,
+    out_dir: str | Path,
+    threshold: float | None = None,
+    skull_strip: str | None = None,
+    device: str = "auto",
+    force: bool = False,
+    progress: bool = True,
+    threshold_source: str | None = None,
+) -> BatchResult:
+    """Detect anomalies in raw scans (files or folders); finished scans are skipped, failures do not stop the batch.
+
+    Args:
+        inputs: NIfTI files or folders.
+        run_dir: Trained model folder (``brainuad train`` output, calibrated or not), or ``builtin:NAME``.
+        out_dir: Output folder (one sub-folder per scan).
+        threshold: Segmentation threshold; ``None`` = the calibrated one.
+        skull_strip: Override the model's skull-strip setting (e.g. ``none`` for BraTS).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        force: Redo scans whose outputs are complete.
+        progress: Show a progress bar.
+        threshold_source: Where a given ``threshold`` came from, for the summary and the report.
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    ensure_writable_folder(out_dir)  # fail before loading anything, naming the folder
+    trained = TrainedModel.load(run_dir, device)
+    threshold, source = trained.threshold(threshold, threshold_source or "given", "pass --threshold VALUE")
+    config, calibration = trained.config, trained.calibration
+    preprocess_config: PreprocessConfig = config.preprocessing
+    if skull_strip:
+        preprocess_config = replace(preprocess_config, skull_strip=skull_strip)
+    paths = find_nifti_files(inputs)
+    names = case_names(paths)
+    _remove_stale_partials(out_dir)
+    common = {
+        "threshold": threshold,
+        "weights_sha256": trained.weights_sha256,
+        "preprocessing": to_dict(preprocess_config),
+    }
+    if config.postprocessing != PostprocessConfig():
+        # Recorded when not the paper's, so findings made with other sizes are never reused (and those made before
+        # the setting existed, with the paper's sizes, still are).
+        common["postprocessing"] = to_dict(config.postprocessing)
+    result = BatchResult()
+    for path in tqdm(paths, desc="detect", unit="scan", disable=not progress):
+        folder = out_dir / names[path]
+        try:
+            # A finished result is reused only when it was made from this very file with these settings.
+            settings = {"input_sha256": sha256_file(path), **common}
+            if not force and _finished(folder, settings):
+                result.skipped.append(folder)
+                continue
+            check_replaceable(folder, LEGACY_OUTPUTS)  # before the work: a user's folder is never replaced
+            volume = load_volume(path, "image")
+            case = preprocess_volume(volume, preprocess_config, name=names[path])
+            trained.check_case(case, path)
+            ratio = case.record.get("qc", {}).get("csf_to_white_matter")
+            for message in contrast_warning(ratio, calibration.csf_to_white_matter if calibration else None):
+                case.record["warnings"].append(message)
+                warnings.warn(f"{path}: {message}", DegradedInputWarning, stacklevel=2)
+            detection = trained.detect(case, threshold)
+            result.done.append(write_detection(detection, folder, volume, trained, settings, source))
+        except BrainuadError as exc:
+            result.failed.append((path, str(exc)))
+        except Exception as exc:  # keep the batch going; report the unexpected error with its file
+            result.failed.append((path, str(InputError(path, f"unexpected {type(exc).__name__}: {exc}"))))
+    return result
+
+
+def _finished(folder: Path, settings: dict) -> bool:
+    """Whether ``folder`` holds complete findings made with exactly these settings (input hash included)."""
+    if not all((folder / n).is_file() for n in OUTPUTS):
+        return False
+    try:
+        return read_json(folder / "summary.json").get("settings") == settings
+    except (BrainuadError, AttributeError):
+        return False
