@@ -22,43 +22,30 @@ batch, and the step's losses stay on the device until the epoch ends (:mod:`brai
 from __future__ import annotations
 
 import math
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from brainuad.config import Config, PreprocessConfig, TrainConfig, from_dict, replace
+from brainuad.config import Config
 from brainuad.data.augmentation import Augmenter
-from brainuad.data.datasets import VolumeCache, check_one_cohort, find_case_folders
+from brainuad.data.datasets import VolumeCache
 from brainuad.errors import BrainuadError
-from brainuad.io.provenance import provenance
-from brainuad.io.volumes import ensure_writable_folder, load_volume, read_grid, read_json, write_json
+from brainuad.io.volumes import load_volume, read_json, write_json
 from brainuad.models import build_model, count_parameters
-from brainuad.models.base import FitContext, get_method
-from brainuad.seeds import batch_seed
-from brainuad.train.batches import Prefetcher, gather, plan_batches, to_device
+from brainuad.models.base import FitContext
+from brainuad.train.batches import gather, plan_batches, to_device
 from brainuad.train.checkpoints import (
-    Checkpointer,
-    load_config,
-    load_optimizer,
     load_weights,
-    save_config,
     save_weights,
 )
-from brainuad.train.device import distributed, ranks_in_sync, resolve_device
+from brainuad.train.device import ranks_in_sync
+from brainuad.train.epochs import end_epoch, evaluate_loss, out_of_memory, start_loop, train_epoch
+from brainuad.train.run import Run, start_run
 from brainuad.train.runfolder import (
-    absolute_split,
     append_log,
-    lock_run_folder,
-    prepare_run,
-    resume_log,
-    warn_if_long,
     write_summary,
 )
-from brainuad.train.step import TrainStep, learning_rate, reconstruction_loss
 
 CPU = torch.device("cpu")
 
@@ -97,7 +84,12 @@ def train(
     deadline: float | None = None,
     val_data: list[str | Path] | None = None,
 ) -> TrainResult:
-    """Train the autoencoder on preprocessed healthy scans.
+    """Train a model on preprocessed healthy scans.
+
+    The run goes through its stages in order: :func:`start_run` (split, config, cache, model), then the method's
+    kind of training — none (:func:`_finish_without_learning`), the method's own loop, or the default gradient loop
+    (:func:`start_loop`, then per epoch :func:`train_epoch` and :func:`end_epoch`) — and :func:`_finish` (the
+    learned-nothing check and summary.json).
 
     Args:
         data: Folders of preprocessed cases (``brainuad preprocess`` output) or case folders themselves.
@@ -114,241 +106,70 @@ def train(
         BrainuadError: Cases mixing crop grids, template contrasts or modalities.
         BrainuadError: Out of memory (with advice), a run folder that already holds a run.
     """
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    given = config
-    config = config or Config()
-    run_dir = Path(run_dir)
-    rank, world = distributed()
-    case_folders = find_case_folders(list(data))
-    val_folders = find_case_folders(list(val_data)) if val_data else []
-    check_one_cohort(case_folders + val_folders, "--data" + (" and --val-data" if val_folders else ""))
-    if rank == 0:
-        ensure_writable_folder(run_dir)
-        lock_run_folder(run_dir)  # held until the process ends
-        config, split = prepare_run(case_folders, run_dir, config, resume, given, val_folders)
-    elif resume:
-        config, split = prepare_run(case_folders, run_dir, config, resume, given, val_folders)
-    else:
-        # Rank 0 draws the split and writes config.json first; another rank calling _prepare_run could find that
-        # file already written and refuse the folder as "already holds a run".
-        torch.distributed.barrier()
-        config, split = load_config(run_dir / "config.json"), absolute_split(read_json(run_dir / "split.json"), run_dir)
-    cache_dir = run_dir / "cache"
-    all_cases = sorted(set(split["train"]) | set(split["val"]))
-
-    tc: TrainConfig = config.training
-    if not resume:
-        # The model is built for the data's crop, and detection must preprocess new scans the same way.
-        record = read_json(Path(all_cases[0]) / "record.json")
-        if "preprocessing" in record:
-            config = replace(config, preprocessing=from_dict(PreprocessConfig, record["preprocessing"]))
-        shape, _ = read_grid(Path(all_cases[0]) / "image.nii.gz")
-        config = replace(config, model=replace(config.model, input_shape=shape))
-    augment = tc.augment == "on" or (tc.augment == "auto" and len(set(split["train"])) < tc.augment_below)
-    augmenter = Augmenter() if augment else None
-    if rank == 0 and not resume:
-        # Written before the cache: a run that fails while caching (disk full) can be resumed.
-        save_config(config, run_dir / "config.json")
-        write_json(run_dir / "split.json", split)
-        write_json(
-            run_dir / "provenance.json",
-            {**provenance(), "augmentation": augmenter.description if augmenter else "off", "world_size": world},
-        )
-        if world > 1:
-            torch.distributed.barrier()  # the other ranks read config.json and split.json now
-    if rank == 0:
-        cache = VolumeCache([Path(p) for p in all_cases], cache_dir / "volumes.npy")
-    if world > 1:
-        torch.distributed.barrier()
-    if rank != 0:
-        cache = VolumeCache([Path(p) for p in all_cases], cache_dir / "volumes.npy")
-    position = {p: i for i, p in enumerate(all_cases)}
-    train_ids = [position[p] for p in split["train"]]
-    val_ids = [position[p] for p in split["val"]]
-
-    device = resolve_device(tc.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(device)
-    torch.manual_seed(tc.seed)
-    method = get_method(config.model.kind)
-    model = build_model(config.model).to(device)
-    method.prepare(model, cache.array, train_ids)
-    if not method.learns:
-        # Baselines learn nothing by gradient (the intensity model nothing at all; the normative model its cohort
-        # statistics, just set): the run folder holds the config, split and weights, so calibrate, detect and
-        # evaluate treat them like any model.
-        if rank == 0:
-            save_weights(model, run_dir / "model.safetensors")
-            check = _reconstruction_check(run_dir, config, cache, train_ids, val_ids, all_cases, device)
-            write_summary(
-                run_dir,
-                count_parameters(model),
-                {"epoch": 0, "best_val_loss": math.nan, "best_epoch": 0},
-                [],
-                world,
-                None,
-                check,
-            )
-        return TrainResult(run_dir, 0, math.nan, 0, [])
-    if not method.resumable and (resume or world > 1):
-        raise BrainuadError(f"{method.name} training runs on one device and cannot be resumed; start a new run")
-    context = _fit_context(config, run_dir, cache, train_ids, val_ids, augmenter, device, progress)
-    outcome = method.fit(model, context)
+    run = start_run(data, Path(run_dir), config, resume, val_data)
+    if not run.method.learns:
+        return _finish_without_learning(run)
+    if not run.method.resumable and (resume or run.world > 1):
+        raise BrainuadError(f"{run.method.name} training runs on one device and cannot be resumed; start a new run")
+    outcome = run.method.fit(run.model, _fit_context(run, progress))
     if outcome is not None:  # the method ran its own loop
         state = {"epoch": outcome.epochs, "best_val_loss": outcome.best_val_loss, "best_epoch": outcome.best_epoch}
-        check = _reconstruction_check(run_dir, config, cache, train_ids, val_ids, all_cases, device)
-        write_summary(run_dir, count_parameters(model), state, outcome.history, world, None, check)
-        return TrainResult(run_dir, outcome.epochs, outcome.best_val_loss, outcome.best_epoch, outcome.history)
-    use_cuda = device.type == "cuda"
-    if use_cuda and tc.channels_last:
-        # Before the optimiser state is restored: its moments take the layout of the parameters they belong to.
-        model = model.to(memory_format=torch.channels_last_3d)
-    # One fused kernel for the update on CUDA (the 189 M fully-connected parameters of the paper's network);
-    # PyTorch's default elsewhere, so CPU runs and their resume stay bit for bit as before.
-    fused = True if use_cuda else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
-    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0}
-    if resume and (run_dir / "state.json").is_file():
-        state = read_json(run_dir / "state.json")
-        load_weights(model, run_dir / "last.safetensors")
-        load_optimizer(optimizer, run_dir / "last_optimizer.safetensors")
-    step_model: nn.Module = model
-    if world > 1:
-        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
-    train_step = TrainStep(model, step_model, optimizer, tc, device)
-    autocast = train_step.autocast
-    checkpointer = Checkpointer(run_dir, model, optimizer, tc.checkpoint_minutes, enabled=rank == 0)
-
-    writer = SummaryWriter(str(run_dir / "tensorboard")) if rank == 0 else None
-    history = []
-    if resume:
-        history = resume_log(run_dir / "log.csv", state["epoch"], rewrite=rank == 0)
-    total_epochs = tc.epochs
-    stopped_at_budget, seconds = False, 0.0
-    steps = len(plan_batches(train_ids, tc.batch_size, tc.seed, 1, rank, world, tc.steps_per_epoch))
-    steps_per_epoch = steps
-    # One bar per epoch (steps, loss, the epoch's ETA); the epoch count and last losses in its description.
-    bar = tqdm(total=steps, desc="train", unit="step", disable=not progress or rank)
-    of = "until the time budget" if deadline else f"of {total_epochs}"
-    # This process's first epoch (after --resume too) predicts the rest; its second when compiling: the first pays
-    # for the compilation.
-    pace_epoch = state["epoch"] + 1 + int(train_step.compiled)
+        return _finish(run, state, outcome.history, in_sync=None)
+    loop = start_loop(run, resume, progress, deadline)
     try:
-        for epoch in range(state["epoch"] + 1, total_epochs + 1):
-            start = time.perf_counter()
-            model.train()
-            batches = plan_batches(train_ids, tc.batch_size, tc.seed, epoch, rank, world, tc.steps_per_epoch)
-            bar.reset(total=len(batches))
-            bar.set_description(f"train epoch {epoch} {of}")
-            loss_sum = torch.zeros((), device=device)
-            for step, ids, host in Prefetcher(cache, batches, pin=use_cuda, device=device):
-                lr = learning_rate(tc, (epoch - 1) * steps_per_epoch + step, total_epochs * steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batch = to_device(host, ids, device, augmenter, (tc.seed, epoch, step))
-                loss = train_step(batch, batch_seed(tc.seed, epoch, step, rank, 1))
-                loss_sum += loss
-                bar.update(1)
-                if progress and not rank and not use_cuda:  # on a GPU, float() would wait for it at every step
-                    bar.set_postfix(loss=f"{float(loss):.5f}")
-            if world > 1:
-                # DDP keeps parameters identical; BatchNorm running statistics drift per rank: take rank 0's.
-                for buffer in model.buffers():
-                    torch.distributed.broadcast(buffer, 0)
-            train_loss = float(loss_sum) / max(1, len(batches))  # the epoch's one wait for the device
-            # Single process with a time budget: stop when another epoch at this pace (the last one's, validation
-            # included) would end after it.
-            pace = max(time.perf_counter() - start, seconds)
-            stopped_at_budget = bool(deadline) and world == 1 and time.monotonic() + pace > deadline
-            last = epoch == total_epochs or stopped_at_budget
-            validate = epoch % tc.val_every == 0 or last
-            val_loss = (
-                evaluate_loss(model, cache, val_ids, device, tc.batch_size, autocast, tc.loss_mask)
-                if validate
-                else math.nan
-            )
-            if not math.isfinite(train_loss) or (validate and not math.isfinite(val_loss)):
-                # Diverged: the weights are garbage now; the last checkpoint (before this) stays for --resume.
-                raise BrainuadError(
-                    f"{run_dir}: training diverged at epoch {epoch} (train loss {train_loss}, validation loss "
-                    f"{val_loss}); lower --lr (now {tc.lr:g}). The last checkpoint is kept"
-                )
-            seconds = time.perf_counter() - start
-            row = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "seconds": round(seconds, 3),
-                "volumes_per_s": round(sum(map(len, batches)) * world / seconds, 3),
-                "lr": optimizer.param_groups[0]["lr"],
-            }
-            history.append(row)
-            state["epoch"] = epoch
-            if rank == 0:
-                if validate and val_loss < state["best_val_loss"]:
-                    state.update(best_val_loss=val_loss, best_epoch=epoch)
-                    checkpointer.keep_best()
-                append_log(run_dir / "log.csv", row)
-                if writer is not None:
-                    writer.add_scalars("loss", {"train": train_loss, **({"val": val_loss} if validate else {})}, epoch)
-            checkpointer.maybe_save(dict(state), force=last)
-            bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}", epoch_s=f"{seconds:.1f}")
-            if rank == 0 and not deadline and epoch == pace_epoch:
-                warn_if_long(run_dir, epoch, total_epochs - epoch, seconds, device)
-            if stopped_at_budget:
+        for epoch in range(loop.state["epoch"] + 1, run.tc.epochs + 1):
+            train_loss, volumes = train_epoch(run, loop, epoch)
+            if end_epoch(run, loop, epoch, train_loss, volumes):
                 break
     except torch.cuda.OutOfMemoryError as exc:
-        raise BrainuadError(
-            f"out of GPU memory at batch size {tc.batch_size}; try --batch-size {max(1, tc.batch_size // 2)}"
-        ) from exc
+        raise BrainuadError(out_of_memory(run.tc, "GPU memory")) from exc
     except RuntimeError as exc:
         if "out of memory" in str(exc).lower() or "not enough memory" in str(exc).lower():
-            raise BrainuadError(
-                f"out of memory at batch size {tc.batch_size}; try --batch-size {max(1, tc.batch_size // 2)}"
-            ) from exc
+            raise BrainuadError(out_of_memory(run.tc, "memory")) from exc
         raise
     finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
-    in_sync = ranks_in_sync(model, world)
-    if rank == 0:
-        check = _reconstruction_check(run_dir, config, cache, train_ids, val_ids, all_cases, device)
-        write_summary(run_dir, count_parameters(model), state, history, world, in_sync, check)
+        loop.close()
+    return _finish(run, loop.state, loop.history, ranks_in_sync(run.model, run.world), loop.stopped_at_budget)
+
+
+def _finish_without_learning(run: Run) -> TrainResult:
+    """Baselines learn nothing by gradient (the intensity model nothing at all; the normative model its cohort
+    statistics, just set): the run folder holds the config, split and weights, so calibrate, detect and evaluate
+    treat them like any model."""
+    if run.rank == 0:
+        save_weights(run.model, run.run_dir / "model.safetensors")
+    return _finish(run, {"epoch": 0, "best_val_loss": math.nan, "best_epoch": 0}, [], in_sync=None)
+
+
+def _finish(
+    run: Run, state: dict, history: list[dict], in_sync: bool | None, stopped_at_budget: bool = False
+) -> TrainResult:
+    """The learned-nothing check on the best weights and summary.json (rank 0), then the process group's end."""
+    if run.rank == 0:
+        check = _reconstruction_check(run)
+        write_summary(run.run_dir, count_parameters(run.model), state, history, run.world, in_sync, check)
         if stopped_at_budget:
-            summary = read_json(run_dir / "summary.json")
-            write_json(run_dir / "summary.json", {**summary, "stopped_at_time_budget": True})
-    if world > 1:
+            summary = read_json(run.run_dir / "summary.json")
+            write_json(run.run_dir / "summary.json", {**summary, "stopped_at_time_budget": True})
+    if run.world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    return TrainResult(run_dir, state["epoch"], state["best_val_loss"], state["best_epoch"], history)
+    return TrainResult(run.run_dir, state["epoch"], state["best_val_loss"], state["best_epoch"], history)
 
 
-def _fit_context(
-    config: Config,
-    run_dir: Path,
-    cache: VolumeCache,
-    train_ids: list[int],
-    val_ids: list[int],
-    augmenter: Augmenter | None,
-    device: torch.device,
-    progress: bool,
-) -> FitContext:
+def _fit_context(run: Run, progress: bool) -> FitContext:
     """What a method with its own loop (:meth:`brainuad.models.base.Method.fit`) may use of the run: the batches as
     the default loop draws them, validation, the log and the run folder's files."""
-    tc = config.training
+    tc, device, cache, run_dir = run.tc, run.device, run.cache, run.run_dir
     return FitContext(
-        config=config,
+        config=run.config,
         device=device,
-        train_ids=train_ids,
-        val_ids=val_ids,
-        plan=lambda seed, epoch: plan_batches(train_ids, tc.batch_size, seed, epoch, 0, 1, tc.steps_per_epoch),
-        load=lambda ids, epoch, step: _load_batch(cache, ids, augmenter, tc.seed, epoch, step, device),
+        train_ids=run.train_ids,
+        val_ids=run.val_ids,
+        plan=lambda seed, epoch: plan_batches(run.train_ids, tc.batch_size, seed, epoch, 0, 1, tc.steps_per_epoch),
+        load=lambda ids, epoch, step: _load_batch(cache, ids, run.augmenter, tc.seed, epoch, step, device),
         validation_loss=lambda model, brain_only=False: evaluate_loss(
-            model, cache, val_ids, device, tc.batch_size, None, brain_only
+            model, cache, run.val_ids, device, tc.batch_size, None, brain_only
         ),
         log=lambda row: append_log(run_dir / "log.csv", row),
         save=lambda model, name: save_weights(model, run_dir / name),
@@ -357,45 +178,14 @@ def _fit_context(
     )
 
 
-@torch.no_grad()
-def evaluate_loss(
-    model: nn.Module,
-    cache: VolumeCache,
-    ids: list[int],
-    device: torch.device,
-    batch_size: int,
-    autocast=None,
-    brain_only: bool = False,
-) -> float:
-    """Mean squared reconstruction error over volumes (or inside the brain only), in eval mode (no augmentation)."""
-    model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = torch.zeros((), dtype=torch.float64, device=device)
-    batches = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
-    for _step, chunk, host in Prefetcher(cache, batches, pin=device.type == "cuda", device=device):
-        batch = to_device(host, chunk, device)
-        with autocast or torch.autocast("cpu", enabled=False):
-            output = model(batch).float()
-        inside = (batch > 0) if brain_only else torch.ones_like(batch, dtype=torch.bool)
-        total += reconstruction_loss(output, batch, brain_only).double() * inside.sum()
-        count += inside.sum()
-    return float(total) / max(1.0, float(count))
-
-
-def _reconstruction_check(
-    run_dir: Path,
-    config: Config,
-    cache: VolumeCache,
-    train_ids: list[int],
-    val_ids: list[int],
-    cases: list[str],
-    device: torch.device,
-) -> dict:
+def _reconstruction_check(run: Run) -> dict:
     """The learned-nothing guard (:mod:`brainuad.train.guard`) on the validation split, with the saved (best)
     weights."""
     from brainuad.train.guard import reconstruction_check
 
-    best = build_model(config.model).to(device)
-    load_weights(best, run_dir / "model.safetensors")
-    masks = [load_volume(Path(cases[i]) / "brain_mask.nii.gz").array > 0.5 for i in val_ids]
-    return reconstruction_check(best, cache.array, train_ids, val_ids, masks, device, config.model.kind)
+    best = build_model(run.config.model).to(run.device)
+    load_weights(best, run.run_dir / "model.safetensors")
+    masks = [load_volume(Path(run.cases[i]) / "brain_mask.nii.gz").array > 0.5 for i in run.val_ids]
+    return reconstruction_check(
+        best, run.cache.array, run.train_ids, run.val_ids, masks, run.device, run.config.model.kind
+    )
