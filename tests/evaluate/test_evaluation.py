@@ -309,3 +309,34 @@ def test_normative_model_train_calibrate_detect_evaluate(setup, skull_stripped_s
     # chance (the lesion share of the brain); re-registration of the lesion cases blurs the edges.
     assert summary["model"]["kind"] == "normative" and summary["voxels"]["ap_pooled"] > 0.1  # chance: < 0.01
     assert summary["warning"] is None  # a baseline is not flagged as a model that learned nothing
+
+
+def test_restore_model_trains_calibrates_detects_and_evaluates(setup, skull_stripped_scan, tmp_path):
+    """The synthetic-anomaly restoration model runs the whole chain on tiny volumes; its own check (does it restore
+    planted anomalies?) is in the run's summary, and the evaluation reports FROC points under the stated hit rule."""
+    case = next(p for p in (setup / "prep").iterdir() if p.is_dir())
+    for i in range(3):
+        copy = shutil.copytree(case, tmp_path / ("val" if i == 2 else "healthy") / f"h{i}")
+        record = json.loads((copy / "record.json").read_text())
+        (copy / "record.json").write_text(json.dumps({**record, "input": {**record["input"], "sha256": f"r{i}"}}))
+    run = tmp_path / "restore"
+    args = ["train", "--data", str(tmp_path / "healthy"), "--val-data", str(tmp_path / "val"), "--out", str(run)]
+    tiny = ["--channels", "4", "8", "--stem-channels", "4", "--epochs", "2", "--batch-size", "2", "--device", "cpu"]
+    assert main([*args, "--model", "restore", *tiny, "--quiet"]) == 0
+    check = json.loads((run / "summary.json").read_text())["reconstruction_check"]
+    assert check["restores_planted_anomalies"] in (True, False)
+    assert check["planted_mse_unrestored"] > 0
+    assert main(["calibrate", "--model", str(run), "--healthy", str(tmp_path / "val"), "--device", "cpu"]) == 0
+    out = tmp_path / "found"
+    args = ["detect", str(setup / "cases" / "case01" / "case01_t2.nii.gz"), "--model", str(run), "--out", str(out)]
+    assert main([*args, "--device", "cpu", "--quiet"]) == 0
+    assert any(out.rglob("*anomaly*.nii.gz"))
+    args = ["evaluate", "--model", str(run), "--cases", str(setup / "cases"), "--tune-cases", str(setup / "tune")]
+    args += ["--out", str(tmp_path / "eval"), "--cache", str(setup / "cache"), "--quiet", "--device", "cpu"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["model"]["kind"] == "restore"
+    froc = summary["froc"]
+    assert "10%" in froc["reported"]["hit_rule"] and froc["reported"]["lesions"] == 2 and froc["tuning"]["scans"] == 1
+    assert len(froc["reported"]["thresholds"]) == len(froc["reported"]["false_positives_per_scan"]) == 31
+    assert "operating_threshold" in froc["operating_points"] and (tmp_path / "eval" / "froc.png").is_file()

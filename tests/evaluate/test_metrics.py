@@ -120,3 +120,52 @@ def test_bootstrap_ci_brackets_the_statistic():
     assert 0.2 <= low < values.mean() < high <= 0.8
     assert all(math.isnan(v) for v in metrics.bootstrap_ci(1, lambda idx: 0.0))
     assert all(math.isnan(v) for v in metrics.bootstrap_ci(3, lambda idx: float("nan")))
+
+
+def test_a_hit_needs_a_real_share_of_the_component():
+    """The hit rule: overlap >= 10 % of the component. A small component inside a lesion hits it; one blob that
+    covers three small lesions but is mostly elsewhere hits none of them and is a false positive."""
+    reference = np.zeros((30, 30, 30), np.int32)
+    reference[2:4, 2:4, 2:4] = 1  # 8 voxels
+    reference[10:12, 2:4, 2:4] = 2
+    reference[20:22, 2:4, 2:4] = 3
+    reference[5:15, 20:28, 20:28] = 4  # a large lesion, 640 voxels
+    predicted = np.zeros_like(reference)
+    predicted[0:25, 0:6, 0:6] = 1  # 900 voxels covering lesions 1–3 entirely (24 voxels: 2.7 % of it)
+    predicted[8:10, 22:24, 22:24] = 2  # 8 voxels inside lesion 4
+    predicted[25:29, 25:29, 0:4] = 3  # 64 voxels touching nothing
+    match = metrics.match_lesions(predicted, 3, reference, 4)
+    assert match.reference_detected.tolist() == [False, False, False, True]
+    assert match.predicted_true.tolist() == [False, True, False]
+    assert match.false_positives == 2
+    predicted[0:25, 0:6, 0:6] = 0
+    predicted[1:5, 1:5, 1:5] = 1  # 64 voxels around lesion 1: its 8 voxels are 12.5 % of the component
+    match = metrics.match_lesions(predicted, 3, reference, 4)
+    assert match.reference_detected.tolist() == [True, False, False, True] and match.false_positives == 1
+
+
+def test_froc_on_a_hand_built_case():
+    """Known components at known heights: each threshold's lesion sensitivity and false positives are exact."""
+    from brainuad.evaluate import froc
+
+    anomaly = np.zeros((30, 30, 30), np.float32)
+    lesion = np.zeros((30, 30, 30), bool)
+    lesion[2:6, 2:6, 2:6] = True  # lesion A, 64 voxels, found at height 0.9
+    anomaly[2:6, 2:6, 2:6] = 0.9
+    lesion[20:24, 20:24, 20:24] = True  # lesion B, found at height 0.5
+    anomaly[20:24, 20:24, 20:24] = 0.5
+    anomaly[10:13, 10:13, 10:13] = 0.7  # a false positive at 0.7
+    anomaly[14:17, 2:5, 20:23] = 0.3  # a false positive at 0.3
+    counts = froc.case_counts(anomaly, lesion, [0.8, 0.6, 0.4, 0.2], min_component_voxels=5, voxel_ml=0.008)
+    assert counts.detected.sum(axis=1).tolist() == [1, 1, 2, 2]
+    assert counts.false_positives.tolist() == [0, 1, 1, 2]
+    assert counts.lesion_ml.tolist() == pytest.approx([0.512, 0.512])
+    result = froc.curve([counts, counts])
+    assert result["sensitivity"] == [0.5, 0.5, 1.0, 1.0]
+    assert result["false_positives_per_scan"] == [0.0, 1.0, 1.0, 2.0]
+    assert result["lesions"] == 4 and result["scans"] == 2
+    assert froc.operating_point(result, target=1.0) == 0.4  # the most sensitive threshold within one FP per scan
+    assert froc.operating_point(result, target=0.0) == 0.8
+    summary = froc.summarise([counts], [counts], 0.6)
+    point = summary["operating_points"]["fp_budget_3"]
+    assert point["tuning"]["threshold"] == 0.2 and point["reported"]["sensitivity"] == 1.0

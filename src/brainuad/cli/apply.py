@@ -46,6 +46,13 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", default="t2", help="modality of the --labelled case files (default: t2)")
     p.add_argument("--fpr", type=float, default=1e-3, help="healthy voxel false-positive rate (default: 0.001)")
     p.add_argument(
+        "--max-healthy-ml",
+        type=float,
+        default=1.0,
+        help="raise the threshold until the healthy scans' median flagged volume (after post-processing) is at most "
+        "this many mL; 0 or less = the voxel rate alone (default: 1.0)",
+    )
+    p.add_argument(
         "--allow-training-scans",
         action="store_true",
         help="accept --healthy scans the model was trained on (its threshold will be too low)",
@@ -69,7 +76,12 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     if args.healthy or not args.labelled:
         # Without --healthy: the run's own validation split (split.json), scans it was not trained on.
         result = calibrate(
-            args.model, args.healthy, args.fpr, device=device, allow_training_scans=args.allow_training_scans
+            args.model,
+            args.healthy,
+            args.fpr,
+            device=device,
+            allow_training_scans=args.allow_training_scans,
+            max_healthy_ml=args.max_healthy_ml if args.max_healthy_ml > 0 else None,
         )
         print(
             f"calibrate: threshold {result.threshold:.5g} at healthy voxel FPR {args.fpr} on "

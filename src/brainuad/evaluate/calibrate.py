@@ -46,16 +46,24 @@ def training_overlap(run_dir: str | Path, folders: list[Path]) -> list[str]:
     ]
 
 
+#: The default flagged-volume budget on healthy calibration scans (mL, median over scans).
+DEFAULT_MAX_HEALTHY_ML = 1.0
+
+
 def calibrate(
     run_dir: str | Path,
     healthy: list[str | Path] | None = None,
     false_positive_rate: float = 1e-3,
     device: str | torch.device = "cpu",
     allow_training_scans: bool = False,
+    max_healthy_ml: float | None = DEFAULT_MAX_HEALTHY_ML,
 ) -> Calibration:
     """Fit the detection threshold and the healthy references on healthy validation scans; save them in the run.
 
-    The threshold is the anomaly value exceeded by ``false_positive_rate`` of brain voxels in healthy scans; the
+    The threshold is the anomaly value exceeded by ``false_positive_rate`` of brain voxels in healthy scans, raised
+    (in steps of 5 %) until the healthy scans' median flagged volume — after the post-processing ``detect`` applies:
+    median filter, eroded mask, smallest component — is at most ``max_healthy_ml``: a voxel rate alone lets
+    thousands of scattered voxels through as findings on every healthy brain. The
     slice reference is the mean and standard deviation of e(u) per axial slice; the scan scores place a new scan's
     score among healthy ones. Use scans the model was not trained on: by default the run's own validation split
     (``split.json``). Scans the run was trained on are refused unless ``allow_training_scans`` (or the run has no
@@ -70,6 +78,8 @@ def calibrate(
         false_positive_rate: Fraction of healthy brain voxels above the threshold.
         device: Where to run the network.
         allow_training_scans: Accept healthy scans from the run's training split (an optimistic threshold).
+        max_healthy_ml: The flagged-volume budget on healthy scans (mL, median over scans); ``None`` = the voxel
+            false-positive rate alone.
 
     Returns:
         The calibration written to ``RUN_DIR/calibration.json`` (``calibrated_on`` says what it was fitted on).
@@ -115,7 +125,7 @@ def calibrate(
             "scans (the run's validation split), or pass --allow-training-scans to accept it"
         )
     held_out = len(folders) - len(in_training)
-    values, errors, scores, ratios = [], [], [], []
+    values, errors, scores, ratios, maps = [], [], [], [], []
     for folder in folders:
         case = load_case(folder)
         if case.grid.shape != tuple(config.model.input_shape):
@@ -127,6 +137,7 @@ def calibrate(
             )
         analysis = trained.analyse(case)
         values.append(analysis.anomaly[case.brain_mask.array])
+        maps.append(analysis.anomaly.astype(np.float16))  # for the flagged volumes: half the memory, ~3 digits
         errors.append(analysis.slice_errors)
         scores.append(analysis.scan_score)
         ratios.append(case.record.get("qc", {}).get("csf_to_white_matter"))
@@ -147,10 +158,17 @@ def calibrate(
             "reference (calibrated z-scores are NaN) and no scan percentile"
         )
     reference = SliceReference(tuple(stack.mean(0).tolist()), tuple(stack.std(0).tolist()))
+    threshold = float(np.quantile(pooled, 1.0 - false_positive_rate))
+    threshold, flagged = _within_healthy_budget(maps, threshold, analysis.sizes, case.grid.voxel_ml, max_healthy_ml)
+    if max_healthy_ml is not None:
+        notes.append(
+            f"threshold raised to keep the healthy scans' median flagged volume <= {max_healthy_ml:g} mL "
+            f"(median {float(np.median(flagged)):.3g} mL, max {max(flagged):.3g} mL)"
+        )
     calibration = Calibration(
         method=HEALTHY_METHOD,
         false_positive_rate=false_positive_rate,
-        threshold=float(np.quantile(pooled, 1.0 - false_positive_rate)),
+        threshold=threshold,
         calibrated_on=f"{len(folders)} healthy scans ({origin}; {held_out} held out from training)",
         healthy_cases=tuple(str(f) for f in folders),
         held_out_healthy_scans=held_out,
@@ -161,9 +179,30 @@ def calibrate(
         csf_to_white_matter=_median_or_none(ratios),
         # One preset for all cases (slice counts checked above), so the last case's sizes stand for them all.
         postprocessing=analysis.sizes,
+        max_healthy_ml=max_healthy_ml,
+        healthy_flagged_ml=tuple(round(v, 4) for v in flagged),
     )
     write_calibration(run_dir, calibration)
     return calibration
+
+
+def _within_healthy_budget(
+    maps: list[np.ndarray], threshold: float, sizes, voxel_ml: float, budget_ml: float | None
+) -> tuple[float, list[float]]:
+    """The lowest threshold from ``threshold`` up (×1.05 a step) whose median flagged volume over the healthy
+    ``maps`` is within ``budget_ml`` (``None``: ``threshold`` as it is), and each map's flagged volume there."""
+    from brainuad.infer.postprocessing import segment
+
+    def flagged_ml(t: float) -> list[float]:
+        return [float((segment(m.astype(np.float32), t, sizes.min_component_voxels)[0] > 0).sum()) * voxel_ml
+                for m in maps]  # fmt: skip
+
+    volumes = flagged_ml(threshold)
+    ceiling = max(float(m.max()) for m in maps)
+    while budget_ml is not None and float(np.median(volumes)) > budget_ml and threshold < ceiling:
+        threshold *= 1.05
+        volumes = flagged_ml(threshold)
+    return threshold, volumes
 
 
 def calibrate_on_labelled(

@@ -6,8 +6,9 @@ Lesion voxels that fall outside the crop are counted as missed. Metric definitio
 
 Slice, scan and lesion scores beyond the paper's: :mod:`brainuad.evaluate.scores`.
 
-Outputs in ``DIR/``: ``summary.json``, ``per_case.csv``, ``per_lesion.csv`` (voxel-labelled cases), ``table.md``,
-``roc.png``, ``pr.png`` and ``slice_scores.npz`` (per-slice labels, e(u) and the default score of every case).
+Outputs in ``DIR/``: ``summary.json`` (with ``froc``: :mod:`brainuad.evaluate.froc`), ``per_case.csv``,
+``per_lesion.csv`` (voxel-labelled cases), ``table.md``, ``roc.png``, ``pr.png``, ``froc.png`` and
+``slice_scores.npz`` (per-slice labels, e(u) and the default score of every case).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from brainuad.data.datasets import LabelledCase, find_labelled_cases
 from brainuad.errors import BrainuadError, OutputError
-from brainuad.evaluate import metrics, scores
+from brainuad.evaluate import froc, metrics, scores
 from brainuad.evaluate.labelled import CaseEvaluation, apply_threshold, evaluate_case, tune_threshold
 from brainuad.infer.calibration import CALIBRATION_FILE, Calibration
 from brainuad.infer.trained import TrainedModel
@@ -302,15 +303,19 @@ def evaluate(
             threshold, source = trained.threshold(
                 sweep.threshold, f"best pooled Dice ({sweep.dice:.3f}) on {len(tune)} tuning cases"
             )
+        grid = froc.thresholds_around(threshold)
+        froc_tuning = [_froc_counts(e, grid) for e in tuned if e.has_voxels]
         for evaluation in tuned:
             apply_threshold(evaluation, threshold)  # segmentation-based slice scores compete too
         slice_score, choice = scores.default_slice_score(tuned, calibration)
         del tuned
         if healthy_sources:
             healthy = scores.healthy_scan_scores(trained, healthy_folders, threshold)
-        evaluations = []
+        evaluations, froc_reported = [], []
         for case in cases:
             evaluation = evaluate_case(trained, case, cache / "cases")
+            if evaluation.has_voxels:
+                froc_reported.append(_froc_counts(evaluation, grid))
             apply_threshold(evaluation, threshold)
             evaluations.append(evaluation)
             bar.update(1)
@@ -321,6 +326,7 @@ def evaluate(
 
     warning = trained.banner
     summary = summarise(evaluations, threshold, source, seed, slice_score, choice, healthy)
+    summary["froc"] = froc.summarise(froc_tuning, froc_reported, threshold)
     summary.update(
         {
             "reconstruction_check": trained.reconstruction_check,
@@ -349,7 +355,18 @@ def evaluate(
     if lesions:
         _write_csv(out_dir / "per_lesion.csv", lesions)
     _write_curves(evaluations, out_dir, f"{config.model.kind} ({slice_score})", slice_score)
+    if summary["froc"] is not None:
+        from brainuad.report.figures import plot_froc
+
+        plot_froc(summary["froc"], out_dir / "froc.png", f"{config.model.kind}: lesion detection (FROC)")
     return summary
+
+
+def _froc_counts(evaluation: CaseEvaluation, grid) -> froc.FrocCounts:
+    """The case's FROC counts (before :func:`apply_threshold` frees its full anomaly map)."""
+    return froc.case_counts(
+        evaluation.anomaly, evaluation.lesion, grid, evaluation.sizes.min_component_voxels, evaluation.voxel_ml
+    )
 
 
 def _refuse_run_folder_as_output(run_dir: Path, out_dir: Path) -> None:

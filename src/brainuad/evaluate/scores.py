@@ -6,9 +6,9 @@ scan-level triage against healthy scans, and lesion-level detection.
   *tuning* cases (never the reported ones); with no tuning cases, :data:`FALLBACK_SLICE_SCORE`.
 - **Scan scores** (:data:`SCAN_SCORES`): one number per scan; AUROC / AP with patients as the positive class against
   healthy scans, and each patient's percentile among the healthy calibration scans.
-- **Lesions**: 26-connected components of the final segmentation matched to 26-connected reference lesions by any
-  overlap (:func:`brainuad.evaluate.metrics.match_lesions`); sensitivity per reference lesion, false positives per scan,
-  detection by size bin.
+- **Lesions**: 26-connected components of the final segmentation matched to 26-connected reference lesions under
+  :data:`brainuad.evaluate.metrics.HIT_RULE` (overlap >= 10 % of the component); sensitivity per reference lesion,
+  false positives per scan, detection by size bin.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def lesion_rows(case: str, match: metrics.LesionMatch, anomaly: np.ndarray, mni_
                     "centroid_mni_mm": " ".join(f"{c:.1f}" for c in lesion["centroid_mni_mm"]),
                     "peak_score": lesion["peak_score"],
                     "mean_score": lesion["mean_score"],
-                    # reference: found by >= 1 predicted component; predicted: overlaps >= 1 reference lesion
+                    # reference: hit by >= 1 predicted component; predicted: hits >= 1 reference lesion (HIT_RULE)
                     "matched": bool(hit[lesion["id"] - 1]),
                 }
             )
@@ -256,8 +256,8 @@ def lesion_summary(rows: Sequence[dict], cases: int, min_reference_ml: float) ->
     detected = sum(r["matched"] for r in reference)
     return {
         "definition": "26-connected components of the final segmentation matched to 26-connected reference lesions "
-        "on the crop grid by any overlap; a split lesion counts once, a merged component finds every lesion it "
-        "touches; a component touching no lesion is a false positive",
+        "on the crop grid; a split lesion counts once",
+        "hit_rule": metrics.HIT_RULE,
         "cases": cases,
         "reference_lesions": len(reference),
         "min_reference_ml": min_reference_ml,

@@ -55,6 +55,10 @@ class Calibration:
         healthy_scan_scores: Healthy scans' scan scores (scan percentile); empty with too few held-out scans.
         csf_to_white_matter: Median CSF / white-matter intensity ratio of the healthy scans (contrast check).
         postprocessing: The post-processing sizes (voxels) the threshold was fitted with.
+        max_healthy_ml: Healthy calibration: the budget of flagged volume (mL, median over the healthy scans) the
+            threshold was raised to keep, if it was given.
+        healthy_flagged_ml: Healthy calibration: each healthy scan's flagged volume at the threshold (mL, after the
+            post-processing ``detect`` applies).
         slice_score: Labelled calibration: the default slice score chosen on the tuning cases.
         slice_score_tuning_ap: Labelled calibration: each slice score's pooled AP on the tuning cases.
         tuning_dice: Labelled calibration: the pooled Dice at the threshold on the tuning cases.
@@ -74,6 +78,8 @@ class Calibration:
     healthy_scan_scores: tuple[float, ...] | None = None
     csf_to_white_matter: float | None = None
     postprocessing: PostprocessingSizes | None = None
+    max_healthy_ml: float | None = None
+    healthy_flagged_ml: tuple[float, ...] | None = None
     slice_score: str | None = None
     slice_score_tuning_ap: Mapping[str, float] | None = None
     tuning_dice: float | None = None
@@ -192,7 +198,7 @@ def _parse(key: str, value: Any, path: str | Path | None) -> Any:
         if not isinstance(value, str):
             raise _fail(path, key, "a string", value)
         return value
-    if key in ("false_positive_rate", "csf_to_white_matter", "tuning_dice"):
+    if key in ("false_positive_rate", "csf_to_white_matter", "tuning_dice", "max_healthy_ml"):
         if not _is_number(value):
             raise _fail(path, key, "a number", value)
         return float(value)
@@ -202,7 +208,7 @@ def _parse(key: str, value: Any, path: str | Path | None) -> Any:
         return value
     if key in ("healthy_cases", "notes", "tuning_cases", "tuning_cases_sha256"):
         return _strings(key, value, path)
-    if key == "healthy_scan_scores":
+    if key in ("healthy_scan_scores", "healthy_flagged_ml"):
         return _numbers(key, value, path)
     if key == "slice_errors":
         if not isinstance(value, dict) or set(value) != {"mean", "std"}:

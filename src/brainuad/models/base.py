@@ -128,6 +128,16 @@ class TrainingHooks:
         """An extra loss term from the last training forward pass (the VAE's KL divergence), or ``None``."""
         return None
 
+    def brain_only_loss(self) -> bool:
+        """Whether the default loop's MSE counts inside the brain only whatever ``training.loss_mask`` says (a
+        restoration model is judged on the tissue it restores, not on the empty background)."""
+        return False
+
+    def self_check(self, x: torch.Tensor, brain: torch.Tensor) -> dict | None:
+        """A method's own test of having learned its task on held-out healthy scans ``x`` (``brain``: their masks),
+        added to the learned-nothing guard's verdict (eval mode); ``None``: the reconstruction check suffices."""
+        return None
+
     def residual_scale(self) -> Any:
         """What the residual |x − reconstruction| is divided by in the anomaly map (an array on the crop grid, e.g.
         the normative model's spread for z-scores), or ``None``."""
@@ -248,7 +258,7 @@ class Method:
 # and a method is a Method, so one module holds both and nothing imports in a circle.
 
 #: Modules of this package that are not methods.
-_NOT_METHODS = {"base", "layers", "cohort"}
+_NOT_METHODS = {"base", "layers", "cohort", "anomalies"}
 _METHODS: dict[str, Method] = {}
 _LOADED = False
 _LOADING = False

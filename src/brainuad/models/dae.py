@@ -4,7 +4,6 @@ connections keep detail, and the coarse noise keeps it from learning the identit
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 
 from brainuad.errors import ConfigError
 from brainuad.models.base import Method, ModelConfig, TrainingHooks
-from brainuad.models.layers import ResidualDown, ResidualUp, conv_act_norm
+from brainuad.models.layers import UNet3D
 
 
 @dataclass(frozen=True)
@@ -32,33 +31,16 @@ class DAEOptions:
             raise ConfigError("model.options.noise_std must be >= 0 and model.options.noise_scale >= 1")
 
 
-class DenoisingUNet3D(TrainingHooks, nn.Module):
+class DenoisingUNet3D(TrainingHooks, UNet3D):
     """A 3D U-Net built from the autoencoder's residual blocks, trained on coarse-noise-corrupted input."""
 
     def __init__(self, config: ModelConfig, options: DAEOptions | None = None):
-        super().__init__()
+        super().__init__(config.input_shape, config.stem_channels, config.channels)
         self.config = config
         self.options = options or DAEOptions()
-        channels = (config.stem_channels, *config.channels)
-        self.stem = conv_act_norm(nn.Conv3d(1, config.stem_channels, 3, padding=1), config.stem_channels)
-        self.down = nn.ModuleList(ResidualDown(a, b) for a, b in itertools.pairwise(channels))
-        reversed_channels = channels[::-1]
-        self.up = nn.ModuleList(ResidualUp(a, b) for a, b in itertools.pairwise(reversed_channels))
-        # After each up block the matching encoder feature map is concatenated, then fused back to b channels.
-        self.fuse = nn.ModuleList(conv_act_norm(nn.Conv3d(2 * b, b, 3, padding=1), b) for b in reversed_channels[1:])
-        self.head = nn.Conv3d(config.stem_channels, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        expected = (1, *self.config.input_shape)
-        if x.dim() != 5 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"expected input of shape (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
-        features = [self.stem(x)]
-        for block in self.down:
-            features.append(block(features[-1]))
-        h = features.pop()
-        for block, fuse in zip(self.up, self.fuse):
-            h = fuse(torch.cat([block(h), features.pop()], dim=1))
-        return self.head(h)
+        return self.unet(x)
 
     def training_input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` plus Gaussian noise drawn on a coarse grid, upsampled, and kept to the foreground (x > 0)."""

@@ -3,6 +3,7 @@ down/up blocks."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -51,6 +52,42 @@ class ResidualUp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x) + self.shortcut(x)
+
+
+class UNet3D(nn.Module):
+    """A 3D U-Net of the residual blocks: a stem, ``len(channels)`` stride-2 stages down and up, each up stage
+    concatenated with the encoder's matching feature map and fused back; a 1×1×1 head to one channel.
+
+    Args:
+        input_shape: The volume shape it is built for (checked at every call).
+        stem_channels: Channels of the first convolution.
+        channels: Output channels of the down-sampling stages.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], stem_channels: int, channels: tuple[int, ...]):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        widths = (stem_channels, *channels)
+        self.stem = conv_act_norm(nn.Conv3d(1, stem_channels, 3, padding=1), stem_channels)
+        self.down = nn.ModuleList(ResidualDown(a, b) for a, b in itertools.pairwise(widths))
+        reversed_widths = widths[::-1]
+        self.up = nn.ModuleList(ResidualUp(a, b) for a, b in itertools.pairwise(reversed_widths))
+        # After each up block the matching encoder feature map is concatenated, then fused back to b channels.
+        self.fuse = nn.ModuleList(conv_act_norm(nn.Conv3d(2 * b, b, 3, padding=1), b) for b in reversed_widths[1:])
+        self.head = nn.Conv3d(stem_channels, 1, 1)
+
+    def unet(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output for ``x`` (``(batch, 1, *input_shape)``)."""
+        expected = (1, *self.input_shape)
+        if x.dim() != 5 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"expected input of shape (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        features = [self.stem(x)]
+        for block in self.down:
+            features.append(block(features[-1]))
+        h = features.pop()
+        for block, fuse in zip(self.up, self.fuse):
+            h = fuse(torch.cat([block(h), features.pop()], dim=1))
+        return self.head(h)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -199,3 +199,32 @@ def plot_reconstruction_panel(image_slice, reconstructions: dict, path: str | Pa
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_froc(froc: dict, path: str | Path, title: str = "FROC") -> Path:
+    """Lesion sensitivity against false-positive components per scan (an evaluation's ``froc`` section): the
+    reported and tuning curves, all lesions and lesions >= 1 mL, and the operating points marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, style in (("reported", "-"), ("tuning", ":")):
+        result = froc.get(name)
+        if not result:
+            continue
+        fp = result["false_positives_per_scan"]
+        ax.plot(fp, result["sensitivity"], style, color="C0", label=f"{name}: all lesions (n={result['lesions']})")
+        large = next(k for k in result if k.startswith("sensitivity_lesions_ge"))
+        count = result[large.replace("sensitivity_", "")]
+        ax.plot(fp, result[large], style, color="C1", label=f"{name}: lesions >= 1 mL (n={count})")
+    for label, point in froc.get("operating_points", {}).items():
+        where = point.get("reported", point)
+        if "false_positives_per_scan" in where:
+            ax.plot(where["false_positives_per_scan"], where["sensitivity"], "o", label=label.replace("_", " "))
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("false-positive components per scan")
+    ax.set_ylabel("lesion sensitivity")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

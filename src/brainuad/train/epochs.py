@@ -142,7 +142,8 @@ def end_epoch(run: Run, loop: Loop, epoch: int, train_loss: float, volumes: int)
     val_loss = math.nan
     if validate:
         val_loss = evaluate_loss(
-            run.model, run.cache, run.val_ids, run.device, tc.batch_size, loop.train_step.autocast, tc.loss_mask
+            run.model, run.cache, run.val_ids, run.device, tc.batch_size, loop.train_step.autocast,
+            loop.train_step.brain_only,
         )
     if not math.isfinite(train_loss) or (validate and not math.isfinite(val_loss)):
         # Diverged: the weights are garbage now; the last checkpoint (before this) stays for --resume.

@@ -58,6 +58,7 @@ def reconstruction_check(
         mean_errors.append(masked_mse(image, mean, mask))
         others = [i for i in train_ids if i != index]
         nearest_errors.append(nearest_mse(image, mask, volumes, others) if others else math.nan)
+    own = _self_check(model, volumes, val_ids, val_masks, device)
     model_mse = float(np.mean(model_errors))
     mean_mse = float(np.mean(mean_errors))
     note = None
@@ -69,7 +70,10 @@ def reconstruction_check(
     if kind is not None and not get_method(kind).learns:
         beats = None
         note = f"{kind}: a baseline with no learned reconstruction"
+    if own is not None and own.get("restores_planted_anomalies") is False:
+        beats = False  # reconstructing healthy scans well is not enough for a method that must also restore
     return {
+        **(own or {}),
         "model_mse": model_mse,
         "mean_image_mse": mean_mse,
         "nearest_training_mse": float(np.mean(nearest_errors)),
@@ -77,6 +81,17 @@ def reconstruction_check(
         "val_cases": len(val_ids),
         "note": note,
     }
+
+
+def _self_check(
+    model: nn.Module, volumes: np.ndarray, val_ids: list[int], val_masks: list[np.ndarray], device
+) -> dict | None:
+    """The method's own check (:meth:`brainuad.models.base.TrainingHooks.self_check`) on the validation scans."""
+    if not hasattr(model, "self_check") or not val_ids:
+        return None
+    x = torch.from_numpy(np.stack([np.asarray(volumes[i], np.float32) for i in val_ids]))[:, None].to(device)
+    brain = torch.from_numpy(np.stack(val_masks))[:, None].to(device)
+    return model.self_check(x, brain)
 
 
 def read_check(run_dir: str | Path, strict: bool = True) -> dict | None:
@@ -107,6 +122,13 @@ def banner_text(check: dict | None) -> str | None:
     """:func:`banner` for a check already read."""
     if not check or check.get("beats_mean_image") is not False:
         return None
+    if check.get("restores_planted_anomalies") is False:
+        return (
+            "WARNING: this model learned nothing: on held-out healthy scans with planted anomalies, the error it "
+            f"leaves inside them ({check['planted_mse_restored']:.4g}) is not below leaving them unrestored "
+            f"({check['planted_mse_unrestored']:.4g}); its anomaly map cannot show lesions. Train longer or on more "
+            "data."
+        )
     return (
         "WARNING: this model learned nothing individual: on held-out healthy scans its reconstruction error inside "
         f"the brain ({check['model_mse']:.4g}) is not below the cohort mean image's ({check['mean_image_mse']:.4g}); "
@@ -118,6 +140,8 @@ def report_warning(check: dict | None) -> str | None:
     """The same verdict, worded for a findings or demo report (with the check's numbers), else ``None``."""
     if not isinstance(check, dict) or check.get("beats_mean_image") is not False:
         return None
+    if check.get("restores_planted_anomalies") is False:
+        return banner_text(check).removeprefix("WARNING: ")
     numbers = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in check.items() if isinstance(v, float))
     return (
         "This model learned nothing beyond the healthy mean image: its reconstructions are no closer to healthy "

@@ -55,7 +55,7 @@ class TrainStep:
     ):
         cuda = device.type == "cuda"
         self.model, self.eager, self.optimizer = model, step_model, optimizer
-        self.brain_only = tc.loss_mask
+        self.brain_only = tc.loss_mask or model.brain_only_loss()
         self.channels_last = cuda and tc.channels_last
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and tc.bf16)
         self.compiled = compile_enabled(tc, device)

@@ -1,0 +1,156 @@
+"""The lesion benchmark of issue #26: restore, the quick-recipe ae, dae, normative and intensity on the T2, FLAIR
+and T1 tracks, judged on real lesions by voxel AP, Dice and FROC (lesion sensitivity vs false positives per scan).
+
+Usage (from the repository root; each step reuses what an earlier step wrote under --out):
+    python benchmarks/lesions.py prepare t2            # simulate + preprocess the healthy training/calibration scans
+    python benchmarks/lesions.py train t2 restore       # train one method (CPU seconds recorded in the run folder)
+    python benchmarks/lesions.py evaluate t2 restore    # calibrate on the held-out simulated scans, then evaluate
+
+Data per track:
+- t2: 16 BrainWeb anatomies simulated as T2 (brainuad.data.mrsim, one scan each) + IXI002's T2 + three T2 templates
+  (as builtin:t2); calibration: 4 other anatomies, never trained on.
+- flair: the same 16/4 anatomies simulated as FLAIR; no real healthy FLAIR is trained on (the one in
+  healthy_other/ is kept for checking the simulation and the healthy false positives).
+Protocol (docs/results.md): thresholds and settings tuned on Brats18_2013_3_1 and Brats18_CBICA_ABM_1 (the first
+two BraTS cases by name); reported on the other four BraTS cases, the stroke case (T2 only) and MS patient07.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+OUT = ROOT / "benchmarks" / "out" / "lesions"
+T2_REAL = [
+    "healthy/IXI002-Guys-0828-T2_brain.nii.gz",
+    "templates/MNI152_T2_1mm_brain.nii.gz",
+    "templates/MNI152_T2_2mm.nii.gz",
+    "templates/avg152T2.nii.gz",
+]
+#: The network and training of each method on these tracks (2 CPU threads).
+RECIPES = {
+    "restore": {"model": {"kind": "restore", "stem_channels": 8, "channels": (16, 32, 64, 128)},
+                "training": {"epochs": 12, "steps_per_epoch": 50, "batch_size": 2, "lr": 1e-3,
+                             "lr_schedule": "cosine", "warmup_steps": 20, "augment": "off"}},
+    "dae": {"model": {"kind": "dae", "stem_channels": 8, "channels": (16, 32, 64, 128)},
+            "training": {"epochs": 12, "steps_per_epoch": 50, "batch_size": 2, "lr": 1e-3,
+                         "lr_schedule": "cosine", "warmup_steps": 20, "augment": "off", "loss_mask": True}},
+    "normative": {"model": {"kind": "normative"}, "training": {}},
+    "intensity": {"model": {"kind": "intensity"}, "training": {}},
+}  # fmt: skip
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def brats_split() -> tuple[list[Path], list[Path]]:
+    cases = sorted(p for p in (DATA / "brats2018").iterdir() if p.is_dir())
+    return cases[:2], cases[2:]
+
+
+def prepare(track: str, out: Path) -> None:
+    """Simulate the healthy scans of ``track`` from BrainWeb and preprocess them (paper-2mm)."""
+    from brainuad.config import PreprocessConfig
+    from brainuad.data import mrsim
+    from brainuad.io.volumes import save_volume
+    from brainuad.preprocess.pipeline import preprocess_batch
+
+    anatomies = mrsim.find_anatomies(DATA / "brainweb")
+    groups = {"train": anatomies[:16], "cal": anatomies[16:]}
+    raw: dict[str, list[Path]] = {"train": [], "cal": []}
+    for split, group in groups.items():
+        for a, path in enumerate(group):
+            seed = 1000 * (a + (0 if split == "train" else 100))
+            target = out / track / "raw" / split / f"sim-{path.name.split('_')[0]}-0.nii.gz"
+            if not target.exists():
+                rng = np.random.default_rng(seed)
+                spacing = float(rng.uniform(1.0, 2.0))  # clinical in-plane sizes, thick slices
+                thickness = float(rng.choice([spacing, 3.0, 4.0, 5.0]))
+                subject = mrsim.simulate(mrsim.load_anatomy(path), seed, track, spacing, thickness, skull=False)
+                save_volume(subject.image, target)
+            raw[split].append(target)
+    extra = [DATA / rel for rel in T2_REAL] if track == "t2" else []
+    for split, inputs in (("train", raw["train"] + extra), ("cal", raw["cal"])):
+        result = preprocess_batch(inputs, out / track / "prep" / split, PreprocessConfig(preset="paper-2mm"),
+                                  progress=False)  # fmt: skip
+        if result.failed:
+            raise SystemExit(f"preprocessing failed: {result.failed}")
+
+
+def train_method(track: str, method: str, out: Path, epochs: int | None) -> Path:
+    import torch
+
+    from brainuad.config import Config, ModelConfig, PreprocessConfig, TrainConfig, quick_recipe, replace
+    from brainuad.io.volumes import read_json, write_json
+    from brainuad.train.loop import train
+
+    torch.set_num_threads(2)
+    if method == "ae":  # the quick recipe, as builtin:t1/t2
+        config = quick_recipe()
+        training = replace(config.training, val_fraction=0.0, val_every=100_000, seed=0, device="cpu")
+        config = replace(config, training=training)
+    else:
+        recipe = RECIPES[method]
+        training = TrainConfig(**{"val_fraction": 0.0, "val_every": 100_000, "seed": 0, "device": "cpu",
+                                  **recipe["training"]})  # fmt: skip
+        config = Config(model=ModelConfig(**recipe["model"]), training=training)
+    if epochs:
+        config = replace(config, training=replace(config.training, epochs=epochs))
+    config = replace(config, preprocessing=PreprocessConfig(preset="paper-2mm"))
+    run = out / track / "runs" / method
+    if not (run / "summary.json").is_file():
+        cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+        train([out / track / "prep" / "train"], run, config, resume=(run / "state.json").is_file(), progress=False)
+        cost = {"cpu_seconds": round(_cpu_seconds() - cpu0, 1), "wall_seconds": round(time.perf_counter() - wall0, 1)}
+        write_json(run / "cost.json", {**cost, "threads": 2})
+    print(json.dumps(read_json(run / "summary.json").get("reconstruction_check"), indent=1))
+    return run
+
+
+def evaluate_method(track: str, method: str, out: Path) -> dict:
+    from brainuad.evaluate.calibrate import calibrate
+    from brainuad.evaluate.evaluation import evaluate
+    from brainuad.io.volumes import write_json
+
+    run = out / track / "runs" / method
+    calibrate(run, [out / track / "prep" / "cal"], device="cpu")
+    tune, report = brats_split()
+    others = ([DATA / "stroke"] if track == "t2" else []) + [DATA / "ms"]
+    summary = evaluate(run, [*report, *others], out / track / "eval" / method, tune_sources=tune, modality=track,
+                       cache_dir=out / "cache" / track, device="cpu", progress=False)  # fmt: skip
+    numbers = {k: summary["voxels"][k] for k in ("ap_pooled", "dice_mean", "dice_mean_ci95")}
+    numbers["froc"] = summary.get("froc")
+    write_json(out / track / "eval" / f"{method}.numbers.json", numbers)
+    print(json.dumps(numbers, indent=1)[:3000])
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=("prepare", "train", "evaluate"))
+    parser.add_argument("track", choices=("t2", "flair"))
+    parser.add_argument("method", nargs="?", default="restore", choices=("restore", "ae", *RECIPES))
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--epochs", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.step == "prepare":
+        prepare(args.track, args.out)
+    elif args.step == "train":
+        train_method(args.track, args.method, args.out, args.epochs)
+    else:
+        evaluate_method(args.track, args.method, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
