@@ -2,6 +2,7 @@
 
 - :mod:`~brainuad.evaluate.labelled`: labelled cases on the crop grid, thresholds applied or tuned;
 - :mod:`~brainuad.evaluate.metrics`, :mod:`~brainuad.evaluate.scores`: voxel, slice, scan and lesion metrics;
+- :mod:`~brainuad.evaluate.froc`: lesion sensitivity against false positives per scan, operating points;
 - :mod:`~brainuad.evaluate.evaluation`: the ``evaluate`` verb's tables, curves and intervals;
 - :mod:`~brainuad.evaluate.calibrate`: healthy scans or labelled tuning cases → ``calibration.json`` (it measures, so
   it lives here, as nnU-Net chooses its post-processing from an evaluation);
