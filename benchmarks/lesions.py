@@ -4,6 +4,7 @@ and T1 tracks, judged on real lesions by voxel AP, Dice and FROC (lesion sensiti
 Usage (from the repository root; each step reuses what an earlier step wrote under --out):
     python benchmarks/lesions.py prepare t2            # simulate + preprocess the healthy training/calibration scans
     python benchmarks/lesions.py train t2 restore       # train one method (CPU seconds recorded in the run folder)
+    python benchmarks/lesions.py steps t2               # restore: 1 vs 2 vs 3 passes, judged on the tuning cases
     python benchmarks/lesions.py evaluate t2 restore    # calibrate on the held-out simulated scans, then evaluate
 
 Data per track:
@@ -38,7 +39,7 @@ T2_REAL = [
 #: The network and training of each method on these tracks (2 CPU threads).
 RECIPES = {
     "restore": {"model": {"kind": "restore", "stem_channels": 8, "channels": (16, 32, 64, 128)},
-                "training": {"epochs": 12, "steps_per_epoch": 50, "batch_size": 2, "lr": 1e-3,
+                "training": {"epochs": 8, "steps_per_epoch": 25, "batch_size": 2, "lr": 1e-3,
                              "lr_schedule": "cosine", "warmup_steps": 20, "augment": "off"}},
     "dae": {"model": {"kind": "dae", "stem_channels": 8, "channels": (16, 32, 64, 128)},
             "training": {"epochs": 12, "steps_per_epoch": 50, "batch_size": 2, "lr": 1e-3,
@@ -134,6 +135,39 @@ def evaluate_method(track: str, method: str, out: Path) -> dict:
     return summary
 
 
+def compare_steps(track: str, out: Path, steps: tuple[int, ...] = (1, 2, 3)) -> dict:
+    """One restoration pass against iterative ones, judged on the tuning cases only (voxel AP, threshold-free): the
+    winner is what the reported evaluation uses. Each variant is a copy of the run with ``restore_steps`` changed."""
+    import shutil
+
+    from brainuad.evaluate.calibrate import calibrate
+    from brainuad.evaluate.evaluation import evaluate
+    from brainuad.io.volumes import read_json, write_json
+
+    run = out / track / "runs" / "restore"
+    tune, _ = brats_split()
+    results = {}
+    for k in steps:
+        variant = out / track / "runs" / f"restore-steps{k}"
+        if not variant.is_dir():
+            shutil.copytree(run, variant, ignore=shutil.ignore_patterns("cache", "tensorboard", "last*"))
+            config = read_json(variant / "config.json")
+            config["model"]["options"]["restore_steps"] = k
+            write_json(variant / "config.json", config)
+        calibrate(variant, [out / track / "prep" / "cal"], device="cpu")
+        summary = evaluate(variant, tune, out / track / "steps" / f"steps{k}", modality=track,
+                           cache_dir=out / "cache" / track, device="cpu", progress=False)  # fmt: skip
+        results[k] = {"ap_pooled_tuning": summary["voxels"]["ap_pooled"], "dice_tuning": summary["voxels"]["dice_mean"]}
+        print(k, results[k])
+    best = max(results, key=lambda k: results[k]["ap_pooled_tuning"])
+    write_json(out / track / "steps.json", {"results": results, "best": best, "judged_on": [p.name for p in tune]})
+    if best != 1:  # the reported run uses the winner
+        config = read_json(run / "config.json")
+        config["model"]["options"]["restore_steps"] = best
+        write_json(run / "config.json", config)
+    return results
+
+
 def _fmt(value, ci=None) -> str:
     if value is None or not np.isfinite(value):
         return "n/a"
@@ -203,7 +237,7 @@ def report(out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("prepare", "train", "evaluate", "report"))
+    parser.add_argument("step", choices=("prepare", "train", "steps", "evaluate", "report"))
     parser.add_argument("track", nargs="?", default="t2", choices=("t2", "flair"))
     parser.add_argument("method", nargs="?", default="restore", choices=("restore", "ae", *RECIPES))
     parser.add_argument("--out", type=Path, default=OUT)
@@ -213,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args.track, args.out)
     elif args.step == "train":
         train_method(args.track, args.method, args.out, args.epochs)
+    elif args.step == "steps":
+        compare_steps(args.track, args.out)
     elif args.step == "evaluate":
         evaluate_method(args.track, args.method, args.out)
     else:
