@@ -23,9 +23,7 @@ PROBES = {
     "ancpbids": "import ancpbids; layout = ancpbids.BIDSLayout(ROOT); "
     "n = len(layout.get(suffix='T2w', extension='.nii.gz', return_type='filename'))",
     "bids2table": "from bids2table import index_dataset; t = index_dataset(ROOT); "
-    "n = sum(1 for s, e in zip(t['ent__suffix'].to_pylist(), t['ent__ext'].to_pylist()) if s == 'T2w' and e == '.nii.gz')",
-    "brainuad (pathlib + bidsschematools-free parser)": "from brainuad.bids.layout import scan_dataset; "
-    "n = sum(1 for s in scan_dataset(ROOT) if s.suffix == 'T2w')",
+    "n = sum(1 for s, e in zip(t['suffix'].to_pylist(), t['ext'].to_pylist()) if s == 'T2w' and e == '.nii.gz')",
 }
 
 
