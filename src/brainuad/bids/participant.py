@@ -105,6 +105,8 @@ def write_dataset_description(out: Path, bids_dir: Path) -> None:
 
 def _link(source: Path, target: Path) -> None:
     """``target`` as a hard link to ``source`` (a copy across file systems), replacing it atomically."""
+    if target.exists() and os.path.samefile(source, target):
+        return  # already linked (and renaming a link onto another link of the same file would do nothing)
     with atomic_path(target) as tmp:
         tmp.unlink()
         try:
