@@ -22,12 +22,11 @@ from pathlib import Path
 
 from brainuad import __version__
 from brainuad.bids.layout import Scan, check_dataset, check_output_dir, read_filter_file, select_scans
-from brainuad.config import config_from_json
-from brainuad.errors import OutputError
+from brainuad.errors import BrainuadError, ConfigError, OutputError
 from brainuad.io.files import atomic_path, read_json, write_json
 from brainuad.io.provenance import git_hash
 from brainuad.io.shards import Shard
-from brainuad.io.shipped import resolve_model_dir
+from brainuad.io.shipped import is_builtin, resolve_model_dir
 
 MNI_SPACE = "MNI152NLin2009cAsym"
 #: findings file → (entities after the scan's, suffix; the suffix ``None`` = the scan's own), and its description.
@@ -60,9 +59,35 @@ class ParticipantResult:
 
 
 def default_suffix(model: str | Path) -> str:
-    """The suffix a model was trained on, read from its template contrast (``t1`` → T1w, ``t2`` → T2w)."""
-    config = config_from_json(read_json(resolve_model_dir(model) / "config.json"))
-    return "T2w" if config.preprocessing.template_contrast == "t2" else "T1w"
+    """The suffix (T1w, T2w, FLAIR) of the scans a model was trained on.
+
+    A shipped model says it in its name (``builtin:t1``, ``builtin:t2``); a run folder in the names of its training
+    scans (``split.json`` → each case's ``record.json`` input: BIDS ``_T2w``, IXI ``-T2``).
+
+    Raises:
+        ConfigError: The model does not tell (then ``--suffix`` must).
+    """
+    import re
+
+    spec = str(model)
+    if is_builtin(spec):
+        return {"t1": "T1w", "t2": "T2w"}.get(spec.split(":", 1)[1]) or _no_suffix(spec)
+    run = resolve_model_dir(model)
+    found = set()
+    try:
+        for case in read_json(run / "split.json").get("train", []):
+            source = read_json(Path(case) / "record.json").get("input") or {}
+            name = Path(str(source.get("path", "") if isinstance(source, dict) else source)).name
+            match = re.search(r"_(T1w|T2w|FLAIR)\.nii|-(T1|T2)\.nii", name)
+            if match:
+                found.add(match.group(1) or f"{match.group(2)}w")
+    except (BrainuadError, OSError, AttributeError):
+        found = set()
+    return found.pop() if len(found) == 1 else _no_suffix(spec)
+
+
+def _no_suffix(spec: str) -> str:
+    raise ConfigError(f"{spec}: cannot tell which contrast the model was trained on; pass --suffix T1w|T2w|FLAIR")
 
 
 def derivative_names(scan: Scan) -> dict[str, str]:
