@@ -155,3 +155,19 @@ def test_bad_input_is_refused_and_nothing_is_written_in_bids_dir(tmp_path, capsy
     assert code == 1 and message in err and "Traceback" not in err, err
     assert str(bids) in err or any(f in err for f in files)
     assert snapshot(bids, skip="") == before and not (tmp_path / "out").exists()
+
+
+def test_train_on_a_bids_dataset_chooses_scans_by_suffix_and_participants_tsv(app, tmp_path):
+    run = tmp_path / "bidsrun"
+    args = ["train", "--data", str(app["bids"]), "--out", str(run), "--model", "intensity", "--suffix", "T2w"]
+    args += ["--participants-filter", "group=control", "--preset", "paper-2mm", "--skull-strip", "none", *TINY]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("brainuad.preprocess.pipeline.estimate_transform", fixed_registration)
+        assert main(args) == 0
+    split = json.loads((run / "split.json").read_text())
+    cases = sorted(Path(c).name for c in split["train"] + split["val"])
+    # The control participants' (sub-01, sub-03) T2w scans; not the patient sub-02, not their T1w or FLAIR.
+    assert cases == ["sub-01_run-1_T2w", "sub-01_run-2_T2w", "sub-03_acq-fast_T2w", "sub-03_acq-slow_T2w"]
+    assert snapshot(app["bids"]) == app["before"]
+    # A column participants.tsv does not have: a clear error naming the file.
+    assert main([*args, "--participants-filter", "age=30"]) == 1
