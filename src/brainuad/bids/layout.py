@@ -1,8 +1,8 @@
 """A BIDS dataset read with ancpbids: the checks, the scans a run selects, and one output name per scan.
 
 ancpbids was chosen after measuring pybids, ancpbids and bids2table on a 1,000-participant layout
-(``benchmarks/bids_libraries.py``; numbers in the README's BIDS section): it indexes fast enough, in little memory, and is
-pure Python with no required dependency.
+(``benchmarks/bids_libraries.py``; numbers in the README's BIDS section): it indexes fastest, in the least memory,
+and is pure Python with no required dependency.
 """
 
 from __future__ import annotations

@@ -64,6 +64,10 @@ def _run_bids(args: argparse.Namespace) -> int:
         return usage_error(f"--threshold must be 'auto' or a number, got {args.threshold!r}")
     if threshold is not None and not math.isfinite(threshold):
         return usage_error(f"--threshold must be a finite number, got {args.threshold!r}")
+    from brainuad.bids.layout import check_dataset, check_output_dir
+
+    # Before the seconds-long heavy imports: the dataset, the output folder, the model folder.
+    check_output_dir(check_dataset(args.bids_dir), args.output_dir)
     check_model_folder(args.model)
     selection = {
         "suffix": args.suffix,
