@@ -119,18 +119,19 @@ def index_scans(bids_dir: Path, suffixes: Iterable[str] = SUFFIXES) -> list[Scan
     from ancpbids.utils import parse_bids_name
 
     layout = ancpbids.BIDSLayout(str(bids_dir))
-    files = []
-    for suffix in suffixes:
-        for extension in (".nii.gz", ".nii"):
-            files += layout.get(return_type="filename", scope="raw", suffix=suffix, extension=extension)
+    files = layout.get(return_type="filename", scope="raw", extension=[".nii.gz", ".nii"])
+    suffixes = set(suffixes)
     scans = []
     for file in sorted(set(files)):
         path = Path(file)
-        parts = path.resolve().relative_to(bids_dir.resolve()).parts
+        try:
+            parts = path.relative_to(bids_dir).parts
+        except ValueError:
+            parts = path.resolve().relative_to(bids_dir.resolve()).parts
         if parts[0] in ("derivatives", "sourcedata", "code") or parts[-2] != "anat":
             continue  # raw anatomical scans only
         parsed = parse_bids_name(path.name)
-        if not parsed or "sub" not in parsed.get("entities", {}):
+        if not parsed or "sub" not in parsed.get("entities", {}) or parsed.get("suffix") not in suffixes:
             continue
         scans.append(Scan(path, dict(parsed["entities"]), parsed["suffix"]))
     return scans
