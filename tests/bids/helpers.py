@@ -43,7 +43,8 @@ def _base_volume(spacing: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_dataset(root: Path) -> Path:
-    """3 participants (sub-02 with 2 sessions), T1w, T2w (7 scans) and FLAIR; sub-02 has a bright 'lesion'."""
+    """3 participants (sub-02 with 2 sessions), T1w, T2w (7 scans, one a symbolic link) and FLAIR; sub-02 has a
+    bright 'lesion'."""
     base, affine = _base_volume()
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(json.dumps({"Name": "brainuad test", "BIDSVersion": "1.10.0"}))
@@ -64,7 +65,14 @@ def write_dataset(root: Path) -> Path:
                     array[20:24, 26:30, 22:25] *= 2.0
                 image = nib.Nifti1Image(array, affine)
                 image.header.set_xyzt_units("mm", "sec")
-                nib.save(image, str(folder / f"{name}.nii.gz"))
+                target = folder / f"{name}.nii.gz"
+                if name.endswith("acq-slow_T2w"):  # as in a DataLad dataset: a symbolic link into the annex
+                    annex = root.parent / "annex" / target.name
+                    annex.parent.mkdir(exist_ok=True)
+                    nib.save(image, str(annex))
+                    target.symlink_to(annex)
+                else:
+                    nib.save(image, str(target))
                 sidecar = {"MagneticFieldStrength": 3, "Manufacturer": "synthetic"}
                 (folder / f"{name}.json").write_text(json.dumps(sidecar))
     return root

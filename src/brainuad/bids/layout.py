@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,8 +127,8 @@ def index_scans(bids_dir: Path, suffixes: Iterable[str] = SUFFIXES) -> list[Scan
         path = Path(file)
         try:
             parts = path.relative_to(bids_dir).parts
-        except ValueError:
-            parts = path.resolve().relative_to(bids_dir.resolve()).parts
+        except ValueError:  # not resolved: in a DataLad dataset every file is a symbolic link into the annex
+            parts = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(bids_dir))).parts
         if parts[0] in ("derivatives", "sourcedata", "code") or parts[-2] != "anat":
             continue  # raw anatomical scans only
         parsed = parse_bids_name(path.name)

@@ -148,7 +148,8 @@ def export_scan(scan: Scan, findings: Path, out: Path, bids_dir: Path) -> list[P
             into the same folder).
     """
     summary = read_json(findings / "summary.json")
-    source = f"bids:raw:{scan.path.resolve().relative_to(bids_dir.resolve()).as_posix()}"
+    # Not resolved: in a DataLad dataset every file is a symbolic link into the annex.
+    source = f"bids:raw:{Path(os.path.relpath(os.path.abspath(scan.path), os.path.abspath(bids_dir))).as_posix()}"
     common = {
         "Sources": [source],
         "Model": summary["model"]["run_dir"],
@@ -236,6 +237,8 @@ def run_participant(
         try:
             export_scan(scan, Path(findings), out, root)
             outcome.append(scan)
-        except OutputError as exc:
+        except BrainuadError as exc:
             result.failed.append((scan.path, str(exc)))
+        except Exception as exc:  # keep the batch going; report the unexpected error with its file
+            result.failed.append((scan.path, f"{scan.path}: unexpected {type(exc).__name__}: {exc}"))
     return result
