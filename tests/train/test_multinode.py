@@ -1,5 +1,6 @@
 """Multi-node training as documented (torchrun --nnodes): 2 "nodes" of 1 CPU process each, over gloo on this machine,
-reach the same weights as 2 processes on one node."""
+reach the same weights as 2 processes on one node (this also covers single-node DDP: both runs have 2 ranks in
+sync)."""
 
 import json
 import os
