@@ -64,7 +64,7 @@ def _thumbnail(scan: Scan, findings: Path) -> str:
 
     import nibabel as nib
 
-    from brainuad.report.figures import plot_thumbnail
+    from brainuad.report.thumbnails import plot_thumbnail
 
     image = np.asanyarray(nib.as_closest_canonical(nib.load(str(scan.path))).dataobj, dtype=np.float32)
     anomaly = np.asanyarray(nib.as_closest_canonical(nib.load(str(findings / "anomaly_map.nii.gz"))).dataobj)

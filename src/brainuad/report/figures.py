@@ -199,18 +199,3 @@ def plot_reconstruction_panel(image_slice, reconstructions: dict, path: str | Pa
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
-
-
-def plot_thumbnail(image_slice, anomaly_slice, path: str | Path, title: str = "") -> Path:
-    """A small axial thumbnail (RAS+ arrays, x then y): the scan in grey, the anomaly map in colour where above 0."""
-    import numpy as np
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1.8, 2.0))
-    ax.imshow(np.rot90(image_slice), cmap="gray", interpolation="nearest")
-    overlay = np.ma.masked_less_equal(np.rot90(anomaly_slice), 0)
-    ax.imshow(overlay, cmap="hot", alpha=0.7, interpolation="nearest")
-    ax.set_title(title, fontsize=7)
-    ax.axis("off")
-    fig.tight_layout(pad=0.1)
-    return _save(fig, path)
