@@ -50,6 +50,7 @@ def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
         ["preprocess", "missing.nii.gz", "--out", "prep"],
         ["calibrate", "--model", "runs/missing"],
         ["evaluate", "--model", "runs/missing", "--cases", "labelled", "--out", "evaluation"],
+        ["bids", "missing", "out", "participant"],
     ],
 )
 def test_missing_inputs_are_reported_before_torch_is_imported(tmp_path, args):
@@ -59,7 +60,9 @@ def test_missing_inputs_are_reported_before_torch_is_imported(tmp_path, args):
     assert result.stdout.strip().endswith("NO-TORCH")  # the check ran before the seconds-long heavy imports
 
 
-@pytest.mark.parametrize("verb", ["", "preprocess", "train", "calibrate", "detect", "evaluate", "ablate", "demo"])
+@pytest.mark.parametrize(
+    "verb", ["", "preprocess", "train", "calibrate", "detect", "evaluate", "ablate", "demo", "bids"]
+)
 def test_help_does_not_import_torch(tmp_path, verb):
     result = _cli(*([verb] if verb else []), "--help", cwd=tmp_path)
     assert result.returncode == 0 and "usage: brainuad" in result.stdout

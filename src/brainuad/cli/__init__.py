@@ -1,7 +1,8 @@
 """The ``brainuad`` command: thin verbs over documented functions; heavy imports happen inside each verb.
 
 One module per group of verbs (:mod:`~brainuad.cli.data`, :mod:`~brainuad.cli.train`, :mod:`~brainuad.cli.apply`,
-:mod:`~brainuad.cli.more`); their flags come from the config dataclasses (:mod:`~brainuad.cli.flags`).
+:mod:`~brainuad.cli.bids`, :mod:`~brainuad.cli.more`); their flags come from the config dataclasses
+(:mod:`~brainuad.cli.flags`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 
 from brainuad import __version__
 from brainuad.cli.apply import _add_calibrate, _add_detect, _add_evaluate
+from brainuad.cli.bids import _add_bids
 from brainuad.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from brainuad.cli.data import _add_download, _add_preprocess
 from brainuad.cli.more import _add_demo, _add_models
@@ -36,6 +38,7 @@ def build_parser(methods: bool = True) -> argparse.ArgumentParser:
     _add_calibrate(sub)
     _add_detect(sub)
     _add_evaluate(sub)
+    _add_bids(sub)
     _add_ablate(sub, methods)
     _add_demo(sub)
     _add_models(sub)

@@ -10,11 +10,13 @@ from brainuad.cli.common import (
     EXIT_OK,
     MODEL_HELP,
     add_device_flag,
+    add_shard_flag,
     check_exist,
     check_model_folder,
     config_choices,
     device_from_flag,
     report_batch,
+    shard_from_flag,
     usage_error,
 )
 
@@ -118,6 +120,7 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     )
     add_device_flag(p)
     p.add_argument("--force", action="store_true", help="redo scans whose outputs are complete")
+    add_shard_flag(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run_detect)
 
@@ -136,8 +139,9 @@ def _run_detect(args: argparse.Namespace) -> int:
     from brainuad.infer.detect import detect_batch
 
     device = device_from_flag(args.device)
+    shard = shard_from_flag(args.shard)
     result = detect_batch(
-        args.inputs, args.model, args.out, threshold, args.skull_strip, device, args.force, progress=not args.quiet
+        args.inputs, args.model, args.out, threshold, args.skull_strip, device, args.force, not args.quiet, shard=shard
     )
     for folder in [*result.done, *result.skipped]:
         print(_finding_line(Path(folder)))

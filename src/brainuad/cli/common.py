@@ -64,3 +64,24 @@ def add_device_flag(p) -> None:
     p.add_argument(
         "--device", default="auto", choices=config_choices("device"), help="default: auto = CUDA when available"
     )
+
+
+SHARD_HELP = (
+    "do only shard K of N (0 <= K < N): a fixed partition of the scans, so N jobs can share one output folder; "
+    "default inside a SLURM array job: the task's shard (SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT)"
+)
+
+
+def add_shard_flag(p) -> None:
+    """``--shard K/N`` for the verbs that work through a batch of scans."""
+    p.add_argument("--shard", default=None, metavar="K/N", help=SHARD_HELP)
+
+
+def shard_from_flag(text: str | None):
+    """The ``--shard`` word (or the SLURM array task) as a :class:`~brainuad.io.shards.Shard`, or ``None``."""
+    from brainuad.io.shards import parse_shard
+
+    shard = parse_shard(text)
+    if shard is not None:
+        print(f"shard {shard} (of the scans sorted by output name)", file=sys.stderr)
+    return shard

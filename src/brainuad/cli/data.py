@@ -6,8 +6,10 @@ import argparse
 
 from brainuad.cli.common import (
     EXIT_OK,
+    add_shard_flag,
     check_exist,
     report_batch,
+    shard_from_flag,
     usage_error,
 )
 
@@ -32,6 +34,7 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default: 1)")
     p.add_argument("--force", action="store_true", help="redo scans that are already finished")
+    add_shard_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_preprocess)
 
@@ -49,7 +52,10 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     check_exist(args.inputs)
     from brainuad.preprocess.pipeline import preprocess_batch
 
-    result = preprocess_batch(args.inputs, args.out, config, jobs=args.jobs, force=args.force, progress=not args.quiet)
+    shard = shard_from_flag(args.shard)
+    result = preprocess_batch(
+        args.inputs, args.out, config, jobs=args.jobs, force=args.force, progress=not args.quiet, shard=shard
+    )
     return report_batch("preprocess", result, args.out)
 
 

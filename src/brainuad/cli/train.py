@@ -116,9 +116,10 @@ def _add_train(sub: argparse._SubParsersAction, methods: bool = True) -> None:
         action="append",
         required=True,
         metavar="DIR",
-        help="folder of preprocessed healthy cases (repeatable)",
+        help="folder of preprocessed healthy cases (repeatable), or one BIDS dataset of healthy participants",
     )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
+    _add_bids_options(p)
     p.add_argument(
         "--val-data",
         action="append",
@@ -142,7 +143,8 @@ def _run_train(args: argparse.Namespace) -> int:
         config = config or _config_from_args(args)
     except ConfigError as exc:
         return usage_error(str(exc))
-    result = train(args.data, args.out, config, resume=args.resume, progress=not args.quiet, val_data=args.val_data)
+    data = _bids_cases(args) if _is_bids(args.data) else args.data
+    result = train(data, args.out, config, resume=args.resume, progress=not args.quiet, val_data=args.val_data)
     if int(os.environ.get("RANK", "0")) == 0:
         from brainuad.train.guard import banner, read_check
 
@@ -163,6 +165,54 @@ def _run_train(args: argparse.Namespace) -> int:
         if warning:
             print(f"train: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+def _add_bids_options(p: argparse.ArgumentParser) -> None:
+    """How ``--data BIDS_DIR`` is read: which scans, and how they are preprocessed (into RUN_DIR-cases/)."""
+    from brainuad.cli.flags import add_flags
+    from brainuad.config import PreprocessConfig
+
+    group = p.add_argument_group(
+        "a BIDS dataset as --data (its chosen scans are preprocessed into RUN_DIR-cases/, reused on a re-run)"
+    )
+    group.add_argument("--suffix", default="T2w", choices=["T1w", "T2w", "FLAIR"], help="which scans (default: T2w)")
+    group.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL", help="default: all")
+    group.add_argument(
+        "--participants-filter",
+        action="append",
+        default=None,
+        metavar="COLUMN=VALUE[,VALUE]",
+        help="keep participants whose participants.tsv row matches (repeatable, all must hold), e.g. group=control",
+    )
+    add_flags(group, PreprocessConfig, "preprocessing")
+
+
+def _is_bids(data: list[str]) -> bool:
+    from brainuad.bids.training import is_bids_dataset
+
+    bids = [d for d in data if is_bids_dataset(d)]
+    if bids and len(data) > 1:
+        raise SystemExit(usage_error("--data BIDS_DIR: give one BIDS dataset, not with other folders"))
+    return bool(bids)
+
+
+def _bids_cases(args: argparse.Namespace) -> list:
+    """``--data BIDS_DIR``: the chosen scans preprocessed with the preprocessing flags given."""
+    from pathlib import Path
+
+    from brainuad.bids.training import prepare_training_cases
+    from brainuad.cli.flags import given
+    from brainuad.config import PreprocessConfig, from_dict
+
+    return prepare_training_cases(
+        args.data[0],
+        Path(f"{Path(args.out).resolve()}-cases"),
+        from_dict(PreprocessConfig, given(args, "preprocessing"), where="preprocessing"),
+        suffix=args.suffix,
+        participant_labels=args.participant_label,
+        conditions=args.participants_filter,
+        progress=not args.quiet,
+    )
 
 
 def _resume_config(args: argparse.Namespace):

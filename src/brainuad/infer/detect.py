@@ -19,6 +19,7 @@ from brainuad.errors import BrainuadError, InputError
 from brainuad.infer.inference import Detection
 from brainuad.infer.trained import TrainedModel
 from brainuad.io.provenance import provenance, sha256_file
+from brainuad.io.shards import Shard
 from brainuad.io.volumes import (
     Volume,
     atomic_folder,
@@ -246,6 +247,8 @@ def detect_batch(
     force: bool = False,
     progress: bool = True,
     threshold_source: str | None = None,
+    shard: Shard | None = None,
+    names: dict[Path, str] | None = None,
 ) -> BatchResult:
     """Detect anomalies in raw scans (files or folders); finished scans are skipped, failures do not stop the batch.
 
@@ -259,6 +262,8 @@ def detect_batch(
         force: Redo scans whose outputs are complete.
         progress: Show a progress bar.
         threshold_source: Where a given ``threshold`` came from, for the summary and the report.
+        shard: Do only this shard of the scans (:mod:`brainuad.io.shards`; names are decided on all of them).
+        names: Output folder name of each input file (default: from the file names, see ``case_names``).
     """
     from tqdm import tqdm
 
@@ -271,7 +276,9 @@ def detect_batch(
     if skull_strip:
         preprocess_config = replace(preprocess_config, skull_strip=skull_strip)
     paths = find_nifti_files(inputs)
-    names = case_names(paths)
+    names = names or case_names(paths)
+    if shard is not None:
+        paths = shard.take({p: names[p] for p in paths})
     _remove_stale_partials(out_dir)
     common = {
         "threshold": threshold,

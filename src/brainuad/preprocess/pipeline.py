@@ -23,6 +23,7 @@ import numpy as np
 from brainuad.config import PreprocessConfig, from_dict, to_dict
 from brainuad.errors import BrainuadError, InputError, warning_formatter
 from brainuad.io.provenance import provenance, sha256_file
+from brainuad.io.shards import Shard
 from brainuad.io.volumes import (
     Volume,
     check_replaceable,
@@ -331,6 +332,7 @@ def preprocess_batch(
     jobs: int = 1,
     force: bool = False,
     progress: bool = True,
+    shard: Shard | None = None,
 ) -> BatchResult:
     """Preprocess files and folders; finished cases are skipped and one failure does not stop the rest.
 
@@ -341,6 +343,7 @@ def preprocess_batch(
         jobs: Parallel worker processes (each gets an equal share of the CPU threads).
         force: Redo cases even when already complete.
         progress: Show a progress bar.
+        shard: Do only this shard of the scans (:mod:`brainuad.io.shards`; names are decided on all of them).
     """
     from tqdm import tqdm
 
@@ -348,6 +351,8 @@ def preprocess_batch(
     out_dir = Path(out_dir)
     paths = find_nifti_files(list(inputs))
     names = case_names(paths)
+    if shard is not None:
+        paths = shard.take(names)
     ensure_writable_folder(out_dir)  # fail before any work, naming the folder
     _remove_stale_partials(out_dir)
     result = BatchResult()
