@@ -18,6 +18,7 @@ from brainuad.config import PostprocessConfig, PreprocessConfig, replace, to_dic
 from brainuad.errors import BrainuadError, InputError
 from brainuad.infer.inference import Detection
 from brainuad.infer.trained import TrainedModel
+from brainuad.io.files import folder_lock
 from brainuad.io.provenance import provenance, sha256_file
 from brainuad.io.volumes import (
     Volume,
@@ -266,7 +267,7 @@ def detect_batch(
     ensure_writable_folder(out_dir)  # fail before loading anything, naming the folder
     trained = TrainedModel.load(run_dir, device)
     threshold, source = trained.threshold(threshold, threshold_source or "given", "pass --threshold VALUE")
-    config, calibration = trained.config, trained.calibration
+    config = trained.config
     preprocess_config: PreprocessConfig = config.preprocessing
     if skull_strip:
         preprocess_config = replace(preprocess_config, skull_strip=skull_strip)
@@ -286,26 +287,44 @@ def detect_batch(
     for path in tqdm(paths, desc="detect", unit="scan", disable=not progress):
         folder = out_dir / names[path]
         try:
-            # A finished result is reused only when it was made from this very file with these settings.
-            settings = {"input_sha256": sha256_file(path), **common}
-            if not force and _finished(folder, settings):
-                result.skipped.append(folder)
-                continue
-            check_replaceable(folder, LEGACY_OUTPUTS)  # before the work: a user's folder is never replaced
-            volume = load_volume(path, "image")
-            case = preprocess_volume(volume, preprocess_config, name=names[path])
-            trained.check_case(case, path)
-            ratio = case.record.get("qc", {}).get("csf_to_white_matter")
-            for message in contrast_warning(ratio, calibration.csf_to_white_matter if calibration else None):
-                case.record["warnings"].append(message)
-                warnings.warn(f"{path}: {message}", DegradedInputWarning, stacklevel=2)
-            detection = trained.detect(case, threshold)
-            result.done.append(write_detection(detection, folder, volume, trained, settings, source))
+            # Two runs into the same folder at once take turns; the second then reuses the first one's result.
+            with folder_lock(folder):
+                outcome = _detect_one(path, folder, trained, preprocess_config, threshold, source, common, force)
+            (result.skipped if outcome == "skipped" else result.done).append(folder)
         except BrainuadError as exc:
             result.failed.append((path, str(exc)))
         except Exception as exc:  # keep the batch going; report the unexpected error with its file
             result.failed.append((path, str(InputError(path, f"unexpected {type(exc).__name__}: {exc}"))))
     return result
+
+
+def _detect_one(
+    path: Path,
+    folder: Path,
+    trained: TrainedModel,
+    preprocess_config: PreprocessConfig,
+    threshold: float,
+    source: str,
+    common: dict,
+    force: bool,
+) -> str:
+    """Detect in one scan into ``folder``; ``"skipped"`` when a finished result made with these settings is there."""
+    # A finished result is reused only when it was made from this very file with these settings.
+    settings = {"input_sha256": sha256_file(path), **common}
+    if not force and _finished(folder, settings):
+        return "skipped"
+    check_replaceable(folder, LEGACY_OUTPUTS)  # before the work: a user's folder is never replaced
+    volume = load_volume(path, "image")
+    case = preprocess_volume(volume, preprocess_config, name=folder.name)
+    trained.check_case(case, path)
+    calibration = trained.calibration
+    ratio = case.record.get("qc", {}).get("csf_to_white_matter")
+    for message in contrast_warning(ratio, calibration.csf_to_white_matter if calibration else None):
+        case.record["warnings"].append(message)
+        warnings.warn(f"{path}: {message}", DegradedInputWarning, stacklevel=3)
+    detection = trained.detect(case, threshold)
+    write_detection(detection, folder, volume, trained, settings, source)
+    return "done"
 
 
 def _finished(folder: Path, settings: dict) -> bool:

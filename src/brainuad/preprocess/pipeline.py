@@ -319,8 +319,7 @@ def _worker(args: tuple[Path, Path, PreprocessConfig, str, bool, int]) -> tuple[
     path, out_dir, config, name, force, threads = args
     import torch
 
-    torch.set_num_threads(threads)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
+    torch.set_num_threads(threads)  # registration runs on one ITK thread for reproducibility (registration.py)
     return preprocess_file(path, out_dir, config, name=name, force=force)
 
 

@@ -1,0 +1,73 @@
+"""Same scan, same answer: ``brainuad detect`` twice gives bit-identical outputs, and two runs into one folder at the
+same time agree (one writes, the other waits and reuses it)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from brainuad.cli import main
+
+MAPS = ("anomaly_map.nii.gz", "reconstruction.nii.gz", "segmentation.nii.gz")
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def _detect(scan: Path, out: Path, *extra: str) -> Path:
+    code = main(["detect", str(scan), "--model", "builtin:t2", "--out", str(out), "--device", "cpu", "--quiet", *extra])
+    assert code == 0
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    return folder
+
+
+def _assert_identical(first: Path, second: Path) -> None:
+    for name in MAPS:
+        for sub in (".", "mni"):
+            a = np.asanyarray(nib.load(str(first / sub / name)).dataobj)
+            b = np.asanyarray(nib.load(str(second / sub / name)).dataobj)
+            np.testing.assert_array_equal(a, b, err_msg=f"{sub}/{name} differs between two runs")
+    assert (first / "slice_scores.csv").read_text() == (second / "slice_scores.csv").read_text()
+    one, two = (json.loads((f / "summary.json").read_text()) for f in (first, second))
+    for key in ("scan_score", "lesion_count", "lesions", "threshold", "most_abnormal_mni_slices"):
+        assert one[key] == two[key], key
+
+
+def test_detect_twice_on_a_synthetic_scan_is_bit_identical(skull_stripped_scan, tmp_path):
+    first = _detect(skull_stripped_scan, tmp_path / "a")
+    second = _detect(skull_stripped_scan, tmp_path / "b")
+    _assert_identical(first, second)
+
+
+@pytest.mark.slow
+def test_detect_twice_on_a_real_scan_is_bit_identical_and_says_the_reference_is_simulated(
+    shared_data, tmp_path, capsys
+):
+    scan = shared_data / "healthy" / "IXI002-Guys-0828-T2_brain.nii.gz"
+    first = _detect(scan, tmp_path / "a")
+    second = _detect(scan, tmp_path / "b")
+    _assert_identical(first, second)
+    # builtin:t2's healthy reference is simulated: the console and the report say so, and no percentile is given.
+    err = capsys.readouterr().err
+    assert "simulated" in err
+    assert "simulated" in (first / "report.html").read_text()
+    assert json.loads((first / "summary.json").read_text())["scan_score_percentile_vs_healthy"] is None
+
+
+def test_two_concurrent_detects_into_one_folder_agree(skull_stripped_scan, tmp_path):
+    out = tmp_path / "shared_out"
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    command = [sys.executable, "-m", "brainuad", "detect", str(skull_stripped_scan), "--model", "builtin:t2"]
+    command += ["--out", str(out), "--device", "cpu", "--quiet"]
+    runs = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [run.communicate(timeout=600)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors
+    assert not list(out.glob(".*partial*"))
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    # One of the two computed the result, the other waited and reused it: the folder is one run's, whole.
+    assert sum("skipped" in e or "reused" in e for e in errors) <= 1
+    alone = _detect(skull_stripped_scan, tmp_path / "alone")
+    _assert_identical(folder, alone)
