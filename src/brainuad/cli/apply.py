@@ -106,6 +106,12 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     )
     add_device_flag(p)
     p.add_argument("--force", action="store_true", help="redo scans whose outputs are complete")
+    p.add_argument(
+        "--allow-contrast-mismatch",
+        action="store_true",
+        help="run on a scan whose contrast is clearly not the model's (a T1 scan given to a T2 model; refused by "
+        "default: its findings would be the contrast, not lesions)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_run_detect)
 
@@ -125,7 +131,15 @@ def _run_detect(args: argparse.Namespace) -> int:
 
     device = device_from_flag(args.device)
     result = detect_batch(
-        args.inputs, args.model, args.out, threshold, args.skull_strip, device, args.force, progress=not args.quiet
+        args.inputs,
+        args.model,
+        args.out,
+        threshold,
+        args.skull_strip,
+        device,
+        args.force,
+        progress=not args.quiet,
+        allow_contrast_mismatch=args.allow_contrast_mismatch,
     )
     for folder in [*result.done, *result.skipped]:
         print(_finding_line(Path(folder)))

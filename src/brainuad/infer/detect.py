@@ -33,7 +33,7 @@ from brainuad.io.volumes import (
 )
 from brainuad.preprocess.cases import case_names
 from brainuad.preprocess.pipeline import BatchResult, DegradedInputWarning, _remove_stale_partials, preprocess_volume
-from brainuad.preprocess.qc import contrast_warning
+from brainuad.preprocess.qc import contrast_warning, strong_contrast_mismatch
 
 OUTPUTS = (
     "anomaly_map.nii.gz",
@@ -135,7 +135,9 @@ def _write_report(staging: Path, name: str, summary: dict, warning: str | None) 
     notes.append(
         f"Scan triage: scan score <b>{summary['scan_score']:.4g}</b> (99.9th percentile of the anomaly map in the "
         + (f"brain), higher than <b>{percentile:.0f} %</b> of the healthy calibration scans."
-           if percentile is not None else "brain); no healthy calibration, so no percentile among healthy scans.")
+           if percentile is not None else "brain); no percentile among healthy scans ("
+           + ("the healthy reference is simulated)." if calibration.get("simulated_reference")
+              else "too few or no healthy calibration scans)."))
     )  # fmt: skip
     if calibration.get("calibrated_on"):
         notes.append(
@@ -234,7 +236,13 @@ def _calibration_summary(trained: TrainedModel) -> dict | None:
     if calibration is None:
         return None
     notes = None if calibration.notes is None else list(calibration.notes)
-    return {"calibrated_on": calibration.calibrated_on, "notes": notes}
+    if calibration.reference_note:
+        notes = [*(notes or []), calibration.reference_note]
+    return {
+        "calibrated_on": calibration.calibrated_on,
+        "notes": notes,
+        "simulated_reference": calibration.simulated_reference,
+    }
 
 
 def detect_batch(
@@ -247,6 +255,7 @@ def detect_batch(
     force: bool = False,
     progress: bool = True,
     threshold_source: str | None = None,
+    allow_contrast_mismatch: bool = False,
 ) -> BatchResult:
     """Detect anomalies in raw scans (files or folders); finished scans are skipped, failures do not stop the batch.
 
@@ -260,6 +269,8 @@ def detect_batch(
         force: Redo scans whose outputs are complete.
         progress: Show a progress bar.
         threshold_source: Where a given ``threshold`` came from, for the summary and the report.
+        allow_contrast_mismatch: Run on a scan whose contrast strongly differs from the model's healthy scans
+            (refused by default: every voxel would look anomalous).
     """
     from tqdm import tqdm
 
@@ -289,7 +300,9 @@ def detect_batch(
         try:
             # Two runs into the same folder at once take turns; the second then reuses the first one's result.
             with folder_lock(folder):
-                outcome = _detect_one(path, folder, trained, preprocess_config, threshold, source, common, force)
+                outcome = _detect_one(
+                    path, folder, trained, preprocess_config, threshold, source, common, force, allow_contrast_mismatch
+                )
             (result.skipped if outcome == "skipped" else result.done).append(folder)
         except BrainuadError as exc:
             result.failed.append((path, str(exc)))
@@ -307,6 +320,7 @@ def _detect_one(
     source: str,
     common: dict,
     force: bool,
+    allow_contrast_mismatch: bool = False,
 ) -> str:
     """Detect in one scan into ``folder``; ``"skipped"`` when a finished result made with these settings is there."""
     # A finished result is reused only when it was made from this very file with these settings.
@@ -319,9 +333,18 @@ def _detect_one(
     trained.check_case(case, path)
     calibration = trained.calibration
     ratio = case.record.get("qc", {}).get("csf_to_white_matter")
+    reference = calibration.csf_to_white_matter if calibration else None
+    if not allow_contrast_mismatch and strong_contrast_mismatch(ratio, reference):
+        raise InputError(
+            path,
+            contrast_warning(ratio, reference)[0].removeprefix("QC: ")
+            + "; refusing it (use a model of this contrast, or pass --allow-contrast-mismatch to run anyway)",
+        )
     for message in contrast_warning(ratio, calibration.csf_to_white_matter if calibration else None):
         case.record["warnings"].append(message)
         warnings.warn(f"{path}: {message}", DegradedInputWarning, stacklevel=3)
+    if calibration is not None and calibration.reference_note:
+        warnings.warn(f"{path}: note: {calibration.reference_note}", DegradedInputWarning, stacklevel=3)
     detection = trained.detect(case, threshold)
     write_detection(detection, folder, volume, trained, settings, source)
     return "done"

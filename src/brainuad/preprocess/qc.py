@@ -73,6 +73,18 @@ def contrast_warning(ratio: float | None, reference: float | None) -> list[str]:
     ]
 
 
+#: A scan's CSF/WM ratio more than this factor away from the model's healthy scans, on the other side of 1, is another
+#: contrast (T1 given to builtin:t2: 0.25 against 4.2; real T1 0.35–0.88, T2 1.4–1.8, FLAIR 0.94): refused by default.
+STRONG_CONTRAST_FACTOR = 2.0
+
+
+def strong_contrast_mismatch(ratio: float | None, reference: float | None) -> bool:
+    """Whether the contrast mismatch is strong enough to refuse the scan (see :data:`STRONG_CONTRAST_FACTOR`)."""
+    if ratio is None or reference is None or ratio <= 0 or reference <= 0 or (ratio > 1) == (reference > 1):
+        return False
+    return max(ratio / reference, reference / ratio) > STRONG_CONTRAST_FACTOR
+
+
 def refuse_label_maps(volume: Volume) -> None:
     """A mask or label map stored beside the scans (brain mask, lesion mask) is not a scan: say so, naming it."""
     if np.unique(volume.array[::3, ::3, ::3]).size > 8:
