@@ -112,7 +112,14 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         help="run on a scan whose contrast is clearly not the model's (a T1 scan given to a T2 model; refused by "
         "default: its findings would be the contrast, not lesions)",
     )
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--assume-orientation",
+        metavar="AXCODES",
+        default=None,
+        help="for scans whose header has no orientation (qform_code = sform_code = 0, refused otherwise): their voxel "
+        "axes, as 3 letters from R/L, A/P, S/I (e.g. LPS); outputs keep the input's codes",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_detect)
 
 
@@ -140,6 +147,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         args.force,
         progress=not args.quiet,
         allow_contrast_mismatch=args.allow_contrast_mismatch,
+        orientation=args.assume_orientation,
     )
     for folder in [*result.done, *result.skipped]:
         print(_finding_line(Path(folder)))

@@ -32,6 +32,13 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default: 1)")
     p.add_argument("--force", action="store_true", help="redo scans that are already finished")
+    p.add_argument(
+        "--assume-orientation",
+        metavar="AXCODES",
+        default=None,
+        help="for scans whose header has no orientation (qform_code = sform_code = 0, refused otherwise): their voxel "
+        "axes, as 3 letters from R/L, A/P, S/I (e.g. LPS); outputs keep the input's codes",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_preprocess)
 
@@ -49,7 +56,15 @@ def _run_preprocess(args: argparse.Namespace) -> int:
     check_exist(args.inputs)
     from brainuad.preprocess.pipeline import preprocess_batch
 
-    result = preprocess_batch(args.inputs, args.out, config, jobs=args.jobs, force=args.force, progress=not args.quiet)
+    result = preprocess_batch(
+        args.inputs,
+        args.out,
+        config,
+        jobs=args.jobs,
+        force=args.force,
+        progress=not args.quiet,
+        orientation=args.assume_orientation,
+    )
     return report_batch("preprocess", result, args.out)
 
 

@@ -33,7 +33,7 @@ from brainuad.io.volumes import (
 )
 from brainuad.preprocess.cases import case_names
 from brainuad.preprocess.pipeline import BatchResult, DegradedInputWarning, _remove_stale_partials, preprocess_volume
-from brainuad.preprocess.qc import contrast_warning, strong_contrast_mismatch
+from brainuad.preprocess.qc import check_memory, contrast_warning, strong_contrast_mismatch
 
 OUTPUTS = (
     "anomaly_map.nii.gz",
@@ -256,6 +256,7 @@ def detect_batch(
     progress: bool = True,
     threshold_source: str | None = None,
     allow_contrast_mismatch: bool = False,
+    orientation: str | None = None,
 ) -> BatchResult:
     """Detect anomalies in raw scans (files or folders); finished scans are skipped, failures do not stop the batch.
 
@@ -271,6 +272,7 @@ def detect_batch(
         threshold_source: Where a given ``threshold`` came from, for the summary and the report.
         allow_contrast_mismatch: Run on a scan whose contrast strongly differs from the model's healthy scans
             (refused by default: every voxel would look anomalous).
+        orientation: The voxel orientation of scans whose header has none (refused without it).
     """
     from tqdm import tqdm
 
@@ -294,6 +296,8 @@ def detect_batch(
         # Recorded when not the paper's, so findings made with other sizes are never reused (and those made before
         # the setting existed, with the paper's sizes, still are).
         common["postprocessing"] = to_dict(config.postprocessing)
+    if orientation is not None:
+        common["assumed_orientation"] = orientation  # recorded only when given: older findings are still reused
     result = BatchResult()
     for path in tqdm(paths, desc="detect", unit="scan", disable=not progress):
         folder = out_dir / names[path]
@@ -328,7 +332,8 @@ def _detect_one(
     if not force and _finished(folder, settings):
         return "skipped"
     check_replaceable(folder, LEGACY_OUTPUTS)  # before the work: a user's folder is never replaced
-    volume = load_volume(path, "image")
+    check_memory(path)  # from the header, before reading the voxels
+    volume = load_volume(path, "image", orientation=common.get("assumed_orientation"))
     case = preprocess_volume(volume, preprocess_config, name=folder.name)
     trained.check_case(case, path)
     calibration = trained.calibration

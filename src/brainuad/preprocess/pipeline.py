@@ -41,7 +41,13 @@ from brainuad.preprocess.cases import (
     load_case,
     save_case,
 )
-from brainuad.preprocess.qc import check_memory, csf_to_white_matter, qc_warnings, refuse_label_maps
+from brainuad.preprocess.qc import (
+    check_memory,
+    csf_to_white_matter,
+    qc_warnings,
+    refuse_label_maps,
+    refuse_noise,
+)
 from brainuad.preprocess.registration import (
     estimate_transform,
     fraction_outside_grid,
@@ -151,8 +157,9 @@ def preprocess_volume(
         volume = volume.with_array(volume.array - np.float32(offset))
 
     start = time.perf_counter()
+    refuse_label_maps(volume)  # before skull stripping, which fails on a label map in its own words
     mask_native, method = skull_strip(volume, config.skull_strip)
-    refuse_label_maps(volume)
+    refuse_noise(volume, mask_native)
     timings["skull_strip_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -250,6 +257,7 @@ def preprocess_file(
     config: PreprocessConfig | None = None,
     name: str | None = None,
     force: bool = False,
+    orientation: str | None = None,
 ) -> tuple[str, Path]:
     """Preprocess one NIfTI file into ``out_dir/<name>/``.
 
@@ -265,7 +273,7 @@ def preprocess_file(
         return "skipped", folder
     check_replaceable(folder, LEGACY_CASE_FILES)  # before the work: a user's folder of that name is never replaced
     check_memory(path)
-    volume = load_volume(path, "image")
+    volume = load_volume(path, "image", orientation=orientation)
     case = preprocess_volume(volume, config, name=name)
     save_case(case, folder)
     return "done", folder
@@ -315,12 +323,12 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
             process.join(timeout=5)
 
 
-def _worker(args: tuple[Path, Path, PreprocessConfig, str, bool, int]) -> tuple[str, Path]:
-    path, out_dir, config, name, force, threads = args
+def _worker(args: tuple[Path, Path, PreprocessConfig, str, bool, str | None, int]) -> tuple[str, Path]:
+    path, out_dir, config, name, force, orientation, threads = args
     import torch
 
     torch.set_num_threads(threads)  # registration runs on one ITK thread for reproducibility (registration.py)
-    return preprocess_file(path, out_dir, config, name=name, force=force)
+    return preprocess_file(path, out_dir, config, name=name, force=force, orientation=orientation)
 
 
 def preprocess_batch(
@@ -330,6 +338,7 @@ def preprocess_batch(
     jobs: int = 1,
     force: bool = False,
     progress: bool = True,
+    orientation: str | None = None,
 ) -> BatchResult:
     """Preprocess files and folders; finished cases are skipped and one failure does not stop the rest.
 
@@ -340,6 +349,7 @@ def preprocess_batch(
         jobs: Parallel worker processes (each gets an equal share of the CPU threads).
         force: Redo cases even when already complete.
         progress: Show a progress bar.
+        orientation: The voxel orientation of scans whose header has none (refused without it).
     """
     from tqdm import tqdm
 
@@ -351,7 +361,7 @@ def preprocess_batch(
     _remove_stale_partials(out_dir)
     result = BatchResult()
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
-    tasks = [(p, out_dir, config, names[p], force, threads) for p in paths]
+    tasks = [(p, out_dir, config, names[p], force, orientation, threads) for p in paths]
     bar = tqdm(total=len(tasks), desc="preprocess", unit="scan", disable=not progress)
 
     def record(path: Path, outcome: tuple[str, Path] | BaseException) -> None:
@@ -365,7 +375,7 @@ def preprocess_batch(
     if jobs <= 1:
         for task in tasks:
             try:
-                record(task[0], preprocess_file(*task[:5]))
+                record(task[0], preprocess_file(*task[:6]))
             except BrainuadError as exc:
                 record(task[0], exc)
             except Exception as exc:  # keep the batch going; report the unexpected error with its file
