@@ -389,7 +389,7 @@ from pathlib import Path
 import brainuad.preprocess.pipeline
 from brainuad.io.volumes import atomic_folder
 
-def slow_case(path, out_dir, config=None, name=None, force=False):
+def slow_case(path, out_dir, config=None, name=None, force=False, orientation=None):
     # A worker in the middle of writing its case folder, for as long as it takes to be stopped.
     with atomic_folder(Path(out_dir) / name) as staging:
         (staging / "image.nii.gz").write_bytes(b"half")

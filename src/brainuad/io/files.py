@@ -59,7 +59,7 @@ def check_replaceable(folder: str | Path, legacy: tuple[str, ...] = ()) -> None:
         return
     if folder.is_dir() and not folder.is_symlink():
         entries = {p.name for p in folder.iterdir()}
-        if OWNER_MARKER in entries or (legacy and entries and entries <= set(legacy)):
+        if not entries or OWNER_MARKER in entries or (legacy and entries <= set(legacy)):  # empty: nothing lost
             return
     raise OutputError(
         folder,

@@ -94,6 +94,12 @@ def neighbour_correlation(array: np.ndarray, mask: np.ndarray) -> float | None:
     """Largest correlation, over the three axes, between the values of neighbouring voxels inside ``mask``
     (thick slices lower it along one axis only); ``None`` with too few voxels."""
     best = None
+    inside = array[mask]
+    if inside.size < 100:
+        return None
+    # Clipped to the 1st–99th percentiles, so that a few extreme voxels (32767 in a BraTS scan) do not decide it.
+    low, high = np.percentile(inside, [1, 99])
+    array = np.clip(array, low, high)
     for axis in range(3):
         first = [slice(None)] * 3
         second = [slice(None)] * 3
