@@ -91,3 +91,23 @@ def test_two_concurrent_detects_into_one_folder_agree(t2_scan, tmp_path):
     assert sum("skipped" in e or "reused" in e for e in errors) <= 1
     alone = _detect(t2_scan, tmp_path / "alone")
     _assert_identical(folder, alone)
+
+
+def test_figure_rows_show_the_largest_finding_of_a_synthetic_glioma():
+    """A glioma high in the brain (z = 34), abnormal-looking skull-base slices (z = 2–4): the rows show the glioma."""
+    from brainuad.infer.detect import figure_slices
+
+    shape = (40, 48, 48)
+    brain = np.zeros(shape, bool)
+    brain[4:36, 4:44, 1:46] = True
+    z, y, x = (np.indices(shape)[i] for i in (2, 1, 0))
+    glioma = ((x - 20) ** 2 + (y - 24) ** 2 + (z - 34) ** 2) <= 36  # ~0.9 mL at 1 mm: the largest finding
+    segmentation = np.zeros(shape, np.int32)
+    segmentation[glioma] = 1
+    segmentation[10:12, 10:12, 3] = 2  # a speck at the skull base
+    normality = np.ones(shape[2])
+    normality[[2, 3, 4]] = [0.0, 0.05, 0.1]  # the skull base scores as most abnormal
+    slices = figure_slices(segmentation, normality, brain)
+    assert 34 in slices and len(slices) == 3
+    # A binary segmentation (no component ids) gives the same glioma row.
+    assert 34 in figure_slices(segmentation > 0, normality, brain)

@@ -82,12 +82,41 @@ def _write_slice_table(path: Path, detection: Detection, native: list[int], z_mm
             writer.writerow([u, f"{z_mm[u]:g}", native[u], f"{e:.6g}", f"{s:.6f}", z])
 
 
+def figure_slices(segmentation: np.ndarray, normality: np.ndarray, brain: np.ndarray, rows: int = 3) -> list[int]:
+    """The axial slices the figure shows: first the slice through the largest finding (where it has most voxels),
+    then that of the second largest, then the most abnormal brain slices (lowest normality) not next to those.
+
+    Ranking by slice score alone showed skull-base slices of the demo's glioma case while the glioma was not shown.
+    """
+    chosen: list[int] = []
+    labels = np.asarray(segmentation)
+    if labels.any():
+        if labels.max() <= 1:  # a binary mask: number its components
+            from scipy import ndimage
+
+            labels, _ = ndimage.label(labels > 0)
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        for component in np.argsort(sizes)[::-1][: rows - 1]:
+            if sizes[component] == 0:
+                break
+            per_slice = (labels == component).sum(axis=(0, 1))
+            u = int(np.argmax(per_slice))
+            if u not in chosen:
+                chosen.append(u)
+    brain_slices = set(np.flatnonzero(brain.any(axis=(0, 1))).tolist())
+    for u in np.argsort(normality, kind="stable"):
+        if len(chosen) >= rows:
+            break
+        if int(u) in brain_slices and all(abs(int(u) - c) > 2 for c in chosen):
+            chosen.append(int(u))
+    return sorted(chosen)
+
+
 def _write_figures(staging: Path, detection: Detection, native: list[int], z_mm: list[float]) -> None:
     from brainuad.report.figures import plot_detection_rows, plot_slice_scores
 
-    # The three most abnormal slices that hold brain (lowest normality score first).
-    brain_slices = np.flatnonzero(detection.case.brain_mask.array.any(axis=(0, 1)))
-    ranked = sorted([int(u) for u in np.argsort(detection.normality) if u in set(brain_slices)][:3])
+    ranked = figure_slices(detection.segmentation, detection.normality, detection.case.brain_mask.array)
     plot_detection_rows(
         detection.case.image.array,
         detection.reconstruction,
@@ -150,7 +179,8 @@ def _write_report(staging: Path, name: str, summary: dict, warning: str | None) 
         f"brainuad findings: {name}",
         {k: v for k, v in summary.items() if k != "provenance"},
         {
-            "Most abnormal axial slices: input, reconstruction, anomaly heatmap, segmentation (MNI crop)": staging
+            "Axial slices through the largest findings and the most abnormal slices: input, reconstruction, anomaly "
+            "heatmap, segmentation (MNI crop)": staging
             / "figure_rows.png",
             "Normality score s(u) per axial slice (0 = most abnormal) and calibrated z vs healthy scans": staging
             / "figure_slice_scores.png",
