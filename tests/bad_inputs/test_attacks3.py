@@ -101,3 +101,24 @@ def test_evaluate_on_a_full_disk_leaves_the_earlier_folder_whole(world, tmp_path
     assert {p.name: _digest(p) for p in out.iterdir() if p.is_file()} == before  # the first run's folder, whole
     assert not list(tmp_path.glob(".*partial*"))
     OUTCOMES[("evaluate_full_disk", "evaluate")] = "earlier folder kept"
+
+
+def test_a_case_named_like_a_formula_is_inert_in_the_csv(world, tmp_path):
+    import csv
+    import shutil
+
+    from brainuad.io.files import csv_safe
+
+    assert csv_safe({"a": "=1+1", "b": "-x", "c": -0.5, "d": "ok"}) == {"a": "'=1+1", "b": "'-x", "c": -0.5, "d": "ok"}
+    source = Path(world["cases"]["huge_outliers"][0]).parent
+    case = tmp_path / "cases" / '=HYPERLINK("http://x")'
+    shutil.copytree(source, case)
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(world["run"]), "--cases", str(case), "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--quiet"]) == 0
+    for name in ("per_case.csv", "per_lesion.csv"):
+        if (out / name).is_file():
+            with open(out / name, newline="") as handle:
+                cells = [cell for row in csv.reader(handle) for cell in row]
+            assert not any(cell.startswith(("=", "+", "@")) for cell in cells), name
+    OUTCOMES[("case_named_=HYPERLINK", "evaluate")] = "inert in CSV"

@@ -166,7 +166,7 @@ def _finding_line(folder: Path) -> str:
         percentile) else ""  # fmt: skip
     count, volume = summary.get("lesion_count", 0), summary.get("lesion_volume_ml_native", 0.0)
     return (
-        f"  {folder.name}: scan score {summary['scan_score']:.3f}{rank}; {count} finding(s), {volume:.1f} mL "
+        f"  {folder.name}: scan score {summary['scan_score']:.3f}{rank}; {count} finding(s), {volume:.3g} mL "
         f"-> {folder / 'report.html'}"
     )
 

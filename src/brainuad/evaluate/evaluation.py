@@ -26,6 +26,7 @@ from brainuad.evaluate import metrics, scores
 from brainuad.evaluate.labelled import CaseEvaluation, apply_threshold, evaluate_case, tune_threshold
 from brainuad.infer.calibration import CALIBRATION_FILE, Calibration
 from brainuad.infer.trained import TrainedModel
+from brainuad.io.files import csv_safe
 from brainuad.io.volumes import atomic_folder, atomic_path, check_replaceable, ensure_writable_folder, write_json
 
 BOOTSTRAP_RESAMPLES = 1000
@@ -222,7 +223,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(csv_safe(row) for row in rows)  # no spreadsheet formulas from case names
 
 
 def _write_curves(evaluations: list[CaseEvaluation], out: Path, label: str, slice_score: str) -> None:

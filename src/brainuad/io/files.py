@@ -188,6 +188,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+#: A spreadsheet reads a cell starting with one of these as a formula (``=HYPERLINK(...)`` in a case folder's name).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with every text cell that a spreadsheet would run as a formula made inert (a leading ``'``); numbers
+    are left alone (``-0.5`` stays a number)."""
+    return {k: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_STARTS) else v for k, v in row.items()}
+
+
 def write_json(path: str | Path, payload: Any) -> Path:
     """Write ``payload`` as indented JSON, atomically."""
     text = json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n"
