@@ -180,7 +180,7 @@ def test_no_orientation_is_refused_unless_stated(tmp_path):
     img.set_qform(None, code=0)
     path = tmp_path / "bare.nii.gz"
     nib.save(img, str(path))
-    with pytest.raises(InputError, match="no orientation.*--assume-orientation"):
+    with pytest.raises(InputError, match=r"no orientation.*--assume-orientation"):
         load_volume(path)
     volume = load_volume(path, orientation="LPS")
     assert volume.source_axcodes == ("L", "P", "S") and volume.spacing == pytest.approx((2.0, 3.0, 4.0))
