@@ -122,3 +122,14 @@ def test_a_case_named_like_a_formula_is_inert_in_the_csv(world, tmp_path):
                 cells = [cell for row in csv.reader(handle) for cell in row]
             assert not any(cell.startswith(("=", "+", "@")) for cell in cells), name
     OUTCOMES[("case_named_=HYPERLINK", "evaluate")] = "inert in CSV"
+
+
+def test_skull_left_in_is_named_not_the_orientation(shared_data, tmp_path, capsys):
+    head = shared_data / "stroke" / "T2_head.nii.gz"
+    args = ["preprocess", str(head), "--out", str(tmp_path / "p"), "--preset", "paper-2mm", "--skull-strip", "none"]
+    code = main([*args, "--quiet"])
+    err = capsys.readouterr().err
+    if code == 0:  # registration happened to pass its check: nothing to blame
+        return
+    assert "skull" in err and "orientation" not in err, err
+    OUTCOMES[("skull_left_in", "preprocess")] = "names the skull"

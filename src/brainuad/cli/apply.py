@@ -164,6 +164,8 @@ def _finding_line(folder: Path) -> str:
     percentile = summary.get("scan_score_percentile_vs_healthy")
     rank = f" (above {percentile:.0f} % of healthy scans)" if isinstance(percentile, float) and math.isfinite(
         percentile) else ""  # fmt: skip
+    if (summary.get("calibration") or {}).get("simulated_reference"):
+        rank = " (healthy reference simulated: no rank among healthy scans)"
     count, volume = summary.get("lesion_count", 0), summary.get("lesion_volume_ml_native", 0.0)
     return (
         f"  {folder.name}: scan score {summary['scan_score']:.3f}{rank}; {count} finding(s), {volume:.3g} mL "

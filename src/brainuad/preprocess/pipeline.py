@@ -54,7 +54,7 @@ from brainuad.preprocess.registration import (
     native_to_mni,
     registration_overlap,
 )
-from brainuad.preprocess.skullstrip import skull_strip
+from brainuad.preprocess.skullstrip import MAX_BRAIN_VOLUME_ML, skull_strip
 from brainuad.preprocess.templates import crop_grid
 
 __all__ = [  # with the case format's names, re-exported from brainuad.preprocess.cases
@@ -178,10 +178,17 @@ def preprocess_volume(
     start = time.perf_counter()
     overlap = registration_overlap(mask_native, transform)
     if overlap["inside"] < MIN_REGISTRATION_INSIDE:
+        mask_ml = float(mask_native.sum() * volume.voxel_volume_ml)
+        cause = (
+            f"the brain mask holds {mask_ml:.0f} mL, more than any brain ({MAX_BRAIN_VOLUME_ML:.0f} mL): the skull "
+            "seems to be still there — use --skull-strip auto or deepbet, not none"
+            if mask_ml > MAX_BRAIN_VOLUME_ML
+            else "check the scan's orientation header"
+        )
         raise InputError(
             volume.path,
             f"registration to MNI failed its check (only {overlap['inside']:.0%} of the brain lands inside the "
-            f"template's brain, need {MIN_REGISTRATION_INSIDE:.0%}); check the scan's orientation header",
+            f"template's brain, need {MIN_REGISTRATION_INSIDE:.0%}); {cause}",
         )
     image_mni = native_to_mni(brain.array, transform, grid, order=1)
     mask_mni = native_to_mni(mask_native.astype(np.float32), transform, grid, order=1) > 0.5
