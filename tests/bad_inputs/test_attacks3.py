@@ -133,3 +133,22 @@ def test_skull_left_in_is_named_not_the_orientation(shared_data, tmp_path, capsy
         return
     assert "skull" in err and "orientation" not in err, err
     OUTCOMES[("skull_left_in", "preprocess")] = "names the skull"
+
+
+def test_a_huge_config_with_unreadable_weights_is_refused_before_building(tmp_path):
+    import shutil
+
+    import pytest
+
+    from brainuad.errors import InputError
+    from brainuad.infer.trained import TrainedModel
+    from brainuad.io.shipped import resolve_model_dir
+
+    run = Path(shutil.copytree(resolve_model_dir("builtin:t2"), tmp_path / "run"))
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["channels"] = [65536, 65536, 65536]  # terabytes of parameters
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "model.safetensors").write_bytes(b"\xff" * 64)  # a header that cannot be read
+    with pytest.raises(InputError, match="GiB of parameters"):
+        TrainedModel.load(run, "cpu")
+    OUTCOMES[("huge_config_unreadable_weights", "load")] = "refused before building"
