@@ -125,28 +125,28 @@ def atomic_folder(folder: str | Path, legacy: tuple[str, ...] = ()) -> Iterator[
 
 @contextlib.contextmanager
 def folder_lock(folder: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on the output ``folder`` (a hidden ``.<name>.lock`` file beside it) while building it.
+    """Hold an exclusive lock for building the output ``folder`` (a ``flock`` on its parent folder: no lock file is
+    left behind).
 
-    Two runs writing the same output at the same time take turns: the second waits, then finds the first one's
-    complete result (and reuses it) instead of computing the same folder again beside it. The lock is released when
-    the process ends, killed or not (``flock``); where the file system has no locks, the runs go unlocked and the
-    last complete folder wins, whole (:func:`atomic_folder`).
+    Two runs writing into the same output folder at the same time take turns, one scan at a time: the second waits,
+    then finds the first one's complete result (and reuses it) instead of computing the same folder beside it. The
+    lock is released when the process ends, killed or not; where the file system has no locks, the runs go unlocked
+    and the last complete folder wins, whole (:func:`atomic_folder`).
     """
     import fcntl
 
-    folder = Path(folder)
-    ensure_writable_folder(folder.parent)
-    lock = folder.parent / f".{safe_name(folder.name)}.lock"
+    parent = Path(folder).parent
+    ensure_writable_folder(parent)
     try:
-        handle = open(lock, "a")  # noqa: SIM115 - held open for the lock's lifetime
+        handle = os.open(parent, os.O_RDONLY)
     except OSError as exc:
-        raise OutputError(lock, f"cannot create lock file ({exc.strerror or exc})") from exc
+        raise OutputError(parent, f"cannot open the output folder ({exc.strerror or exc})") from exc
     try:
         with contextlib.suppress(OSError):  # no locking on this file system (some network mounts)
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield
     finally:
-        handle.close()
+        os.close(handle)
 
 
 #: Staging folders being built now, for a signal handler that must remove them before the process ends.
