@@ -252,7 +252,7 @@ def evaluate(
     Args:
         run_dir: Model folder (``brainuad train`` output; calibrated, or pass ``tune_sources``).
         case_sources: Folders of BraTS-/MS-style cases or slice-label CSVs to report on.
-        out_dir: Output folder (replaced atomically file by file).
+        out_dir: Output folder, built aside and swapped into place whole (a brainuad folder, an empty one, or none).
         tune_sources: Labelled cases used only to choose the threshold (best pooled Dice); they must not overlap the
             reported cases.
         modality: Image modality in the case files (``t2``, ``flair``…).
