@@ -88,7 +88,7 @@ def prepare(track: str, out: Path) -> None:
             raise SystemExit(f"preprocessing failed: {result.failed}")
 
 
-def train_method(track: str, method: str, out: Path, epochs: int | None) -> Path:
+def train_method(track: str, method: str, out: Path, epochs: int | None, minutes: float | None = None) -> Path:
     import torch
 
     from brainuad.config import Config, ModelConfig, PreprocessConfig, TrainConfig, quick_recipe, replace
@@ -111,7 +111,9 @@ def train_method(track: str, method: str, out: Path, epochs: int | None) -> Path
     run = out / track / "runs" / method
     if not (run / "summary.json").is_file():
         cpu0, wall0 = _cpu_seconds(), time.perf_counter()
-        train([out / track / "prep" / "train"], run, config, resume=(run / "state.json").is_file(), progress=False)
+        deadline = time.monotonic() + 60 * minutes if minutes else None  # stops (and validates) at the budget
+        train([out / track / "prep" / "train"], run, config, resume=(run / "state.json").is_file(), progress=False,
+              deadline=deadline)  # fmt: skip
         cost = {"cpu_seconds": round(_cpu_seconds() - cpu0, 1), "wall_seconds": round(time.perf_counter() - wall0, 1)}
         write_json(run / "cost.json", {**cost, "threads": 2})
     print(json.dumps(read_json(run / "summary.json").get("reconstruction_check"), indent=1))
@@ -242,11 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("method", nargs="?", default="restore", choices=("restore", "ae", *RECIPES))
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--minutes", type=float, default=None, help="train: a time budget (resumes stop there too)")
     args = parser.parse_args(argv)
     if args.step == "prepare":
         prepare(args.track, args.out)
     elif args.step == "train":
-        train_method(args.track, args.method, args.out, args.epochs)
+        train_method(args.track, args.method, args.out, args.epochs, args.minutes)
     elif args.step == "steps":
         compare_steps(args.track, args.out)
     elif args.step == "evaluate":

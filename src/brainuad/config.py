@@ -53,7 +53,7 @@ class PreprocessConfig:
             template synthesised from its tissue maps (``t2``).
         scaling: ``percentile`` (robust, inside the brain mask) or ``minmax`` (the paper's).
         percentiles: Lower/upper percentiles inside the brain mapped to 0 and 1 by ``percentile`` scaling.
-        registration_seed: Seed passed to ANTs' metric sampling (ANTs stays reproducible to ~1 mm only).
+        registration_seed: Seed of ANTs' metric sampling (passed as seed + 1: ANTs reads 0 as "use the clock").
     """
 
     preset: CropPreset = "paper"

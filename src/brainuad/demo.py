@@ -397,9 +397,8 @@ def write_demo_report(
     plot_pr_curves(curves, out / "pr.png", "slice-level precision-recall (abnormal class), test cases")
     images = {"Slice-level ROC (brain-containing axial slices)": out / "roc.png", "Slice-level PR": out / "pr.png"}
     for folder in findings:
-        images[f"{folder.name}: most abnormal slices (input, reconstruction, heatmap, segmentation)"] = (
-            folder / "figure_rows.png"
-        )
+        title = f"{folder.name}: largest findings, most abnormal slices (input, reconstruction, heatmap, segmentation)"
+        images[title] = folder / "figure_rows.png"
     table = TABLE_HEADER + "".join(table_row(name, s) for name, s in summaries.items())
     synthetic = source.startswith("synthetic")
     learned, _ = model_names()

@@ -144,6 +144,31 @@ def _too_large(data, affine, path):
     return path
 
 
+def _no_orientation(data, affine, path):
+    """qform_code = sform_code = 0: no orientation at all (nibabel falls back to a guess that can mirror the scan)."""
+    image = nib.Nifti1Image(data, affine)
+    image.set_sform(affine, code=0)
+    image.set_qform(affine, code=0)
+    nib.save(image, str(path))
+    return path
+
+
+def _label_map_as_scan(data, affine, path):
+    """A BraTS-style tumour label map (0, 1, 2, 4) given as the scan: small regions, so skull stripping runs."""
+    labels = np.zeros(data.shape, np.uint8)
+    centre = np.asarray(data.shape) // 2
+    labels[tuple(slice(c - 6, c + 6) for c in centre)] = 2
+    labels[tuple(slice(c - 3, c + 3) for c in centre)] = 4
+    labels[tuple(slice(c - 1, c + 1) for c in centre)] = 1
+    return _save(labels, affine, path)
+
+
+def _head_shaped_noise(data, affine, path):
+    """Random noise filling the brain's shape: intensities vary, but neighbouring voxels are unrelated."""
+    noise = np.random.default_rng(0).uniform(100.0, 1000.0, data.shape).astype(np.float32)
+    return _save(np.where(data > 0, noise, 0.0).astype(np.float32), affine, path)
+
+
 def _label_shape(data, affine, path):
     return _save(np.zeros(tuple(s - 4 for s in data.shape), np.uint8), affine, path)
 
@@ -175,6 +200,9 @@ KINDS = [
     BadKind("oblique_affine", _oblique, "ok"),
     BadKind("thick_slices_7mm_18", _thick_slices, "ok"),
     BadKind("too_large_for_memory", _too_large, r"GiB"),
+    BadKind("no_orientation_codes", _no_orientation, "has no orientation.*--assume-orientation"),
+    BadKind("label_map_as_scan", _label_map_as_scan, "a mask or label map, not a scan"),
+    BadKind("head_shaped_noise", _head_shaped_noise, "this is not a brain"),
     BadKind("label_wrong_shape", _label_shape, "does not match its image", target="label"),
     BadKind("label_wrong_affine", _label_affine, "does not match its image", target="label"),
     BadKind("label_non_integer", _label_fractional, "non-integer", target="label"),

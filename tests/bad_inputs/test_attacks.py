@@ -190,11 +190,15 @@ def test_a_detect_folder_attacked(world, tmp_path, capsys):
     (model / "calibration.json").write_text(json.dumps({**calibration, "csf_to_white_matter": 1.8}))
 
     def run(*extra) -> tuple[str, str]:
-        assert _detect([scans], model, out, *extra) == 1  # the mask and the RGB file fail every time
+        # the mask and the RGB file fail every time; the strong contrast mismatch is accepted here (refused below)
+        assert _detect([scans], model, out, "--allow-contrast-mismatch", *extra) == 1
         captured = capsys.readouterr()
         assert "Traceback" not in captured.err
         return captured.out, captured.err
 
+    assert _detect([scans / "scan.nii.gz"], model, tmp_path / "refused") == 1  # without the flag: refused (issue 27)
+    assert "--allow-contrast-mismatch" in capsys.readouterr().err
+    OUTCOMES[("t1_scan_to_t2_model", "detect")] = "refused (flag runs it)"
     stdout, err = run()
     assert "1 done, 0 already finished, 2 failed" in stdout
     summary = json.loads((out / "scan" / "summary.json").read_text())  # each finished scan gets its result line
@@ -207,7 +211,6 @@ def test_a_detect_folder_attacked(world, tmp_path, capsys):
     assert any("QC: brain volume" in w for w in warnings) and any("QC: registration overlap" in w for w in warnings)
     OUTCOMES[("child_size_brain", "detect")] = "QC warning"
     assert any("QC: the scan's contrast looks T1/FLAIR-like" in w for w in warnings), warnings
-    OUTCOMES[("t1_scan_to_t2_model", "detect")] = "QC warning"
     header = nib.load(str(out / "scan" / "anomaly_map.nii.gz")).header
     assert header["descrip"].item() == b"" and not header.extensions
     assert (header["cal_min"], header["cal_max"], header["intent_code"]) == (0, 0, 0)
@@ -308,17 +311,17 @@ def test_intensity_offset_and_huge_values(world, tmp_path, capsys):
     data, affine = _scan(world)
     shifted = tmp_path / "shifted.nii.gz"
     nib.save(nib.Nifti1Image(data - 1000.0, affine), str(shifted))
-    # A uniform ball of brain size (with noise), not a brain: preprocessed, with a QC warning.
+    # A uniform ball of brain size (with noise), not a brain: refused (issue 27; it was preprocessed with a warning).
     centre = (np.asarray(data.shape) - 1) / 2
     radius_mm = np.sqrt(sum((axis - c) ** 2 for axis, c in zip(np.indices(data.shape), centre))) * 2.0
     ball = np.where(radius_mm < 60, np.random.default_rng(0).normal(500, 5, data.shape), 0).astype(np.float32)
     nib.save(nib.Nifti1Image(ball, affine), str(tmp_path / "ball.nii.gz"))
     args = ["preprocess", str(shifted), str(tmp_path / "ball.nii.gz"), "--out", str(tmp_path / "o"), "--quiet"]
-    assert main([*args, "--preset", "paper-2mm"]) == 0
-    warnings = json.loads((tmp_path / "o" / "ball" / "record.json").read_text())["warnings"]
-    assert any("this may not be a brain MRI" in w for w in warnings), warnings
+    assert main([*args, "--preset", "paper-2mm"]) == 1
+    assert f"{tmp_path / 'ball.nii.gz'}: this is not a brain" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "ball").exists()
     assert not json.loads((tmp_path / "o" / "shifted" / "record.json").read_text())["warnings"]
-    OUTCOMES[("uniform_ball_not_a_brain", "preprocess")] = "QC warning"
+    OUTCOMES[("uniform_ball_not_a_brain", "preprocess")] = "refused: not a brain"
     original = nib.load(str(world["prep"] / "sub-01_T2w" / "image.nii.gz")).get_fdata()
     offset = nib.load(str(tmp_path / "o" / "shifted" / "image.nii.gz")).get_fdata()
     assert np.percentile(np.abs(original - offset), 99) < 0.01  # was 0.49: a different brain mask and scaling
@@ -389,7 +392,7 @@ from pathlib import Path
 import brainuad.preprocess.pipeline
 from brainuad.io.volumes import atomic_folder
 
-def slow_case(path, out_dir, config=None, name=None, force=False):
+def slow_case(path, out_dir, config=None, name=None, force=False, orientation=None):
     # A worker in the middle of writing its case folder, for as long as it takes to be stopped.
     with atomic_folder(Path(out_dir) / name) as staging:
         (staging / "image.nii.gz").write_bytes(b"half")

@@ -172,3 +172,20 @@ def test_find_nifti_files_and_names(tmp_path):
         find_nifti_files([empty])
     with pytest.raises(InputError, match="not found"):
         find_nifti_files([tmp_path / "missing.nii.gz"])
+
+
+def test_no_orientation_is_refused_unless_stated(tmp_path):
+    img = nib.Nifti1Image(np.random.rand(6, 8, 10).astype(np.float32), np.diag([2.0, 3.0, 4.0, 1.0]))
+    img.set_sform(None, code=0)
+    img.set_qform(None, code=0)
+    path = tmp_path / "bare.nii.gz"
+    nib.save(img, str(path))
+    with pytest.raises(InputError, match=r"no orientation.*--assume-orientation"):
+        load_volume(path)
+    volume = load_volume(path, orientation="LPS")
+    assert volume.source_axcodes == ("L", "P", "S") and volume.spacing == pytest.approx((2.0, 3.0, 4.0))
+    with pytest.raises(InputError, match="not an orientation"):
+        load_volume(path, orientation="LRS")
+    out = save_volume(volume.with_array(volume.array * 2), tmp_path / "out.nii.gz")
+    header = nib.load(str(out)).header
+    assert int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0  # no orientation claimed

@@ -107,7 +107,7 @@ def test_no_brain_is_a_clear_error(tmp_path):
     from brainuad.preprocess.pipeline import preprocess_volume
 
     array = np.zeros((40, 40, 40), np.float32)
-    array[18:22, 18:22, 18:22] = 1.0  # 0.064 mL "brain"
+    array[18:22, 18:22, 18:22] = np.arange(1, 65, dtype=np.float32).reshape(4, 4, 4)  # 0.064 mL "brain"
     with pytest.raises(InputError, match="no brain"):
         preprocess_volume(
             load_volume(write_nifti(tmp_path / "tiny.nii.gz", array)), PreprocessConfig(skull_strip="none")

@@ -121,7 +121,20 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     add_device_flag(p)
     p.add_argument("--force", action="store_true", help="redo scans whose outputs are complete")
     add_shard_flag(p)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--allow-contrast-mismatch",
+        action="store_true",
+        help="run on a scan whose contrast is clearly not the model's (a T1 scan given to a T2 model; refused by "
+        "default: its findings would be the contrast, not lesions)",
+    )
+    p.add_argument(
+        "--assume-orientation",
+        metavar="AXCODES",
+        default=None,
+        help="for scans whose header has no orientation (qform_code = sform_code = 0, refused otherwise): their voxel "
+        "axes, as 3 letters from R/L, A/P, S/I (e.g. LPS); outputs keep the input's codes",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_detect)
 
 
@@ -141,7 +154,17 @@ def _run_detect(args: argparse.Namespace) -> int:
     device = device_from_flag(args.device)
     shard = shard_from_flag(args.shard)
     result = detect_batch(
-        args.inputs, args.model, args.out, threshold, args.skull_strip, device, args.force, not args.quiet, shard=shard
+        args.inputs,
+        args.model,
+        args.out,
+        threshold,
+        args.skull_strip,
+        device,
+        args.force,
+        progress=not args.quiet,
+        allow_contrast_mismatch=args.allow_contrast_mismatch,
+        orientation=args.assume_orientation,
+        shard=shard,
     )
     for folder in [*result.done, *result.skipped]:
         print(_finding_line(Path(folder)))
@@ -158,9 +181,11 @@ def _finding_line(folder: Path) -> str:
     percentile = summary.get("scan_score_percentile_vs_healthy")
     rank = f" (above {percentile:.0f} % of healthy scans)" if isinstance(percentile, float) and math.isfinite(
         percentile) else ""  # fmt: skip
+    if (summary.get("calibration") or {}).get("simulated_reference"):
+        rank = " (healthy reference simulated: no rank among healthy scans)"
     count, volume = summary.get("lesion_count", 0), summary.get("lesion_volume_ml_native", 0.0)
     return (
-        f"  {folder.name}: scan score {summary['scan_score']:.3f}{rank}; {count} finding(s), {volume:.1f} mL "
+        f"  {folder.name}: scan score {summary['scan_score']:.3f}{rank}; {count} finding(s), {volume:.3g} mL "
         f"-> {folder / 'report.html'}"
     )
 

@@ -35,6 +35,13 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default: 1)")
     p.add_argument("--force", action="store_true", help="redo scans that are already finished")
     add_shard_flag(p)
+    p.add_argument(
+        "--assume-orientation",
+        metavar="AXCODES",
+        default=None,
+        help="for scans whose header has no orientation (qform_code = sform_code = 0, refused otherwise): their voxel "
+        "axes, as 3 letters from R/L, A/P, S/I (e.g. LPS); outputs keep the input's codes",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_preprocess)
 
@@ -54,7 +61,14 @@ def _run_preprocess(args: argparse.Namespace) -> int:
 
     shard = shard_from_flag(args.shard)
     result = preprocess_batch(
-        args.inputs, args.out, config, jobs=args.jobs, force=args.force, progress=not args.quiet, shard=shard
+        args.inputs,
+        args.out,
+        config,
+        jobs=args.jobs,
+        force=args.force,
+        progress=not args.quiet,
+        orientation=args.assume_orientation,
+        shard=shard,
     )
     return report_batch("preprocess", result, args.out)
 

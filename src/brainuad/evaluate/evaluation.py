@@ -27,7 +27,8 @@ from brainuad.evaluate import froc, metrics, scores
 from brainuad.evaluate.labelled import CaseEvaluation, apply_threshold, evaluate_case, tune_threshold
 from brainuad.infer.calibration import CALIBRATION_FILE, Calibration
 from brainuad.infer.trained import TrainedModel
-from brainuad.io.volumes import atomic_path, ensure_writable_folder, write_json
+from brainuad.io.files import csv_safe
+from brainuad.io.volumes import atomic_folder, atomic_path, check_replaceable, ensure_writable_folder, write_json
 
 BOOTSTRAP_RESAMPLES = 1000
 #: Below this many cases a bootstrap over cases has too few distinct resamples to be an interval: none is given.
@@ -223,7 +224,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(csv_safe(row) for row in rows)  # no spreadsheet formulas from case names
 
 
 def _write_curves(evaluations: list[CaseEvaluation], out: Path, label: str, slice_score: str) -> None:
@@ -252,7 +253,7 @@ def evaluate(
     Args:
         run_dir: Model folder (``brainuad train`` output; calibrated, or pass ``tune_sources``).
         case_sources: Folders of BraTS-/MS-style cases or slice-label CSVs to report on.
-        out_dir: Output folder (replaced atomically file by file).
+        out_dir: Output folder, built aside and swapped into place whole (a brainuad folder, an empty one, or none).
         tune_sources: Labelled cases used only to choose the threshold (best pooled Dice); they must not overlap the
             reported cases.
         modality: Image modality in the case files (``t2``, ``flair``…).
@@ -278,7 +279,7 @@ def evaluate(
     start = time.perf_counter()
     run_dir, out_dir = resolve_model_dir(run_dir), Path(out_dir)
     _refuse_run_folder_as_output(run_dir, out_dir)
-    ensure_writable_folder(out_dir)  # fail before the work, not after it
+    _check_output_folder(out_dir, cache_dir)  # fail before the work, not after it
     trained = TrainedModel.load(run_dir, device)
     config, calibration = trained.config, trained.calibration
     cases = [c for source in case_sources for c in find_labelled_cases(source, modality)]
@@ -343,22 +344,26 @@ def evaluate(
             "provenance": provenance(),
         }
     )
-    write_json(out_dir / "summary.json", summary)
-    healthy_scores = calibration.healthy_scores if calibration is not None else ()
-    _write_csv(out_dir / "per_case.csv", per_case_rows(evaluations, slice_score, healthy_scores))
-    with atomic_path(out_dir / "table.md") as tmp:
-        table = TABLE_HEADER + table_row(f"{config.model.kind} ({run_dir.name})", summary)
-        tmp.write_text(f"**{warning}**\n\n{table}" if warning else table)
-    with atomic_path(out_dir / "slice_scores.npz") as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **{f"{k}": v for k, v in _slice_arrays(evaluations, score=slice_score).items()})
-    lesions = [r for e in evaluations for r in e.lesion_rows]
-    if lesions:
-        _write_csv(out_dir / "per_lesion.csv", lesions)
-    _write_curves(evaluations, out_dir, f"{config.model.kind} ({slice_score})", slice_score)
-    if summary["froc"] is not None:
-        from brainuad.report.figures import plot_froc
+    # The whole folder is built aside and swapped into place: no file of an earlier run (per_lesion.csv) stays
+    # beside the new ones, and a full disk leaves the earlier folder (or none), never one that only looks finished.
+    final_dir = out_dir
+    with atomic_folder(final_dir, EVALUATION_OUTPUTS) as out_dir:
+        write_json(out_dir / "summary.json", summary)
+        healthy_scores = calibration.healthy_scores if calibration is not None else ()
+        _write_csv(out_dir / "per_case.csv", per_case_rows(evaluations, slice_score, healthy_scores))
+        with atomic_path(out_dir / "table.md") as tmp:
+            table = TABLE_HEADER + table_row(f"{config.model.kind} ({run_dir.name})", summary)
+            tmp.write_text(f"**{warning}**\n\n{table}" if warning else table)
+        with atomic_path(out_dir / "slice_scores.npz") as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **{f"{k}": v for k, v in _slice_arrays(evaluations, score=slice_score).items()})
+        lesions = [r for e in evaluations for r in e.lesion_rows]
+        if lesions:
+            _write_csv(out_dir / "per_lesion.csv", lesions)
+        _write_curves(evaluations, out_dir, f"{config.model.kind} ({slice_score})", slice_score)
+        if summary["froc"] is not None:
+            from brainuad.report.figures import plot_froc
 
-        plot_froc(summary["froc"], out_dir / "froc.png", f"{config.model.kind}: lesion detection (FROC)")
+            plot_froc(summary["froc"], out_dir / "froc.png", f"{config.model.kind}: lesion detection (FROC)")
     return summary
 
 
@@ -367,6 +372,30 @@ def _froc_counts(evaluation: CaseEvaluation, grid) -> froc.FrocCounts:
     return froc.case_counts(
         evaluation.anomaly, evaluation.lesion, grid, evaluation.sizes.min_component_voxels, evaluation.voxel_ml
     )
+
+
+#: What an evaluation folder of an older brainuad (before the ownership marker) held: such a folder may be replaced.
+EVALUATION_OUTPUTS = (
+    "summary.json",
+    "per_case.csv",
+    "per_lesion.csv",
+    "table.md",
+    "slice_scores.npz",
+    "roc.png",
+    "pr.png",
+    "froc.png",
+)
+
+
+def _check_output_folder(out_dir: Path, cache_dir: str | Path | None) -> None:
+    """Before the work: ``out_dir`` can be replaced as a whole (brainuad's, empty or absent; its parent writable),
+    and the ``--cache`` is not inside it (replacing the folder would delete the cache)."""
+    check_replaceable(out_dir, EVALUATION_OUTPUTS)
+    ensure_writable_folder(out_dir.parent)
+    if cache_dir is not None and Path(cache_dir).resolve().is_relative_to(out_dir.resolve()):
+        raise OutputError(
+            Path(cache_dir), f"--cache lies inside --out {out_dir}, which is replaced as a whole; put it elsewhere"
+        )
 
 
 def _refuse_run_folder_as_output(run_dir: Path, out_dir: Path) -> None:

@@ -98,6 +98,21 @@ class Calibration:
         return f"{CALIBRATION_FILE} ({self.method})"
 
     @property
+    def simulated_reference(self) -> bool:
+        """Whether every healthy reference scan was simulated (``sim-*`` cases, e.g. ``builtin:t2``'s)."""
+        return bool(self.healthy_cases) and all(str(c).startswith("sim-") for c in self.healthy_cases or ())
+
+    @property
+    def reference_note(self) -> str | None:
+        """A sentence for the console and the report when the healthy reference was simulated, else ``None``."""
+        if not self.simulated_reference:
+            return None
+        return (
+            f"the healthy reference is {len(self.healthy_cases or ())} simulated scans, not real healthy scans: "
+            "the threshold and calibrated z come from simulations, and no percentile among healthy scans is given"
+        )
+
+    @property
     def healthy_scores(self) -> tuple[float, ...]:
         """The healthy scans' scan scores (empty when there are none)."""
         return self.healthy_scan_scores or ()

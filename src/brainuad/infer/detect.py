@@ -18,6 +18,7 @@ from brainuad.config import PostprocessConfig, PreprocessConfig, replace, to_dic
 from brainuad.errors import BrainuadError, InputError
 from brainuad.infer.inference import Detection
 from brainuad.infer.trained import TrainedModel
+from brainuad.io.files import folder_lock
 from brainuad.io.provenance import provenance, sha256_file
 from brainuad.io.shards import Shard
 from brainuad.io.volumes import (
@@ -33,7 +34,7 @@ from brainuad.io.volumes import (
 )
 from brainuad.preprocess.cases import case_names
 from brainuad.preprocess.pipeline import BatchResult, DegradedInputWarning, _remove_stale_partials, preprocess_volume
-from brainuad.preprocess.qc import contrast_warning
+from brainuad.preprocess.qc import check_memory, contrast_warning, strong_contrast_mismatch
 
 OUTPUTS = (
     "anomaly_map.nii.gz",
@@ -82,12 +83,41 @@ def _write_slice_table(path: Path, detection: Detection, native: list[int], z_mm
             writer.writerow([u, f"{z_mm[u]:g}", native[u], f"{e:.6g}", f"{s:.6f}", z])
 
 
+def figure_slices(segmentation: np.ndarray, normality: np.ndarray, brain: np.ndarray, rows: int = 3) -> list[int]:
+    """The axial slices the figure shows: first the slice through the largest finding (where it has most voxels),
+    then that of the second largest, then the most abnormal brain slices (lowest normality) not next to those.
+
+    Ranking by slice score alone showed skull-base slices of the demo's glioma case while the glioma was not shown.
+    """
+    chosen: list[int] = []
+    labels = np.asarray(segmentation)
+    if labels.any():
+        if labels.max() <= 1:  # a binary mask: number its components
+            from scipy import ndimage
+
+            labels, _ = ndimage.label(labels > 0)
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        for component in np.argsort(sizes)[::-1][: rows - 1]:
+            if sizes[component] == 0:
+                break
+            per_slice = (labels == component).sum(axis=(0, 1))
+            u = int(np.argmax(per_slice))
+            if u not in chosen:
+                chosen.append(u)
+    brain_slices = set(np.flatnonzero(brain.any(axis=(0, 1))).tolist())
+    for u in np.argsort(normality, kind="stable"):
+        if len(chosen) >= rows:
+            break
+        if int(u) in brain_slices and all(abs(int(u) - c) > 2 for c in chosen):
+            chosen.append(int(u))
+    return sorted(chosen)
+
+
 def _write_figures(staging: Path, detection: Detection, native: list[int], z_mm: list[float]) -> None:
     from brainuad.report.figures import plot_detection_rows, plot_slice_scores
 
-    # The three most abnormal slices that hold brain (lowest normality score first).
-    brain_slices = np.flatnonzero(detection.case.brain_mask.array.any(axis=(0, 1)))
-    ranked = sorted([int(u) for u in np.argsort(detection.normality) if u in set(brain_slices)][:3])
+    ranked = figure_slices(detection.segmentation, detection.normality, detection.case.brain_mask.array)
     plot_detection_rows(
         detection.case.image.array,
         detection.reconstruction,
@@ -135,7 +165,9 @@ def _write_report(staging: Path, name: str, summary: dict, warning: str | None) 
     notes.append(
         f"Scan triage: scan score <b>{summary['scan_score']:.4g}</b> (99.9th percentile of the anomaly map in the "
         + (f"brain), higher than <b>{percentile:.0f} %</b> of the healthy calibration scans."
-           if percentile is not None else "brain); no healthy calibration, so no percentile among healthy scans.")
+           if percentile is not None else "brain); no percentile among healthy scans ("
+           + ("the healthy reference is simulated)." if calibration.get("simulated_reference")
+              else "too few or no healthy calibration scans)."))
     )  # fmt: skip
     if calibration.get("calibrated_on"):
         notes.append(
@@ -148,7 +180,8 @@ def _write_report(staging: Path, name: str, summary: dict, warning: str | None) 
         f"brainuad findings: {name}",
         {k: v for k, v in summary.items() if k != "provenance"},
         {
-            "Most abnormal axial slices: input, reconstruction, anomaly heatmap, segmentation (MNI crop)": staging
+            "Axial slices through the largest findings and the most abnormal slices: input, reconstruction, anomaly "
+            "heatmap, segmentation (MNI crop)": staging
             / "figure_rows.png",
             "Normality score s(u) per axial slice (0 = most abnormal) and calibrated z vs healthy scans": staging
             / "figure_slice_scores.png",
@@ -234,7 +267,13 @@ def _calibration_summary(trained: TrainedModel) -> dict | None:
     if calibration is None:
         return None
     notes = None if calibration.notes is None else list(calibration.notes)
-    return {"calibrated_on": calibration.calibrated_on, "notes": notes}
+    if calibration.reference_note:
+        notes = [*(notes or []), calibration.reference_note]
+    return {
+        "calibrated_on": calibration.calibrated_on,
+        "notes": notes,
+        "simulated_reference": calibration.simulated_reference,
+    }
 
 
 def detect_batch(
@@ -249,6 +288,8 @@ def detect_batch(
     threshold_source: str | None = None,
     shard: Shard | None = None,
     names: dict[Path, str] | None = None,
+    allow_contrast_mismatch: bool = False,
+    orientation: str | None = None,
 ) -> BatchResult:
     """Detect anomalies in raw scans (files or folders); finished scans are skipped, failures do not stop the batch.
 
@@ -264,6 +305,9 @@ def detect_batch(
         threshold_source: Where a given ``threshold`` came from, for the summary and the report.
         shard: Do only this shard of the scans (:mod:`brainuad.io.shards`; names are decided on all of them).
         names: Output folder name of each input file (default: from the file names, see ``case_names``).
+        allow_contrast_mismatch: Run on a scan whose contrast strongly differs from the model's healthy scans
+            (refused by default: every voxel would look anomalous).
+        orientation: The voxel orientation of scans whose header has none (refused without it).
     """
     from tqdm import tqdm
 
@@ -271,7 +315,7 @@ def detect_batch(
     ensure_writable_folder(out_dir)  # fail before loading anything, naming the folder
     trained = TrainedModel.load(run_dir, device)
     threshold, source = trained.threshold(threshold, threshold_source or "given", "pass --threshold VALUE")
-    config, calibration = trained.config, trained.calibration
+    config = trained.config
     preprocess_config: PreprocessConfig = config.preprocessing
     if skull_strip:
         preprocess_config = replace(preprocess_config, skull_strip=skull_strip)
@@ -289,30 +333,63 @@ def detect_batch(
         # Recorded when not the paper's, so findings made with other sizes are never reused (and those made before
         # the setting existed, with the paper's sizes, still are).
         common["postprocessing"] = to_dict(config.postprocessing)
+    if orientation is not None:
+        common["assumed_orientation"] = orientation  # recorded only when given: older findings are still reused
     result = BatchResult()
     for path in tqdm(paths, desc="detect", unit="scan", disable=not progress):
         folder = out_dir / names[path]
         try:
-            # A finished result is reused only when it was made from this very file with these settings.
-            settings = {"input_sha256": sha256_file(path), **common}
-            if not force and _finished(folder, settings):
-                result.skipped.append(folder)
-                continue
-            check_replaceable(folder, LEGACY_OUTPUTS)  # before the work: a user's folder is never replaced
-            volume = load_volume(path, "image")
-            case = preprocess_volume(volume, preprocess_config, name=names[path])
-            trained.check_case(case, path)
-            ratio = case.record.get("qc", {}).get("csf_to_white_matter")
-            for message in contrast_warning(ratio, calibration.csf_to_white_matter if calibration else None):
-                case.record["warnings"].append(message)
-                warnings.warn(f"{path}: {message}", DegradedInputWarning, stacklevel=2)
-            detection = trained.detect(case, threshold)
-            result.done.append(write_detection(detection, folder, volume, trained, settings, source))
+            # Two runs into the same folder at once take turns; the second then reuses the first one's result.
+            with folder_lock(folder):
+                outcome = _detect_one(
+                    path, folder, trained, preprocess_config, threshold, source, common, force, allow_contrast_mismatch
+                )
+            (result.skipped if outcome == "skipped" else result.done).append(folder)
         except BrainuadError as exc:
             result.failed.append((path, str(exc)))
         except Exception as exc:  # keep the batch going; report the unexpected error with its file
             result.failed.append((path, str(InputError(path, f"unexpected {type(exc).__name__}: {exc}"))))
     return result
+
+
+def _detect_one(
+    path: Path,
+    folder: Path,
+    trained: TrainedModel,
+    preprocess_config: PreprocessConfig,
+    threshold: float,
+    source: str,
+    common: dict,
+    force: bool,
+    allow_contrast_mismatch: bool = False,
+) -> str:
+    """Detect in one scan into ``folder``; ``"skipped"`` when a finished result made with these settings is there."""
+    # A finished result is reused only when it was made from this very file with these settings.
+    settings = {"input_sha256": sha256_file(path), **common}
+    if not force and _finished(folder, settings):
+        return "skipped"
+    check_replaceable(folder, LEGACY_OUTPUTS)  # before the work: a user's folder is never replaced
+    check_memory(path)  # from the header, before reading the voxels
+    volume = load_volume(path, "image", orientation=common.get("assumed_orientation"))
+    case = preprocess_volume(volume, preprocess_config, name=folder.name)
+    trained.check_case(case, path)
+    calibration = trained.calibration
+    ratio = case.record.get("qc", {}).get("csf_to_white_matter")
+    reference = calibration.csf_to_white_matter if calibration else None
+    if not allow_contrast_mismatch and strong_contrast_mismatch(ratio, reference):
+        raise InputError(
+            path,
+            contrast_warning(ratio, reference)[0].removeprefix("QC: ")
+            + "; refusing it (use a model of this contrast, or pass --allow-contrast-mismatch to run anyway)",
+        )
+    for message in contrast_warning(ratio, calibration.csf_to_white_matter if calibration else None):
+        case.record["warnings"].append(message)
+        warnings.warn(f"{path}: {message}", DegradedInputWarning, stacklevel=3)
+    if calibration is not None and calibration.reference_note:
+        warnings.warn(f"{path}: note: {calibration.reference_note}", DegradedInputWarning, stacklevel=3)
+    detection = trained.detect(case, threshold)
+    write_detection(detection, folder, volume, trained, settings, source)
+    return "done"
 
 
 def _finished(folder: Path, settings: dict) -> bool:

@@ -108,7 +108,9 @@ def analyse_case(
         elif calibration.held_out_healthy_scans is not None:
             calibrated = np.full(errors.shape, np.nan)  # too few held-out healthy scans for a reference
         healthy = np.asarray(calibration.healthy_scores)
-        percentile = float((healthy < score).mean() * 100) if healthy.size >= MIN_HEALTHY_REFERENCE_SCANS else None
+        if healthy.size >= MIN_HEALTHY_REFERENCE_SCANS and not calibration.simulated_reference:
+            # A rank among simulated scans means nothing for a real scan (every real one ranks above 0 % or 100 %).
+            percentile = float((healthy < score).mean() * 100)
     return Analysis(
         case, reconstruction, anomaly, sizes, errors, normality_scores(errors), calibrated, score, percentile
     )

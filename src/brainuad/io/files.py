@@ -59,7 +59,7 @@ def check_replaceable(folder: str | Path, legacy: tuple[str, ...] = ()) -> None:
         return
     if folder.is_dir() and not folder.is_symlink():
         entries = {p.name for p in folder.iterdir()}
-        if OWNER_MARKER in entries or (legacy and entries and entries <= set(legacy)):
+        if not entries or OWNER_MARKER in entries or (legacy and entries <= set(legacy)):  # empty: nothing lost
             return
     raise OutputError(
         folder,
@@ -123,6 +123,32 @@ def atomic_folder(folder: str | Path, legacy: tuple[str, ...] = ()) -> Iterator[
         _STAGING.discard(staging)
 
 
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock for building the output ``folder`` (a ``flock`` on its parent folder: no lock file is
+    left behind).
+
+    Two runs writing into the same output folder at the same time take turns, one scan at a time: the second waits,
+    then finds the first one's complete result (and reuses it) instead of computing the same folder beside it. The
+    lock is released when the process ends, killed or not; where the file system has no locks, the runs go unlocked
+    and the last complete folder wins, whole (:func:`atomic_folder`).
+    """
+    import fcntl
+
+    parent = Path(folder).parent
+    ensure_writable_folder(parent)
+    try:
+        handle = os.open(parent, os.O_RDONLY)
+    except OSError as exc:
+        raise OutputError(parent, f"cannot open the output folder ({exc.strerror or exc})") from exc
+    try:
+        with contextlib.suppress(OSError):  # no locking on this file system (some network mounts)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
 #: Staging folders being built now, for a signal handler that must remove them before the process ends.
 _STAGING: set[Path] = set()
 
@@ -160,6 +186,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+#: A spreadsheet reads a cell starting with one of these as a formula (``=HYPERLINK(...)`` in a case folder's name).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with every text cell that a spreadsheet would run as a formula made inert (a leading ``'``); numbers
+    are left alone (``-0.5`` stays a number)."""
+    return {k: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_STARTS) else v for k, v in row.items()}
 
 
 def write_json(path: str | Path, payload: Any) -> Path:

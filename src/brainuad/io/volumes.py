@@ -179,6 +179,45 @@ def _check_qform_sform(path: Path, img: nib.Nifti1Image | nib.Nifti2Image, shape
         )
 
 
+#: Voxel orientations a user may state for a file without one (``--assume-orientation``): 3 letters, one of each pair.
+ORIENTATION_HELP = "voxel axes as 3 letters from R/L, A/P, S/I, e.g. RAS or LPS"
+
+
+def stated_affine(path: Path | None, axcodes: str, zooms: tuple[float, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """The affine of a grid whose voxel axes point as ``axcodes`` says (``LPS``: i→left, j→posterior, k→superior),
+    with the header's voxel sizes and the volume's centre at the origin."""
+    codes = tuple(str(axcodes).upper())
+    try:
+        ornt = axcodes2ornt(codes)
+    except Exception as exc:
+        raise InputError(path, f"--assume-orientation {axcodes!r} is not an orientation ({ORIENTATION_HELP})") from exc
+    if len(codes) != 3 or np.isnan(ornt).any() or len(set(ornt[:, 0].tolist())) != 3:
+        raise InputError(path, f"--assume-orientation {axcodes!r} is not an orientation ({ORIENTATION_HELP})")
+    affine = np.eye(4)
+    affine[:3, :3] = 0.0
+    for axis, (world, flip) in enumerate(ornt):
+        affine[int(world), axis] = flip * float(zooms[axis])
+    affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape[:3], dtype=float) - 1) / 2)
+    return affine
+
+
+def _orientation(path: Path, img: nib.Nifti1Image | nib.Nifti2Image, stated: str | None) -> np.ndarray:
+    """The image's affine; with no orientation in the header (qform_code = sform_code = 0), the one the user stated
+    — refused without one: nibabel's fallback is a guess that mirrored a BraTS scan's lesion from left to right."""
+    header = img.header
+    if int(header["qform_code"]) > 0 or int(header["sform_code"]) > 0:
+        return np.asarray(img.affine, dtype=np.float64)
+    if stated is None:
+        raise InputError(
+            path,
+            "has no orientation (qform_code = sform_code = 0): left and right cannot be told apart, so it is "
+            "refused; fix the header (e.g. 'fslorient -setqformcode 1' after checking it), or state the voxel "
+            "orientation with --assume-orientation (e.g. --assume-orientation LPS)",
+        )
+    zooms = tuple(float(z) for z in header.get_zooms()[:3])
+    return stated_affine(path, stated, zooms, tuple(int(s) for s in img.shape[:3]))
+
+
 def _squeeze_to_3d(path: Path, shape: tuple[int, ...], volume_index: int | None) -> tuple[slice | int, ...]:
     """Index that turns the on-disk array into 3D, or a clear error for 2D/4D data."""
     dims = len(shape)
@@ -230,6 +269,7 @@ def load_volume(
     *,
     volume_index: int | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    orientation: str | None = None,
 ) -> Volume:
     """Read a NIfTI file into a validated :class:`Volume` in RAS+ canonical order.
 
@@ -239,6 +279,8 @@ def load_volume(
             ``"mask"`` (integer values, converted to bool; may be empty).
         volume_index: For 4D series, which volume to take (otherwise 4D input is an error).
         max_bytes: Refuse volumes whose float32 array would exceed this size, before reading the data.
+        orientation: For an image whose header has no orientation (both codes 0), the voxel orientation the user
+            states (``LPS``, say); without it such an image is refused. Outputs keep the input's codes (0).
 
     Returns:
         The volume; ``array`` is float32 for images, int32 for labels, bool for masks.
@@ -260,7 +302,7 @@ def load_volume(
             f"volume {shape[:3]} needs about {needed / 1024**3:.1f} GiB as float32, over the "
             f"{max_bytes / 1024**3:.1f} GiB limit; down-sample or crop it first",
         )
-    affine = np.asarray(img.affine, dtype=np.float64)
+    affine = _orientation(path, img, orientation) if kind == "image" else np.asarray(img.affine, dtype=np.float64)
     _check_affine(path, affine)
     _check_qform_sform(path, img, shape[:3])
     try:
@@ -366,9 +408,11 @@ def save_volume(
         header.set_xyzt_units(*volume.header.get_xyzt_units())
     header.set_data_dtype(dtype)
     img = nib.Nifti1Image(array, affine, header=header)
-    # The input's sform/qform codes describe its space; keep them, but never leave both codes unset.
-    sform_code = int(header["sform_code"]) or 1
-    qform_code = int(header["qform_code"]) or 1
+    # The input's sform/qform codes describe its space; keep them as they are: an output never claims an orientation
+    # its input did not have (an input without any keeps none). Without an input header: scanner space (1).
+    known = volume.header is not None
+    sform_code = int(header["sform_code"]) if known else 1
+    qform_code = int(header["qform_code"]) if known else 1
     img.set_sform(affine, code=sform_code)
     img.set_qform(affine, code=qform_code)
     img.header["scl_slope"] = np.nan  # written values are final; no scaling on read

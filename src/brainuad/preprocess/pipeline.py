@@ -42,14 +42,20 @@ from brainuad.preprocess.cases import (
     load_case,
     save_case,
 )
-from brainuad.preprocess.qc import check_memory, csf_to_white_matter, qc_warnings, refuse_label_maps
+from brainuad.preprocess.qc import (
+    check_memory,
+    csf_to_white_matter,
+    qc_warnings,
+    refuse_label_maps,
+    refuse_noise,
+)
 from brainuad.preprocess.registration import (
     estimate_transform,
     fraction_outside_grid,
     native_to_mni,
     registration_overlap,
 )
-from brainuad.preprocess.skullstrip import skull_strip
+from brainuad.preprocess.skullstrip import MAX_BRAIN_VOLUME_ML, skull_strip
 from brainuad.preprocess.templates import crop_grid
 
 __all__ = [  # with the case format's names, re-exported from brainuad.preprocess.cases
@@ -152,8 +158,9 @@ def preprocess_volume(
         volume = volume.with_array(volume.array - np.float32(offset))
 
     start = time.perf_counter()
+    refuse_label_maps(volume)  # before skull stripping, which fails on a label map in its own words
     mask_native, method = skull_strip(volume, config.skull_strip)
-    refuse_label_maps(volume)
+    refuse_noise(volume, mask_native)
     timings["skull_strip_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -172,10 +179,17 @@ def preprocess_volume(
     start = time.perf_counter()
     overlap = registration_overlap(mask_native, transform)
     if overlap["inside"] < MIN_REGISTRATION_INSIDE:
+        mask_ml = float(mask_native.sum() * volume.voxel_volume_ml)
+        cause = (
+            f"the brain mask holds {mask_ml:.0f} mL, more than any brain ({MAX_BRAIN_VOLUME_ML:.0f} mL): the skull "
+            "seems to be still there — use --skull-strip auto or deepbet, not none"
+            if mask_ml > MAX_BRAIN_VOLUME_ML
+            else "check the scan's orientation header"
+        )
         raise InputError(
             volume.path,
             f"registration to MNI failed its check (only {overlap['inside']:.0%} of the brain lands inside the "
-            f"template's brain, need {MIN_REGISTRATION_INSIDE:.0%}); check the scan's orientation header",
+            f"template's brain, need {MIN_REGISTRATION_INSIDE:.0%}); {cause}",
         )
     image_mni = native_to_mni(brain.array, transform, grid, order=1)
     mask_mni = native_to_mni(mask_native.astype(np.float32), transform, grid, order=1) > 0.5
@@ -251,6 +265,7 @@ def preprocess_file(
     config: PreprocessConfig | None = None,
     name: str | None = None,
     force: bool = False,
+    orientation: str | None = None,
 ) -> tuple[str, Path]:
     """Preprocess one NIfTI file into ``out_dir/<name>/``.
 
@@ -266,7 +281,7 @@ def preprocess_file(
         return "skipped", folder
     check_replaceable(folder, LEGACY_CASE_FILES)  # before the work: a user's folder of that name is never replaced
     check_memory(path)
-    volume = load_volume(path, "image")
+    volume = load_volume(path, "image", orientation=orientation)
     case = preprocess_volume(volume, config, name=name)
     save_case(case, folder)
     return "done", folder
@@ -316,13 +331,12 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
             process.join(timeout=5)
 
 
-def _worker(args: tuple[Path, Path, PreprocessConfig, str, bool, int]) -> tuple[str, Path]:
-    path, out_dir, config, name, force, threads = args
+def _worker(args: tuple[Path, Path, PreprocessConfig, str, bool, str | None, int]) -> tuple[str, Path]:
+    path, out_dir, config, name, force, orientation, threads = args
     import torch
 
-    torch.set_num_threads(threads)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
-    return preprocess_file(path, out_dir, config, name=name, force=force)
+    torch.set_num_threads(threads)  # registration runs on one ITK thread for reproducibility (registration.py)
+    return preprocess_file(path, out_dir, config, name=name, force=force, orientation=orientation)
 
 
 def preprocess_batch(
@@ -333,6 +347,7 @@ def preprocess_batch(
     force: bool = False,
     progress: bool = True,
     shard: Shard | None = None,
+    orientation: str | None = None,
 ) -> BatchResult:
     """Preprocess files and folders; finished cases are skipped and one failure does not stop the rest.
 
@@ -344,6 +359,7 @@ def preprocess_batch(
         force: Redo cases even when already complete.
         progress: Show a progress bar.
         shard: Do only this shard of the scans (:mod:`brainuad.io.shards`; names are decided on all of them).
+        orientation: The voxel orientation of scans whose header has none (refused without it).
     """
     from tqdm import tqdm
 
@@ -357,7 +373,7 @@ def preprocess_batch(
     _remove_stale_partials(out_dir)
     result = BatchResult()
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
-    tasks = [(p, out_dir, config, names[p], force, threads) for p in paths]
+    tasks = [(p, out_dir, config, names[p], force, orientation, threads) for p in paths]
     bar = tqdm(total=len(tasks), desc="preprocess", unit="scan", disable=not progress)
 
     def record(path: Path, outcome: tuple[str, Path] | BaseException) -> None:
@@ -371,7 +387,7 @@ def preprocess_batch(
     if jobs <= 1:
         for task in tasks:
             try:
-                record(task[0], preprocess_file(*task[:5]))
+                record(task[0], preprocess_file(*task[:6]))
             except BrainuadError as exc:
                 record(task[0], exc)
             except Exception as exc:  # keep the batch going; report the unexpected error with its file

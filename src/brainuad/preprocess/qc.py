@@ -73,6 +73,60 @@ def contrast_warning(ratio: float | None, reference: float | None) -> list[str]:
     ]
 
 
+#: A scan's CSF/WM ratio more than this factor away from the model's healthy scans, on the other side of 1, is another
+#: contrast (T1 given to builtin:t2: 0.25 against 4.2; real T1 0.35–0.88, T2 1.4–1.8, FLAIR 0.94): refused by default.
+STRONG_CONTRAST_FACTOR = 2.0
+
+
+def strong_contrast_mismatch(ratio: float | None, reference: float | None) -> bool:
+    """Whether the contrast mismatch is strong enough to refuse the scan (see :data:`STRONG_CONTRAST_FACTOR`)."""
+    if ratio is None or reference is None or ratio <= 0 or reference <= 0 or (ratio > 1) == (reference > 1):
+        return False
+    return max(ratio / reference, reference / ratio) > STRONG_CONTRAST_FACTOR
+
+
+#: Neighbouring voxels of a brain MRI are alike: their correlation inside the brain mask is 0.59–0.95 on the real T1,
+#: T2 and FLAIR scans in ../shared/data (lowest: MS FLAIR), 0.00 for random noise shaped like a head.
+MIN_NEIGHBOUR_CORRELATION = 0.3
+
+
+def neighbour_correlation(array: np.ndarray, mask: np.ndarray) -> float | None:
+    """Largest correlation, over the three axes, between the values of neighbouring voxels inside ``mask``
+    (thick slices lower it along one axis only); ``None`` with too few voxels."""
+    best = None
+    inside = array[mask]
+    if inside.size < 100:
+        return None
+    # Clipped to the 1st–99th percentiles, so that a few extreme voxels (32767 in a BraTS scan) do not decide it.
+    low, high = np.percentile(inside, [1, 99])
+    array = np.clip(array, low, high)
+    for axis in range(3):
+        first = [slice(None)] * 3
+        second = [slice(None)] * 3
+        first[axis], second[axis] = slice(0, -1), slice(1, None)
+        both = mask[tuple(first)] & mask[tuple(second)]
+        if both.sum() < 100:
+            continue
+        x = array[tuple(first)][both].astype(np.float64)
+        y = array[tuple(second)][both].astype(np.float64)
+        if x.std() == 0 or y.std() == 0:
+            continue
+        value = float(np.corrcoef(x, y)[0, 1])
+        best = value if best is None else max(best, value)
+    return best
+
+
+def refuse_noise(volume: Volume, mask: np.ndarray) -> None:
+    """Refuse, naming the file, an image whose neighbouring voxels are unrelated: random noise, not a brain MRI."""
+    correlation = neighbour_correlation(volume.array, mask)
+    if correlation is not None and correlation < MIN_NEIGHBOUR_CORRELATION:
+        raise InputError(
+            volume.path,
+            f"this is not a brain: neighbouring voxels are unrelated (correlation {correlation:.2f} < "
+            f"{MIN_NEIGHBOUR_CORRELATION}; brain MRI: 0.6–0.95), as in random noise",
+        )
+
+
 def refuse_label_maps(volume: Volume) -> None:
     """A mask or label map stored beside the scans (brain mask, lesion mask) is not a scan: say so, naming it."""
     if np.unique(volume.array[::3, ::3, ::3]).size > 8:
@@ -88,14 +142,44 @@ MEMORY_PER_SCAN_COPIES = 7
 
 
 def available_memory() -> int | None:
-    """Memory the kernel can give without swapping (``MemAvailable``), in bytes; ``None`` where unknown."""
+    """Memory this process can still get, in bytes; ``None`` where unknown.
+
+    The least of: what the kernel can give without swapping (``MemAvailable``), what the container's cgroup still
+    allows (``memory.max`` − ``memory.current``), and the process's address-space limit (``ulimit -v``) — a batch
+    system's limit is usually one of the last two, far below the machine's free memory.
+    """
+    import resource
+
+    limits = []
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
+                limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        maximum = (cgroup / "memory.max").read_text().strip()
+        if maximum != "max":
+            limits.append(int(maximum) - int((cgroup / "memory.current").read_text().strip()))
+    except (OSError, ValueError):
+        pass
+    for which in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
+        soft, _ = resource.getrlimit(which)
+        if soft != resource.RLIM_INFINITY:
+            limits.append(max(0, soft - _resident_bytes()))
+    return min(limits) if limits else None
+
+
+def _resident_bytes() -> int:
+    """This process's current virtual size (what ``RLIMIT_AS`` counts), in bytes (0 where unknown)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    return 0
 
 
 def check_memory(path: Path) -> None:

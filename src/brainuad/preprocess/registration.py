@@ -20,6 +20,13 @@ from brainuad.preprocess.templates import Grid, mni_brain_mask, mni_template_at
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS ↔ LPS (ITK/ANTs world convention); its own inverse
 
+#: Registration runs on one ITK thread: ANTs' Mattes metric sums its joint histogram per thread, so with 2 threads
+#: repeated runs on one scan differed by up to 0.12 (matrix entries; ~1 mm at the brain's edge), with 1 thread they are
+#: bit-identical. ITK reads this variable once, when it first starts a thread pool, so it is set here, before ANTs is
+#: imported (measured cost on IXI002's T2: none — 1 thread took 7–8 s, 2 threads 8–13 s on the shared 2-core machine).
+REGISTRATION_THREADS = 1
+os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(REGISTRATION_THREADS)
+
 #: Multi-resolution schedule. Linear alignment of a brain needs no full-resolution level: the coarse levels decide
 #: it, and this keeps registration at a few seconds on 2 cores (ANTs' default schedule took ~3× longer for the same
 #: mask overlap on the test scans).
@@ -110,13 +117,19 @@ def _ants_transform_to_ras_matrix(transform_file: str) -> np.ndarray:
     return _LPS @ lps @ _LPS
 
 
+def ants_seed(seed: int) -> int:
+    """The ``--random-seed`` given to ANTs for brainuad's ``registration_seed`` (never 0: 0 means the clock)."""
+    return int(seed) + 1 if seed >= 0 else int(seed)
+
+
 def affine_between(fixed: Volume, moving: Volume, seed: int = 0) -> np.ndarray:
     """ANTs affine (mutual information) from ``fixed`` to ``moving``: a 4×4 RAS+ matrix taking fixed-world points
     to moving-world points."""
     import ants
 
-    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(min(os.cpu_count() or 1, 8)))
-    ants.config._random_seed = seed  # antspyx reads the seed from here, not from registration()'s random_seed
+    # antspyx reads the seed from here, not from registration()'s random_seed. ANTs takes a seed of 0 to mean "seed
+    # from the clock" (repeated runs then differed by up to 0.2), so seed s is passed as s + 1.
+    ants.config._random_seed = ants_seed(seed)
     result = ants.registration(
         fixed=to_ants(fixed),
         moving=to_ants(moving),
@@ -173,9 +186,9 @@ def estimate_transform(
     affine fit moved by at most 1 mm. The result is still a 6-dof transform that keeps the brain's size, as in the
     paper.
 
-    Reproducibility: the seed is passed to ANTs, but this ANTs build is not bit-reproducible — repeated runs on the same
-    scan differ by up to ~1 mm at the brain's edge, with one thread or several. The transform used is stored in each
-    case's ``transform.json``, so everything downstream of a preprocessed case is exactly repeatable.
+    Reproducibility: bit-identical on one machine. The seed reaches ANTs as ``seed + 1`` (ANTs reads 0 as "use the
+    clock") and ANTs runs on one thread (see :data:`REGISTRATION_THREADS`). The transform used is stored in each
+    case's ``transform.json``, so everything downstream of a preprocessed case is exactly repeatable too.
 
     Args:
         brain: The scan, skull-stripped unless ``head``.

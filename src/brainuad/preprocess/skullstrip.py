@@ -84,7 +84,10 @@ def deepbet_mask(volume: Volume) -> np.ndarray:
 
     model = _deepbet_model()
     with torch.inference_mode():
-        probability = model.run_model(volume.array.astype(np.float32, copy=True))
+        try:
+            probability = model.run_model(volume.array.astype(np.float32, copy=True))
+        except ValueError as exc:  # its post-processing takes the argmax of an empty list when it finds no brain
+            raise InputError(volume.path, f"deepbet found no brain in this image ({exc}); is it a brain MRI?") from exc
     # deepbet's own post-processing: largest component, then fill holes.
     return fill_holes(largest_component(probability > 0.5))
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -85,6 +86,10 @@ def _check_values(path: Path, state: dict[str, torch.Tensor]) -> None:
             raise InputError(path, f"tensor {key} holds NaN or infinite values")
 
 
+#: Largest network a config may declare (float32 parameters and buffers); the shipped models hold 8 MB.
+MAX_MODEL_BYTES = 8 * 1024**3
+
+
 def _check_declared_sizes(config: Config, weights_path: Path) -> None:
     """Compare the network the config declares with the weights' shapes *before* allocating it: a config declaring
     a huge layer would otherwise build gigabytes of parameters only to find they do not fit."""
@@ -95,10 +100,22 @@ def _check_declared_sizes(config: Config, weights_path: Path) -> None:
     try:
         with torch.device("meta"):
             target = {k: tuple(v.shape) for k, v in build_model(config.model).state_dict().items()}
+    except Exception:  # no meta build: building it for real reports the problem
+        return
+    # The config's own sizes first: a network this large is refused whatever the weights file holds (a weights file
+    # whose header cannot be read no longer lets a config ask for terabytes).
+    size = sum(int(np.prod(shape, dtype=np.int64)) for shape in target.values()) * 4
+    if size > MAX_MODEL_BYTES:
+        raise InputError(
+            weights_path.parent / "config.json",
+            f"declares a network of {size / 1024**3:.1f} GiB of parameters (over {MAX_MODEL_BYTES / 1024**3:.0f} "
+            "GiB); refusing to build it",
+        )
+    try:
         with safe_open(str(weights_path), framework="pt") as handle:
             stored = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
-    except Exception:  # no meta build or an unreadable header: load_weights reports it properly
-        return
+    except Exception as exc:
+        raise InputError(weights_path, f"not a readable safetensors file ({exc})") from exc
     wrong = sorted(k for k in set(target) | set(stored) if target.get(k) != stored.get(k))
     if wrong:
         k = wrong[0]

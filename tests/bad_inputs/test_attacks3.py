@@ -1,0 +1,154 @@
+"""The third attack round (issue 27): scans without orientation, memory bombs, evaluation folders on a full disk.
+
+Each test builds its attack in tmp_path from the shared world and records its outcome in the printed corpus table."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bad_inputs.corpus import OUTCOMES
+from brainuad.cli import main
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _thousand_cubed(path: Path) -> Path:
+    """A 1000³ uint8 volume in a few kB of .nii.gz (3.7 GiB as float32: under load_volume's own 4 GiB cap)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((1000, 1000, 1000))
+    header.set_data_dtype(np.uint8)
+    header.set_sform(np.eye(4), code=1)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header.binaryblock + b"\x00" * 4 + b"\x00" * 100_000)
+    return path
+
+
+def test_a_1000_cubed_volume_is_refused_from_its_header(world, tmp_path, capsys, monkeypatch):
+    import brainuad.preprocess.qc
+
+    bomb = _thousand_cubed(tmp_path / "bomb.nii.gz")
+    monkeypatch.setattr(brainuad.preprocess.qc, "available_memory", lambda: 6 * 1024**3)  # the attacker's machine
+    for verb, args in (
+        ("preprocess", ["preprocess", str(bomb), "--out", str(tmp_path / "p")]),
+        ("detect", ["detect", str(bomb), "--model", str(world["run"]), "--out", str(tmp_path / "d")]),
+    ):
+        assert main([*args, "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert str(bomb) in err and "GiB of memory" in err, err
+        OUTCOMES[("1000_cubed_in_4MB_gzip", verb)] = "clear error"
+
+
+def test_available_memory_honours_the_address_space_limit(monkeypatch):
+    import resource
+
+    from brainuad.preprocess.qc import available_memory
+
+    real = resource.getrlimit
+    limit = 6 * 1024**3
+    monkeypatch.setattr(
+        resource, "getrlimit", lambda which: (limit, limit) if which == resource.RLIMIT_AS else real(which)
+    )
+    assert available_memory() < limit
+    OUTCOMES[("ulimit_v_6GiB", "memory check")] = "honoured"
+
+
+def test_no_orientation_is_refused_and_a_stated_one_keeps_the_codes(world, tmp_path, capsys):
+    image = nib.load(str(world["good"]))
+    data = np.asarray(image.dataobj, np.float32)
+    bare = nib.Nifti1Image(data, image.affine)
+    bare.set_sform(image.affine, code=0)
+    bare.set_qform(image.affine, code=0)
+    scan = tmp_path / "bare.nii.gz"
+    nib.save(bare, str(scan))
+    out = tmp_path / "out"
+    args = ["detect", str(scan), "--model", str(world["run"]), "--out", str(out), "--device", "cpu", "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert str(scan) in err and "no orientation" in err and "--assume-orientation" in err
+    assert not [p for p in out.iterdir() if not p.name.startswith(".")]
+    # Stated: it runs, and the outputs claim no orientation the input did not have.
+    axcodes = "".join(nib.aff2axcodes(image.affine))
+    assert main([*args, "--assume-orientation", axcodes]) == 0
+    written = nib.load(str(out / "bare" / "anomaly_map.nii.gz")).header
+    assert int(written["qform_code"]) == 0 and int(written["sform_code"]) == 0
+    summary = json.loads((out / "bare" / "summary.json").read_text())
+    assert summary["settings"]["assumed_orientation"] == axcodes
+    OUTCOMES[("no_orientation_stated", "detect")] = "works, codes kept 0"
+
+
+def test_evaluate_on_a_full_disk_leaves_the_earlier_folder_whole(world, tmp_path, capsys, monkeypatch):
+    case = Path(world["cases"]["huge_outliers"][0]).parent
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(world["run"]), "--cases", str(case), "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--quiet"]) == 0
+    before = {p.name: _digest(p) for p in out.iterdir() if p.is_file()}
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)  # after summary.json, per_case.csv and table.md are written
+    assert main([*args, "--quiet"]) == 1
+    assert "disk full" in capsys.readouterr().err
+    assert {p.name: _digest(p) for p in out.iterdir() if p.is_file()} == before  # the first run's folder, whole
+    assert not list(tmp_path.glob(".*partial*"))
+    OUTCOMES[("evaluate_full_disk", "evaluate")] = "earlier folder kept"
+
+
+def test_a_case_named_like_a_formula_is_inert_in_the_csv(world, tmp_path):
+    import csv
+    import shutil
+
+    from brainuad.io.files import csv_safe
+
+    assert csv_safe({"a": "=1+1", "b": "-x", "c": -0.5, "d": "ok"}) == {"a": "'=1+1", "b": "'-x", "c": -0.5, "d": "ok"}
+    source = Path(world["cases"]["huge_outliers"][0]).parent
+    case = tmp_path / "cases" / '=HYPERLINK("http://x")'
+    shutil.copytree(source, case)
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(world["run"]), "--cases", str(case), "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--quiet"]) == 0
+    for name in ("per_case.csv", "per_lesion.csv"):
+        if (out / name).is_file():
+            with open(out / name, newline="") as handle:
+                cells = [cell for row in csv.reader(handle) for cell in row]
+            assert not any(cell.startswith(("=", "+", "@")) for cell in cells), name
+    OUTCOMES[("case_named_=HYPERLINK", "evaluate")] = "inert in CSV"
+
+
+def test_skull_left_in_is_named_not_the_orientation(shared_data, tmp_path, capsys):
+    head = shared_data / "stroke" / "T2_head.nii.gz"
+    args = ["preprocess", str(head), "--out", str(tmp_path / "p"), "--preset", "paper-2mm", "--skull-strip", "none"]
+    code = main([*args, "--quiet"])
+    err = capsys.readouterr().err
+    if code == 0:  # registration happened to pass its check: nothing to blame
+        return
+    assert "skull" in err and "orientation" not in err, err
+    OUTCOMES[("skull_left_in", "preprocess")] = "names the skull"
+
+
+def test_a_huge_config_with_unreadable_weights_is_refused_before_building(tmp_path):
+    import shutil
+
+    import pytest
+
+    from brainuad.errors import InputError
+    from brainuad.infer.trained import TrainedModel
+    from brainuad.io.shipped import resolve_model_dir
+
+    run = Path(shutil.copytree(resolve_model_dir("builtin:t2"), tmp_path / "run"))
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["channels"] = [65536, 65536, 65536]  # terabytes of parameters
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "model.safetensors").write_bytes(b"\xff" * 64)  # a header that cannot be read
+    with pytest.raises(InputError, match="GiB of parameters"):
+        TrainedModel.load(run, "cpu")
+    OUTCOMES[("huge_config_unreadable_weights", "load")] = "refused before building"
