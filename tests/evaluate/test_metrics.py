@@ -168,4 +168,9 @@ def test_froc_on_a_hand_built_case():
     assert froc.operating_point(result, target=0.0) == 0.8
     summary = froc.summarise([counts], [counts], 0.6)
     point = summary["operating_points"]["fp_budget_3"]
-    assert point["tuning"]["threshold"] == 0.2 and point["reported"]["sensitivity"] == 1.0
+    # Within 3 FPs, 0.4 and 0.2 both find every lesion: the one with fewer false positives is chosen.
+    assert point["tuning"]["threshold"] == 0.4 and point["reported"]["sensitivity"] == 1.0
+    # A low threshold where the map merges into one blob (1 FP, nothing hit) is not the "most sensitive" point.
+    merged = {"thresholds": [0.9, 0.5, 0.1], "false_positives_per_scan": [0.0, 2.0, 1.0]}
+    merged["sensitivity"] = [0.0, 0.6, 0.0]
+    assert froc.operating_point(merged) == 0.5

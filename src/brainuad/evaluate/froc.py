@@ -92,10 +92,16 @@ def curve(cases: Sequence[FrocCounts]) -> dict:
 
 
 def operating_point(tuning: dict, target: float = TARGET_FALSE_POSITIVES) -> float | None:
-    """The lowest threshold of the tuning curve whose false positives per scan stay within ``target`` (the most
-    sensitive point within the budget), or ``None`` when none does."""
-    within = [t for t, f in zip(tuning["thresholds"], tuning["false_positives_per_scan"]) if f <= target]
-    return min(within) if within else None
+    """The threshold of the tuning curve with the highest lesion sensitivity among those whose false positives per
+    scan stay within ``target`` (ties: fewer false positives, then the higher threshold), or ``None`` when none
+    does. Not simply the lowest such threshold: there a map may merge into one brain-sized component — one false
+    positive, no lesion hit."""
+    within = [
+        (sensitivity if np.isfinite(sensitivity) else -1.0, -fp, t)
+        for t, fp, sensitivity in zip(tuning["thresholds"], tuning["false_positives_per_scan"], tuning["sensitivity"])
+        if fp <= target
+    ]
+    return max(within)[2] if within else None
 
 
 def at(result: dict, threshold: float) -> dict:
@@ -107,7 +113,7 @@ def at(result: dict, threshold: float) -> dict:
 
 def summarise(tuning: Sequence[FrocCounts], reported: Sequence[FrocCounts], threshold: float) -> dict | None:
     """The ``froc`` section of an evaluation summary: both curves, and the operating point chosen on the tuning
-    curve for :data:`TARGET_FALSE_POSITIVES` false positives per scan, reported on the reported cases beside the
+    curve for at most :data:`TARGET_FALSE_POSITIVES` false positives per scan, reported on the reported cases beside the
     operating (best-Dice or calibrated) ``threshold``; ``None`` without voxel-labelled reported cases."""
     if not reported:
         return None
@@ -117,8 +123,8 @@ def summarise(tuning: Sequence[FrocCounts], reported: Sequence[FrocCounts], thre
         "operating_threshold": {"source": "the evaluation's threshold", **at(result["reported"], threshold)},
         f"fp_budget_{TARGET_FALSE_POSITIVES:g}": (
             {
-                "source": f"most sensitive threshold with <= {TARGET_FALSE_POSITIVES:g} false positives per scan on "
-                "the tuning cases",
+                "source": f"the most sensitive threshold with <= {TARGET_FALSE_POSITIVES:g} false positives per scan "
+                "on the tuning cases",
                 "tuning": at(result["tuning"], point),
                 "reported": at(result["reported"], point),
             }
