@@ -88,7 +88,9 @@ def prepare(track: str, out: Path) -> None:
             raise SystemExit(f"preprocessing failed: {result.failed}")
 
 
-def train_method(track: str, method: str, out: Path, epochs: int | None, minutes: float | None = None) -> Path:
+def train_method(
+    track: str, method: str, out: Path, epochs: int | None, minutes: float | None = None, tag: str = ""
+) -> Path:
     import torch
 
     from brainuad.config import Config, ModelConfig, PreprocessConfig, TrainConfig, quick_recipe, replace
@@ -108,7 +110,7 @@ def train_method(track: str, method: str, out: Path, epochs: int | None, minutes
     if epochs:
         config = replace(config, training=replace(config.training, epochs=epochs))
     config = replace(config, preprocessing=PreprocessConfig(preset="paper-2mm"))
-    run = out / track / "runs" / method
+    run = out / track / "runs" / f"{method}{tag}"
     if not (run / "summary.json").is_file():
         cpu0, wall0 = _cpu_seconds(), time.perf_counter()
         deadline = time.monotonic() + 60 * minutes if minutes else None  # stops (and validates) at the budget
@@ -120,18 +122,19 @@ def train_method(track: str, method: str, out: Path, epochs: int | None, minutes
     return run
 
 
-def evaluate_method(track: str, method: str, out: Path) -> dict:
+def evaluate_method(track: str, method: str, out: Path, tag: str = "") -> dict:
     from brainuad.evaluate.calibrate import calibrate
     from brainuad.evaluate.evaluation import evaluate
 
-    run = out / track / "runs" / method
+    run = out / track / "runs" / f"{method}{tag}"
     if method == "ae" and track == "t2":
         run = "builtin:t2"  # the quick-recipe ae trained on the same T2 scans (benchmarks/builtin_models.py t2)
     else:
         calibrate(run, [out / track / "prep" / "cal"], device="cpu")
     tune, report = brats_split()
     others = ([DATA / "stroke"] if track == "t2" else []) + [DATA / "ms"]
-    summary = evaluate(run, [*report, *others], out / track / "eval" / method, tune_sources=tune, modality=track,
+    folder = out / track / "eval" / f"{method}{tag}"
+    summary = evaluate(run, [*report, *others], folder, tune_sources=tune, modality=track,
                        cache_dir=out / "cache" / track, device="cpu", progress=False)  # fmt: skip
     print(json.dumps({k: summary["voxels"][k] for k in ("ap_pooled", "dice_mean", "dice_mean_ci95")}))
     return summary
@@ -245,15 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--minutes", type=float, default=None, help="train: a time budget (resumes stop there too)")
+    parser.add_argument("--tag", default="", help="suffix of the run and evaluation folder names (a second run)")
     args = parser.parse_args(argv)
     if args.step == "prepare":
         prepare(args.track, args.out)
     elif args.step == "train":
-        train_method(args.track, args.method, args.out, args.epochs, args.minutes)
+        train_method(args.track, args.method, args.out, args.epochs, args.minutes, args.tag)
     elif args.step == "steps":
         compare_steps(args.track, args.out)
     elif args.step == "evaluate":
-        evaluate_method(args.track, args.method, args.out)
+        evaluate_method(args.track, args.method, args.out, args.tag)
     else:
         section = report(args.out)
         (args.out / "results_section.md").write_text(section)
