@@ -103,3 +103,24 @@ def test_preprocessing_workers_word_warnings_as_the_cli(monkeypatch):
     _worker_init("preprocess")
     line = warnings.formatwarning("scan.nii.gz: QC", UserWarning, "/elsewhere/x.py", 3)
     assert line == "brainuad preprocess: warning (UserWarning from x.py:3): scan.nii.gz: QC\n"
+
+
+def test_every_flag_of_every_verb_says_what_it_does():
+    """No option without help, and no "(default: None)": a None default is explained by the help itself."""
+    import argparse
+
+    from brainuad.cli import build_parser
+
+    parser = build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing, none_default = [], []
+    for verb, sub in verbs.items():
+        for action in sub._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{verb} {action.option_strings[-1]}")
+            elif "(default: None)" in action.help:
+                none_default.append(f"{verb} {action.option_strings[-1]}")
+    assert not missing, f"flags without help: {missing}"
+    assert not none_default, f"flags showing '(default: None)': {none_default}"

@@ -203,7 +203,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cases", action="append", required=True, metavar="DIR", help="labelled cases to report (repeatable)"
     )
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="evaluation folder (built aside and swapped in as a whole)"
+    )
     p.add_argument(
         "--tune-cases",
         action="append",
@@ -223,7 +225,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default=None, metavar="DIR", help="keep preprocessed cases here to reuse them")
     add_device_flag(p)
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_evaluate)
 
 

@@ -79,7 +79,9 @@ def add_flags(
         tp = _unwrap_optional(hints[field.name])
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"{label}{helps.get(field.name, '')} (default: {shown})".strip()
+        # A None default is described by the field's own help ("None = on CUDA only"): no "(default: None)".
+        suffix = "" if default is None else f" (default: {shown})"
+        help_text = f"{label}{helps.get(field.name, '')}{suffix}".strip()
         kwargs: dict[str, Any] = {"dest": f"{section}.{field.name}", "default": None, "help": help_text}
         if get_origin(tp) is Literal:
             values = get_args(tp)

@@ -38,9 +38,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "tiny", "small", "standard"],
         help="cohort and model size (default: auto = the largest that fits --minutes on this machine)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated cohort and the training (default: 0)")
     add_device_flag(p)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_demo)
 
 

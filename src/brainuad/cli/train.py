@@ -239,13 +239,19 @@ def _add_ablate(sub: argparse._SubParsersAction, methods: bool = True) -> None:
     )
     p.add_argument("--data", action="append", required=True, metavar="DIR", help="preprocessed healthy cases")
     p.add_argument("--cases", action="append", required=True, metavar="DIR", help="labelled cases to report")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="ablation folder: runs, tables, figures")
     p.add_argument("--tune-cases", action="append", default=None, metavar="DIR", help="labelled tuning cases")
-    p.add_argument("--latents", type=int, nargs="+", default=[128, 256, 512, 1024], metavar="Z")
-    p.add_argument("--spatial-variants", type=int, nargs="+", default=[1, 4, 16, 64], metavar="C")
-    p.add_argument("--modality", default="t2")
+    p.add_argument(
+        "--latents", type=int, nargs="+", default=[128, 256, 512, 1024], metavar="Z",
+        help="dense latent sizes of the ae variants (the paper's Figure 4; default: 128 256 512 1024)",
+    )  # fmt: skip
+    p.add_argument(
+        "--spatial-variants", type=int, nargs="+", default=[1, 4, 16, 64], metavar="C",
+        help="spatial latent channels of the spatial-ae variants (Figure 5; default: 1 4 16 64)",
+    )  # fmt: skip
+    p.add_argument("--modality", default="t2", help="image modality in the case files (default: t2)")
     _add_model_and_training_options(p, methods)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_ablate)
 
 
