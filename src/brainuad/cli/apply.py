@@ -10,6 +10,7 @@ from brainuad.cli.common import (
     EXIT_OK,
     MODEL_HELP,
     add_device_flag,
+    add_orientation_flag,
     add_shard_flag,
     check_exist,
     check_model_folder,
@@ -127,13 +128,7 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         help="run on a scan whose contrast is clearly not the model's (a T1 scan given to a T2 model; refused by "
         "default: its findings would be the contrast, not lesions)",
     )
-    p.add_argument(
-        "--assume-orientation",
-        metavar="AXCODES",
-        default=None,
-        help="for scans whose header has no orientation (qform_code = sform_code = 0, refused otherwise): their voxel "
-        "axes, as 3 letters from R/L, A/P, S/I (e.g. LPS); outputs keep the input's codes",
-    )
+    add_orientation_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_detect)
 

@@ -66,6 +66,17 @@ def add_device_flag(p) -> None:
     )
 
 
+def add_orientation_flag(p) -> None:
+    """``--assume-orientation`` for the verbs that read raw scans (preprocess, detect)."""
+    p.add_argument(
+        "--assume-orientation",
+        metavar="AXCODES",
+        default=None,
+        help="for scans whose header has no orientation (qform_code = sform_code = 0, refused otherwise): their voxel "
+        "axes, as 3 letters from R/L, A/P, S/I (e.g. LPS); outputs keep the input's codes",
+    )
+
+
 SHARD_HELP = (
     "do only shard K of N (0 <= K < N): a fixed partition of the scans, so N jobs can share one output folder; "
     "default inside a SLURM array job: the task's shard (SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT)"

@@ -6,6 +6,7 @@ import argparse
 
 from brainuad.cli.common import (
     EXIT_OK,
+    add_orientation_flag,
     add_shard_flag,
     check_exist,
     report_batch,
@@ -35,13 +36,7 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default: 1)")
     p.add_argument("--force", action="store_true", help="redo scans that are already finished")
     add_shard_flag(p)
-    p.add_argument(
-        "--assume-orientation",
-        metavar="AXCODES",
-        default=None,
-        help="for scans whose header has no orientation (qform_code = sform_code = 0, refused otherwise): their voxel "
-        "axes, as 3 letters from R/L, A/P, S/I (e.g. LPS); outputs keep the input's codes",
-    )
+    add_orientation_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_preprocess)
 
