@@ -1,9 +1,14 @@
-"""Retrain a shipped model (``builtin:t1`` or ``builtin:t2``) from ../shared/data and compare it with its card.
+"""Retrain a shipped model (``builtin:t1``, ``builtin:t2``, ``builtin:flair``) from ../shared/data and compare it
+with its card.
 
 Usage (from the repository root):
     python benchmarks/builtin_models.py t2 [--out benchmarks/out/builtin_t2] [--epochs N]
     python benchmarks/builtin_models.py t1 [--prep /work/prep/t1_2mm]
+    python benchmarks/builtin_models.py flair
     ... --install      # also write the result into src/brainuad/builtin/<name>/ (fp16 weights, config, card)
+
+flair trains benchmarks/lesions.py's ``restore-aug`` recipe (the learned FLAIR model that measured best on the
+tuning cases) on the FLAIR scans lesions.py simulates; t1 and t2 train the quick recipe.
 
 Training uses the quick recipe (``brainuad train --recipe quick``, its 8 epochs × 50 steps unless ``--epochs``), on
 2 threads. Steps: (1) data — t2: T2 simulated from 16 BrainWeb anatomies (1 scan each: random
@@ -30,20 +35,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 BUILTIN = ROOT / "src" / "brainuad" / "builtin"
-T2_REAL = [
-    "healthy/IXI002-Guys-0828-T2_brain.nii.gz",
-    "templates/MNI152_T2_1mm_brain.nii.gz",
-    "templates/MNI152_T2_2mm.nii.gz",
-    "templates/avg152T2.nii.gz",
-]
 T1_FOLDERS = ["healthy_t1/ixi_2mm", "healthy_t1/ixi_1mm/brain", "healthy_t1/ixi_1mm/head"]
 T1_EXTRA = ["healthy/IXI002-Guys-0828-T1_brain.nii.gz", "healthy/IXI012-HH-1211-T1_2mm_head.nii.gz",
             "healthy/IXI015-HH-1258-T1_2mm_head.nii.gz"]  # fmt: skip
-REFERENCE_SCAN = {"t2": "stroke/T2_head.nii.gz", "t1": "brats2018/Brats18_2013_3_1/Brats18_2013_3_1_t1.nii.gz"}
-RECIPE = {  # the network and training settings of each shipped model
-    "t2": {"channels": (16, 32, 64, 128), "latent": 256, "lr": 3e-4, "batch_size": 2, "steps_per_epoch": 25},
-    "t1": {"channels": (16, 32, 64, 128), "latent": 256, "lr": 3e-4, "batch_size": 2, "steps_per_epoch": 25},
-}
+REFERENCE_SCAN = {"t2": "stroke/T2_head.nii.gz", "t1": "brats2018/Brats18_2013_3_1/Brats18_2013_3_1_t1.nii.gz",
+                  "flair": "brats2018/Brats18_2013_3_1/Brats18_2013_3_1_flair.nii.gz"}  # fmt: skip
+#: The recipe of each shipped model: ``quick`` = ``brainuad train --recipe quick`` (the ae); otherwise a recipe of
+#: benchmarks/lesions.py, the learned method that measured best on that track's tuning cases (docs/results.md).
+RECIPE = {"t2": "quick", "t1": "quick", "flair": "restore-aug"}
 
 
 def _cpu_seconds() -> float:
@@ -51,45 +50,24 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def prepare_t2(out: Path) -> tuple[list[Path], list[Path], dict]:
-    """Simulate and preprocess the T2 training and calibration scans; returns their preprocessed folders."""
-    from brainuad.config import PreprocessConfig
-    from brainuad.data import mrsim
-    from brainuad.io.volumes import save_volume
-    from brainuad.preprocess.pipeline import preprocess_batch
+def prepare_simulated(name: str, out: Path) -> tuple[list[Path], list[Path], dict]:
+    """The T2 or FLAIR training and calibration scans of benchmarks/lesions.py (simulated, preprocessed under
+    ``out``: the same seeds, so the same scans); returns their preprocessed folders and the data record."""
+    import lesions
 
+    from brainuad.data import mrsim
+
+    lesions.prepare(name, out)
+    prep = out / name / "prep"
     anatomies = mrsim.find_anatomies(DATA / "brainweb")
-    train_anat, cal_anat = anatomies[:16], anatomies[16:]
-    raw = {"train": [], "cal": []}
-    for split, group, per in (("train", train_anat, 1), ("cal", cal_anat, 1)):
-        for a, path in enumerate(group):
-            labels = mrsim.load_anatomy(path)
-            for k in range(per):
-                seed = 1000 * (a + (0 if split == "train" else 100)) + k
-                target = out / "raw" / split / f"sim-{path.name.split('_')[0]}-{k}.nii.gz"
-                if not target.exists():
-                    rng = np.random.default_rng(seed)
-                    spacing = float(rng.uniform(1.0, 2.0))  # clinical in-plane sizes, thick slices
-                    thickness = float(rng.choice([spacing, 3.0, 4.0, 5.0]))
-                    # Skull-stripped with the exact brain mask: deepbet on ~40 heads costs more than this
-                    # shared CPU has; detect still skull-strips real heads with deepbet.
-                    subject = mrsim.simulate(labels, seed, "t2", spacing, thickness, skull=False)
-                    save_volume(subject.image, target)
-                raw[split].append(target)
-    config = PreprocessConfig(preset="paper-2mm")
-    train_inputs = raw["train"] + [DATA / rel for rel in T2_REAL]
-    for split, inputs in (("train", train_inputs), ("cal", raw["cal"])):
-        result = preprocess_batch(inputs, out / "prep" / split, config, progress=False)
-        if result.failed:
-            raise SystemExit(f"preprocessing failed: {result.failed}")
     data = {
-        "train": [p.name for p in sorted((out / "prep" / "train").iterdir()) if p.is_dir()],
-        "calibration": [p.name for p in sorted((out / "prep" / "cal").iterdir()) if p.is_dir()],
+        "train": [p.name for p in sorted((prep / "train").iterdir()) if p.is_dir()],
+        "calibration": [p.name for p in sorted((prep / "cal").iterdir()) if p.is_dir()],
         "simulation_version": mrsim.SIMULATION_VERSION,
-        "train_anatomies": [p.name for p in train_anat],
-        "calibration_anatomies": [p.name for p in cal_anat],
+        "train_anatomies": [p.name for p in anatomies[:16]],
+        "calibration_anatomies": [p.name for p in anatomies[16:]],
     }
-    return [out / "prep" / "train"], [out / "prep" / "cal"], data
+    return [prep / "train"], [prep / "cal"], data
 
 
 def prepare_t1(out: Path, prep: Path | None, split_file: Path) -> tuple[list[Path], list[Path], dict]:
@@ -131,21 +109,39 @@ def prepare_t1(out: Path, prep: Path | None, split_file: Path) -> tuple[list[Pat
 
 
 def train_model(name: str, out: Path, train_dirs: list[Path], epochs: int | None, device: str = "cpu") -> dict:
-    """Train with the quick recipe (``brainuad train --recipe quick``; benchmarks/README.md measures it on held-out
-    real T1 individuals), on every training scan: no validation split, so the calibration scans stay unseen."""
+    """Train the shipped model's recipe into ``out/run`` on every training scan: no validation split, so the
+    calibration scans stay unseen. ``quick``: benchmarks/README.md measures it on held-out real T1 individuals."""
     import torch
 
     from brainuad.config import PreprocessConfig, quick_recipe, replace, to_dict
+    from brainuad.io.volumes import read_json
     from brainuad.train.loop import train
 
     torch.set_num_threads(2)
+    run = out / "run"
+    if RECIPE[name] != "quick":
+        import lesions
+
+        # lesions.py trains (or reuses) the run under out/<name>/runs/ and records its cost; out/run points there.
+        trained = lesions.train_method(name, RECIPE[name], out, epochs)
+        if not run.exists():
+            run.symlink_to(trained.resolve(), target_is_directory=True)
+        config, cost, summary = (read_json(trained / f) for f in ("config.json", "cost.json", "summary.json"))
+        tc = config["training"]
+        return {
+            "epochs": summary["epochs_done"],
+            "steps": summary["epochs_done"] * tc["steps_per_epoch"],
+            "batch_size": tc["batch_size"],
+            **cost,
+            "device": "cpu",
+            "recipe": {"name": RECIPE[name], "model": config["model"], "training": tc},
+        }
     recipe = quick_recipe()
     training = replace(
         recipe.training, epochs=epochs or recipe.training.epochs, val_fraction=0.0, device=device, seed=0,
         val_every=100_000,  # validation would be the training scans: only after the last epoch
     )  # fmt: skip
     config = replace(recipe, preprocessing=PreprocessConfig(preset="paper-2mm"), training=training)
-    run = out / "run"
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
     train(train_dirs, run, config, resume=(run / "state.json").is_file(), progress=False)
     return {
@@ -161,7 +157,9 @@ def train_model(name: str, out: Path, train_dirs: list[Path], epochs: int | None
 
 
 def _held_out_mse(run: Path, train_dirs: list[Path], cal_dirs: list[Path]) -> dict:
-    """Mean squared reconstruction error in the brain on the calibration scans: model vs the mean training image."""
+    """On the calibration scans: a reconstruction model's mean squared error in the brain against the mean training
+    image's; a restoration model (which passes healthy tissue through) its own self-check instead — anomalies
+    planted with a fixed seed, the error left in them after restoration against before."""
     import torch
 
     from brainuad.data.datasets import find_case_folders
@@ -169,6 +167,11 @@ def _held_out_mse(run: Path, train_dirs: list[Path], cal_dirs: list[Path]) -> di
     from brainuad.train.checkpoints import load_model
 
     model, _ = load_model(run)
+    if model.config.kind == "restore":
+        cases = [load_case(f) for f in find_case_folders(cal_dirs)]
+        x = torch.from_numpy(np.stack([c.image.array for c in cases]))[:, None]
+        brain = torch.from_numpy(np.stack([c.brain_mask.array for c in cases]))[:, None]
+        return {"kind": "restoration", "n": len(cases), **model.self_check(x, brain)}
     mean = np.mean([load_case(f).image.array for f in find_case_folders(train_dirs)], axis=0)
     model_mse, mean_mse = [], []
     for folder in find_case_folders(cal_dirs):
@@ -293,6 +296,20 @@ CARD_INTRO = {
         "- **Calibration** (threshold at a healthy voxel false-positive rate of 1e-3, slice and scan references): "
         "the {n_cal} held-out IXI T1 individuals, never trained on.",
     ),
+    "flair": (
+        "FLAIR brain MRI: 3D U-Net that restores synthetic anomalies (brainuad's `restore`, DISYRE family) on the "
+        "paper-2mm grid",
+        "- **Training data**: {n_train} healthy FLAIR volumes, all simulated with `brainuad.data.mrsim` "
+        "v{sim_version} from 16 of BrainWeb's 20 normal anatomies ({train_anatomies}; one scan each: random 1.5/3 T "
+        "FLAIR parameters with a CSF-nulling inversion time, pose, a native adult head size, in-plane 1–2 mm, slices "
+        "up to 5 mm, bias field, Rician noise; skull-stripped with the simulation's exact brain mask). No real FLAIR "
+        "was trained on: the one real healthy FLAIR in ../shared/data is kept to check the simulation and to count "
+        "healthy false positives. BrainWeb: research use; cite Aubert-Broche, Evans & Collins, NeuroImage 32:138 "
+        "(2006) and Kwan, Evans & Pike, IEEE TMI 18:1085 (1999).\n"
+        "- **Calibration** (healthy voxel false-positive rate 1e-3, raised until the median flagged volume of the "
+        "calibration scans is <= 1 mL; slice and scan references): {n_cal} FLAIR scans simulated from the 4 "
+        "anatomies never trained on ({cal_anatomies}).",
+    ),
 }
 LIMITS = {
     "t2": [
@@ -310,11 +327,75 @@ LIMITS = {
         "contrast for this task whatever the model.",
         "2 mm grid (paper-2mm, axial MNI z −26…+69 mm): the cerebellum and vertex are outside.",
     ],
+    "flair": [
+        "Trained on simulated FLAIR only: real FLAIR carries texture, vessels, flow and fat-suppression artefacts "
+        "and hyperintense rims the simulator lacks, so healthy real tissue may be flagged; its calibration was "
+        "made on simulated scans too (the console and the report say the healthy reference is simulated).",
+        "Never saw T1, T2, PD, contrast-enhanced scans or children.",
+        "2 mm grid (paper-2mm, axial MNI z −26…+69 mm): the cerebellum and vertex are outside; MS plaques of a few "
+        "mm are mostly lost to the grid, the median filter and the smallest component (docs/results.md).",
+    ],
 }
 
 
 def _ci(values: list | None) -> str:
     return f"[{values[0]:.2f}, {values[1]:.2f}]" if values else "n/a"
+
+
+def _recipe_text(name: str, training: dict) -> str:
+    """The card's recipe paragraph, from the recorded configuration."""
+    rm, rt = training["recipe"]["model"], training["recipe"]["training"]
+    common = (
+        f"Adam lr {rt['lr']} with {rt['warmup_steps']} warm-up steps and cosine decay, batch {training['batch_size']}, "
+        f"{training['epochs']} epochs × {rt['steps_per_epoch']} steps = {training['steps']} steps, augmentation "
+        f"{rt['augment']}, seed 0, no validation split (the last weights). Trained on {training.get('device', 'cpu')} "
+        f"in {training['wall_seconds'] / 60:.1f} min wall, {training['cpu_seconds'] / 60:.1f} min CPU"
+        + (f", {training['threads']} threads, on a 2-core x86 machine shared with other jobs"
+           if training.get("device", "cpu") == "cpu" else "")
+        + ". Weights stored as float16 (cast to float32 on load)."
+    )  # fmt: skip
+    if rm["kind"] == "restore":
+        options = rm.get("options") or {}
+        return (
+            f"`benchmarks/builtin_models.py {name}` (recipe `{training['recipe']['name']}` of "
+            f"benchmarks/lesions.py): a 3D U-Net ({rm['channels']} channels, stem {rm['stem_channels']}) predicts a "
+            "correction added to its input. Each training volume (after augmentation) gets 1–"
+            f"{options.get('max_anomalies', 3)} synthetic anomalies with probability "
+            f"{options.get('anomaly_fraction', 0.8)} (`brainuad.models.anomalies`: smooth blobs and deformed "
+            "ellipsoids from a few voxels to ~8 % of the brain, intensity shifts and scalings, patches of another "
+            "place, smooth noise textures, brighter and darker), and the network learns to restore the clean volume "
+            "(MSE inside the brain). Anomaly map: |x − restored x|, "
+            f"{options.get('restore_steps', 1)} restoration pass(es). " + common
+        )
+    return (
+        f"`benchmarks/builtin_models.py {name}`: brainuad's quick recipe (`brainuad train --recipe quick`): "
+        f"network {rm['channels']} channels (stem {rm['stem_channels']}) on the volume pooled ×{rm['input_pool']}, "
+        f"dense latent {rm['latent']}, output = the training cohort's mean image + a learned deviation "
+        f"(mean skip); MSE inside the brain, " + common
+    )
+
+
+def _check_text(check: dict) -> str:
+    """The card's held-out check: reconstruction against the mean image, or restoration of planted anomalies."""
+    if check.get("kind") == "restoration":
+        before, after = check["planted_mse_unrestored"], check["planted_mse_restored"]
+        return (
+            f"Held-out healthy scans (the {check['n']} calibration scans) with synthetic anomalies planted (fixed "
+            f"seed): squared error inside the anomalies {after:.4f} after restoration against {before:.4f} left as "
+            f"they are ({after / before:.2f} of it). "
+            + ("The model restores planted anomalies." if after < before else
+               "The model does **not** restore planted anomalies: its anomaly maps are not to be trusted.")
+        )  # fmt: skip
+    return (
+        f"Held-out healthy scans (the {check['n']} calibration scans): mean squared reconstruction error in the brain "
+        f"{check['model']:.4f} vs {check['mean_image']:.4f} for the mean training image (model better on "
+        f"{check['model_better_on']} of {check['n']}). "
+        + ("The model does **not** beat the mean image: "
+           "its reconstructions are further from a healthy scan than the average brain is, so its anomaly maps carry "
+           "reconstruction error everywhere, not only at lesions."
+           if check["model"] >= check["mean_image"]
+           else f"The model beats the mean image ({check['model'] / check['mean_image']:.2f} of its error).")
+    )  # fmt: skip
 
 
 def write_card(name: str, metrics: dict) -> str:
@@ -331,7 +412,6 @@ def write_card(name: str, metrics: dict) -> str:
         "split": data.get("split", ""),
     }
     training, mse, ref = metrics["training"], metrics["held_out_mse"], metrics["reference"]
-    rm, rt = training["recipe"]["model"], training["recipe"]["training"]
     lines = [
         f"# builtin:{name}",
         "",
@@ -349,28 +429,11 @@ def write_card(name: str, metrics: dict) -> str:
         "",
         "## Recipe",
         "",
-        f"`benchmarks/builtin_models.py {name}`: brainuad's quick recipe (`brainuad train --recipe quick`): "
-        f"network {rm['channels']} channels (stem {rm['stem_channels']}) on the volume pooled ×{rm['input_pool']}, "
-        f"dense latent {rm['latent']}, output = the training cohort's mean image + a learned deviation "
-        f"(mean skip); MSE inside the brain, Adam lr {rt['lr']} with {rt['warmup_steps']} warm-up steps and cosine "
-        f"decay, batch {training['batch_size']}, {training['epochs']} epochs × {rt['steps_per_epoch']} steps = "
-        f"{training['steps']} steps, augmentation {rt['augment']}, seed 0, no validation split (the last weights). "
-        f"Trained on {training.get('device', 'cpu')} in {training['wall_seconds'] / 60:.1f} min wall, "
-        f"{training['cpu_seconds'] / 60:.1f} min CPU"
-        + (f", {training['threads']} threads, on a 2-core x86 machine shared with other jobs"
-           if training.get("device", "cpu") == "cpu" else "")
-        + ". Weights stored as float16 (cast to float32 on load).",
+        _recipe_text(name, training),
         "",
         "## Numbers",
         "",
-        f"Held-out healthy scans (the {mse['n']} calibration scans): mean squared reconstruction error in the brain "
-        f"{mse['model']:.4f} vs {mse['mean_image']:.4f} for the mean training image (model better on "
-        f"{mse['model_better_on']} of {mse['n']}). "
-        + ("The model does **not** beat the mean image: "
-           "its reconstructions are further from a healthy scan than the average brain is, so its anomaly maps carry "
-           "reconstruction error everywhere, not only at lesions."
-           if mse["model"] >= mse["mean_image"]
-           else f"The model beats the mean image ({mse['model'] / mse['mean_image']:.2f} of its error)."),
+        _check_text(mse),
         "",
         "Shared labelled cases (../shared/data; slice-level metrics count brain-containing axial slices, AP is for "
         "the abnormal class, pooled over cases; Dice per case then averaged; 95 % bootstrap intervals over cases — "
@@ -502,8 +565,8 @@ def main() -> None:
         return
     epochs = args.epochs
     t0 = time.perf_counter()
-    if args.name == "t2":
-        train_dirs, cal_dirs, data = prepare_t2(out)
+    if args.name in ("t2", "flair"):
+        train_dirs, cal_dirs, data = prepare_simulated(args.name, out)
     else:
         train_dirs, cal_dirs, data = prepare_t1(out, args.prep, args.split)
     print(f"data ready in {time.perf_counter() - t0:.0f} s: {len(data['train'])} train, "

@@ -1,13 +1,16 @@
-"""Realism check of the MR simulator: simulated T2 vs a real T2 (IXI002) and the MNI152 T2 template.
+"""Realism check of the MR simulator: simulated T2 or FLAIR against real scans of the same contrast.
 
-Inside each brain mask, intensities are divided by the white-matter mean and a 3-class Gaussian mixture (scikit-learn,
-same settings for every image) gives the CSF, grey- and white-matter class means: the ratios GM/WM and CSF/WM, and
-the class fractions, are compared, with the intensity histograms, in one figure.
+Inside each brain mask, a 3-class Gaussian mixture (scikit-learn, same settings for every image) gives the CSF, grey-
+and white-matter class means: the ratios GM/WM and CSF/WM, and the class fractions, are compared, with the intensity
+histograms (÷ the white-matter mean), in one figure.
 
-    python benchmarks/mrsim_realism.py [--data ../shared/data] [--n 20] [--figure docs/figures/mrsim_realism.png]
+    python benchmarks/mrsim_realism.py [--contrast t2] [--data ../shared/data] [--n 20] [--figure FIG]
 
-The simulated scans are 1 mm, skull-stripped (``skull=False``, the real ones are), one per BrainWeb anatomy, each
-with its own random sequence (T2 TSE, 1.5 or 3 T), pose, bias field and noise.
+Real references. T2: IXI002 (healthy, HD-BET mask) and the MNI152 T2 template. FLAIR: the one real healthy FLAIR
+(healthy_other/synthsr-FLAIR_head, skull on: brainuad's skull strip gives its mask), the six BraTS 2018 FLAIRs and MS
+patient07's FLAIR (skull-stripped; the lesion label is removed from the mask, so only normal-appearing tissue
+counts). The simulated scans are 1 mm, skull-stripped (``skull=False``), one per BrainWeb anatomy, each with its own
+random sequence (T2 TSE or FLAIR with a CSF-nulling TI, 1.5 or 3 T), pose, bias field and noise.
 """
 
 from __future__ import annotations
@@ -31,18 +34,22 @@ from brainuad.data import mrsim
 BINS = np.linspace(0.0, 4.0, 161)
 
 
-def tissue_classes(values: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Class means (÷ WM mean) and fractions from a 3-class GMM on brain intensities (sorted: WM < GM < CSF on T2)."""
+#: The tissue order of the GMM's sorted class means (dark to bright) in each contrast.
+TISSUE_ORDER = {"t2": ("wm", "gm", "csf"), "flair": ("csf", "wm", "gm")}
+
+
+def tissue_classes(values: np.ndarray, contrast: str = "t2", seed: int = 0) -> dict[str, float]:
+    """Class means (÷ WM mean) and fractions (dark to bright) from a 3-class GMM on brain intensities."""
     rng = np.random.default_rng(seed)
     sample = rng.choice(values, min(200_000, values.size), replace=False)[:, None]
     gmm = GaussianMixture(3, random_state=seed, n_init=2).fit(sample)
     order = np.argsort(gmm.means_[:, 0])
-    means, weights = gmm.means_[order, 0], gmm.weights_[order]
+    means = dict(zip(TISSUE_ORDER[contrast], gmm.means_[order, 0]))
     return {
-        "gm_wm": float(means[1] / means[0]),
-        "csf_wm": float(means[2] / means[0]),
-        "wm_mean": float(means[0]),
-        "fractions": [float(w) for w in weights],
+        "gm_wm": float(means["gm"] / means["wm"]),
+        "csf_wm": float(means["csf"] / means["wm"]),
+        "wm_mean": float(means["wm"]),
+        "fractions": [float(w) for w in gmm.weights_[order]],
     }
 
 
@@ -51,26 +58,50 @@ def brain_values(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return values[values > np.percentile(values, 0.5)]  # drop the mask's edge zeros
 
 
+def real_t2(data: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The real T2 references: each image and its brain mask."""
+    ixi = nib.load(data / "healthy/IXI002-Guys-0828-T2_brain.nii.gz").get_fdata()
+    ixi_mask = nib.load(data / "healthy/IXI002-Guys-0828-T2_brainmask.nii.gz").get_fdata() > 0
+    mni = nib.load(data / "templates/MNI152_T2_1mm_brain.nii.gz").get_fdata()
+    mni_mask = nib.load(data / "templates/MNI152_T1_1mm_brain_mask.nii.gz").get_fdata() > 0
+    return {"IXI002 T2 (real, 1.5 T)": (ixi, ixi_mask & (ixi > 0)), "MNI152 T2 template": (mni, mni_mask & (mni > 0))}
+
+
+def real_flair(data: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The real FLAIR references: the healthy head (brainuad's skull strip), BraTS and MS outside their lesions."""
+    from brainuad.io.volumes import load_volume
+    from brainuad.preprocess.skullstrip import skull_strip
+
+    head = load_volume(data / "healthy_other/synthsr-FLAIR_head.nii.gz")
+    mask, _ = skull_strip(head)
+    refs = {"healthy FLAIR (real, 3D)": (head.array, mask & (head.array > 0))}
+    cases = [(c / f"{c.name}_flair.nii.gz", c / f"{c.name}_seg.nii.gz") for c in sorted((data / "brats2018").iterdir())]
+    cases.append((data / "ms/patient07/FLAIR.nii.gz", data / "ms/patient07/GOLD_STANDARD.nii.gz"))
+    for image_path, label_path in cases:
+        image = nib.load(image_path).get_fdata()
+        lesion = nib.load(label_path).get_fdata() > 0
+        refs[f"{image_path.parent.name} FLAIR (patient, outside lesion)"] = (image, (image > 0) & ~lesion)
+    return refs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contrast", default="t2", choices=sorted(TISSUE_ORDER), help="the contrast to simulate")
     parser.add_argument("--data", default="../shared/data", type=Path)
     parser.add_argument("--n", type=int, default=20, help="simulated scans (one per anatomy, cycling)")
-    parser.add_argument("--figure", default="docs/figures/mrsim_realism.png", type=Path)
-    parser.add_argument("--json", default="benchmarks/out/mrsim_realism.json", type=Path)
+    parser.add_argument("--figure", default=None, type=Path, help="default: docs/figures/mrsim_realism[_flair].png")
+    parser.add_argument("--json", default=None, type=Path, help="default: benchmarks/out/mrsim_realism[_flair].json")
     args = parser.parse_args()
+    suffix = "" if args.contrast == "t2" else f"_{args.contrast}"
+    args.figure = args.figure or Path(f"docs/figures/mrsim_realism{suffix}.png")
+    args.json = args.json or Path(f"benchmarks/out/mrsim_realism{suffix}.json")
+    label = f"simulated {args.contrast.upper()}"
 
-    real = {}
-    ixi = nib.load(args.data / "healthy/IXI002-Guys-0828-T2_brain.nii.gz").get_fdata()
-    ixi_mask = nib.load(args.data / "healthy/IXI002-Guys-0828-T2_brainmask.nii.gz").get_fdata() > 0
-    real["IXI002 T2 (real, 1.5 T)"] = (ixi, ixi_mask & (ixi > 0))
-    mni = nib.load(args.data / "templates/MNI152_T2_1mm_brain.nii.gz").get_fdata()
-    mni_mask = nib.load(args.data / "templates/MNI152_T1_1mm_brain_mask.nii.gz").get_fdata() > 0
-    real["MNI152 T2 template"] = (mni, mni_mask & (mni > 0))
-
+    real = real_t2(args.data) if args.contrast == "t2" else real_flair(args.data)
     results, histograms, slices = {}, {}, {}
     for name, (image, mask) in real.items():
         values = brain_values(image, mask)
-        classes = tissue_classes(values)
+        classes = tissue_classes(values, args.contrast)
         results[name] = classes
         histograms[name] = np.histogram(values / classes["wm_mean"], BINS, density=True)[0]
         slices[name] = image[:, :, int(np.argmax(mask.sum((0, 1))))]
@@ -80,23 +111,23 @@ def main() -> None:
     for i in range(args.n):
         labels = mrsim.load_anatomy(anatomies[i % len(anatomies)])
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        subject = mrsim.simulate(labels, seed=i, contrast="t2", spacing=1.0, skull=False)
+        subject = mrsim.simulate(labels, seed=i, contrast=args.contrast, spacing=1.0, skull=False)
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         wall.append(time.perf_counter() - t0)
         cpu.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
         sequences.append({"field_t": subject.sequence.field_t, "tr": subject.sequence.tr, "te": subject.sequence.te})
         values = brain_values(subject.image.array, subject.brain)
-        classes = tissue_classes(values)
+        classes = tissue_classes(values, args.contrast)
         sim_classes.append(classes)
         sim_hist.append(np.histogram(values / classes["wm_mean"], BINS, density=True)[0])
         if i == 0:
-            slices["simulated T2 (BrainWeb, 1 mm)"] = subject.image.array[:, :, subject.image.shape[2] // 2]
+            slices[f"{label} (BrainWeb, 1 mm)"] = subject.image.array[:, :, subject.image.shape[2] // 2]
         print(f"sim {i:2d} {subject.anatomy}: GM/WM {classes['gm_wm']:.2f} CSF/WM {classes['csf_wm']:.2f} "
               f"({subject.sequence.field_t} T, TR {subject.sequence.tr:.0f}, TE {subject.sequence.te:.0f}) "
               f"{cpu[-1]:.1f} s CPU", flush=True)  # fmt: skip
     gm_wm = np.array([c["gm_wm"] for c in sim_classes])
     csf_wm = np.array([c["csf_wm"] for c in sim_classes])
-    results["simulated T2"] = {
+    results[label] = {
         "n": args.n,
         "gm_wm_median": float(np.median(gm_wm)),
         "gm_wm_range": [float(gm_wm.min()), float(gm_wm.max())],
@@ -114,23 +145,28 @@ def main() -> None:
     ax = fig.add_subplot(2, 2, 1)
     centres = (BINS[:-1] + BINS[1:]) / 2
     band = np.array(sim_hist)
-    ax.fill_between(centres, band.min(0), band.max(0), color="tab:orange", alpha=0.3, label="simulated T2 (range)")
-    ax.plot(centres, np.median(band, 0), color="tab:orange", label=f"simulated T2 (median of {args.n})")
-    for (name, hist), colour in zip(histograms.items(), ("k", "tab:blue")):
-        ax.plot(centres, hist, color=colour, label=name)
+    ax.fill_between(centres, band.min(0), band.max(0), color="tab:orange", alpha=0.3, label=f"{label} (range)")
+    ax.plot(centres, np.median(band, 0), color="tab:orange", label=f"{label} (median of {args.n})")
+    colours = plt.get_cmap("tab10")
+    for k, (name, hist) in enumerate(histograms.items()):
+        ax.plot(centres, hist, color="k" if k == 0 else colours(k % 10 if k % 10 != 1 else 9), label=name, lw=1)
     ax.set(xlabel="intensity / white-matter mean (GMM)", ylabel="density", title="Brain intensity histograms")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     ax = fig.add_subplot(2, 2, 2)
-    names = [*list(real), "simulated T2"]
-    for k, (key, label) in enumerate((("gm_wm", "GM/WM"), ("csf_wm", "CSF/WM"))):
-        values = [results[n][key] for n in real] + [results["simulated T2"][f"{key}_median"]]
-        ax.bar(np.arange(3) + 0.4 * k, values, 0.38, label=label)
-        sim = results["simulated T2"][f"{key}_range"]
-        ax.errorbar(2 + 0.4 * k, values[2], yerr=[[values[2] - sim[0]], [sim[1] - values[2]]], color="k", capsize=4)
-    ax.set_xticks(np.arange(3) + 0.2, [n.split(" (")[0] for n in names])
+    names = [*list(real), label]
+    where = np.arange(len(names))
+    for k, (key, ratio) in enumerate((("gm_wm", "GM/WM"), ("csf_wm", "CSF/WM"))):
+        values = [results[n][key] for n in real] + [results[label][f"{key}_median"]]
+        ax.bar(where + 0.4 * k, values, 0.38, label=ratio)
+        low, high = results[label][f"{key}_range"]
+        ax.errorbar(where[-1] + 0.4 * k, values[-1], yerr=[[values[-1] - low], [high - values[-1]]], color="k",
+                    capsize=4)  # fmt: skip
+    ax.set_xticks(where + 0.2, [n.split(" (")[0] for n in names], rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="class-mean ratio", title="Tissue intensity ratios (3-class GMM in the brain)")
     ax.legend()
-    for k, (name, image) in enumerate(slices.items()):
+    shown = [*list(slices)[:2], list(slices)[-1]]  # two real scans and one simulated
+    for k, name in enumerate(shown):
+        image = slices[name]
         ax = fig.add_subplot(2, 3, 4 + k)
         ax.imshow(np.rot90(image), cmap="gray", vmin=0, vmax=np.percentile(image[image > 0], 99.5))
         ax.set_title(name, fontsize=9)

@@ -56,6 +56,12 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
         "this many mL; 0 or less = the voxel rate alone (default: 1.0)",
     )
     p.add_argument(
+        "--normalise-residual",
+        action="store_true",
+        help="divide every anomaly map by the healthy scans' voxel-wise spread (saved beside calibration.json), so "
+        "that places where healthy brains always differ from the model's output do not dominate the map",
+    )
+    p.add_argument(
         "--allow-training-scans",
         action="store_true",
         help="accept --healthy scans the model was trained on (its threshold will be too low)",
@@ -85,6 +91,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
             device=device,
             allow_training_scans=args.allow_training_scans,
             max_healthy_ml=args.max_healthy_ml if args.max_healthy_ml > 0 else None,
+            normalise_residual=args.normalise_residual,
         )
         print(
             f"calibrate: threshold {result.threshold:.5g} at healthy voxel FPR {args.fpr} on "

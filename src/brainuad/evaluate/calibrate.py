@@ -14,7 +14,8 @@ import torch
 
 from brainuad.errors import BrainuadError, InputError
 from brainuad.infer.calibration import Calibration, SliceReference, write_calibration
-from brainuad.infer.inference import MIN_HEALTHY_REFERENCE_SCANS
+from brainuad.infer.inference import MIN_HEALTHY_REFERENCE_SCANS, scan_score
+from brainuad.infer.postprocessing import healthy_spread, slice_errors
 from brainuad.infer.trained import TrainedModel
 from brainuad.io.volumes import read_json
 from brainuad.preprocess.cases import load_case
@@ -48,6 +49,8 @@ def training_overlap(run_dir: str | Path, folders: list[Path]) -> list[str]:
 
 #: The default flagged-volume budget on healthy calibration scans (mL, median over scans).
 DEFAULT_MAX_HEALTHY_ML = 1.0
+#: The healthy spread of ``calibrate --normalise-residual``, in the model folder beside ``calibration.json``.
+RESIDUAL_SPREAD_FILE = "residual_spread.safetensors"
 
 
 def calibrate(
@@ -57,6 +60,7 @@ def calibrate(
     device: str | torch.device = "cpu",
     allow_training_scans: bool = False,
     max_healthy_ml: float | None = DEFAULT_MAX_HEALTHY_ML,
+    normalise_residual: bool = False,
 ) -> Calibration:
     """Fit the detection threshold and the healthy references on healthy validation scans; save them in the run.
 
@@ -80,6 +84,10 @@ def calibrate(
         allow_training_scans: Accept healthy scans from the run's training split (an optimistic threshold).
         max_healthy_ml: The flagged-volume budget on healthy scans (mL, median over scans); ``None`` = the voxel
             false-positive rate alone.
+        normalise_residual: Divide every anomaly map by the healthy scans' voxel-wise spread
+            (:func:`~brainuad.infer.postprocessing.healthy_spread`, saved beside the calibration): places where
+            healthy brains always differ from the model's output (edges, ventricles) stop dominating the map. The
+            threshold and references are then in those units.
 
     Returns:
         The calibration written to ``RUN_DIR/calibration.json`` (``calibrated_on`` says what it was fitted on).
@@ -125,7 +133,7 @@ def calibrate(
             "scans (the run's validation split), or pass --allow-training-scans to accept it"
         )
     held_out = len(folders) - len(in_training)
-    values, errors, scores, ratios, maps = [], [], [], [], []
+    values, errors, scores, ratios, maps, brains = [], [], [], [], [], []
     for folder in folders:
         case = load_case(folder)
         if case.grid.shape != tuple(config.model.input_shape):
@@ -138,9 +146,23 @@ def calibrate(
         analysis = trained.analyse(case)
         values.append(analysis.anomaly[case.brain_mask.array])
         maps.append(analysis.anomaly.astype(np.float16))  # for the flagged volumes: half the memory, ~3 digits
+        brains.append(case.brain_mask.array)
         errors.append(analysis.slice_errors)
         scores.append(analysis.scan_score)
         ratios.append(case.record.get("qc", {}).get("csf_to_white_matter"))
+    spread_file = run_dir / RESIDUAL_SPREAD_FILE
+    spread_fields = {}
+    if normalise_residual:
+        spread = healthy_spread(maps, brains)
+        spread_fields = {"residual_spread": RESIDUAL_SPREAD_FILE}
+        spread_fields["residual_spread_sha256"] = _save_spread(spread_file, spread)
+        normalised = [m.astype(np.float32) / spread for m in maps]
+        values = [m[b] for m, b in zip(normalised, brains)]
+        errors = [slice_errors(m) for m in normalised]
+        scores = [scan_score(m, b) for m, b in zip(normalised, brains)]
+        maps = [m.astype(np.float16) for m in normalised]
+    elif spread_file.is_file():
+        spread_file.unlink()  # an earlier calibration's, which this one replaces: never left to look current
     if len({e.size for e in errors}) != 1:
         raise InputError(None, "healthy scans lie on different crop grids; preprocess them with one preset")
     pooled = np.concatenate(values)
@@ -181,9 +203,22 @@ def calibrate(
         postprocessing=analysis.sizes,
         max_healthy_ml=max_healthy_ml,
         healthy_flagged_ml=tuple(round(v, 4) for v in flagged),
+        **spread_fields,
     )
     write_calibration(run_dir, calibration)
     return calibration
+
+
+def _save_spread(path: Path, spread: np.ndarray) -> str:
+    """Write the healthy spread as safetensors (atomically); returns its SHA-256 for the calibration."""
+    from safetensors.numpy import save_file
+
+    from brainuad.io.files import atomic_path
+    from brainuad.io.provenance import sha256_file
+
+    with atomic_path(path) as tmp:
+        save_file({"spread": np.ascontiguousarray(spread, np.float32)}, str(tmp))
+    return sha256_file(path)
 
 
 def _within_healthy_budget(

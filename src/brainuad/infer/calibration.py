@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from brainuad.errors import BrainuadError, InputError
 from brainuad.infer.postprocessing import PostprocessingSizes
 
@@ -59,6 +61,9 @@ class Calibration:
             threshold was raised to keep, if it was given.
         healthy_flagged_ml: Healthy calibration: each healthy scan's flagged volume at the threshold (mL, after the
             post-processing ``detect`` applies).
+        residual_spread: Healthy calibration with ``--normalise-residual``: the file (in the model folder) of the
+            healthy voxel-wise spread that divides every anomaly map; the threshold is in its units.
+        residual_spread_sha256: That file's SHA-256 (a changed or swapped file is refused).
         slice_score: Labelled calibration: the default slice score chosen on the tuning cases.
         slice_score_tuning_ap: Labelled calibration: each slice score's pooled AP on the tuning cases.
         tuning_dice: Labelled calibration: the pooled Dice at the threshold on the tuning cases.
@@ -80,6 +85,8 @@ class Calibration:
     postprocessing: PostprocessingSizes | None = None
     max_healthy_ml: float | None = None
     healthy_flagged_ml: tuple[float, ...] | None = None
+    residual_spread: str | None = None
+    residual_spread_sha256: str | None = None
     slice_score: str | None = None
     slice_score_tuning_ap: Mapping[str, float] | None = None
     tuning_dice: float | None = None
@@ -185,6 +192,41 @@ def write_calibration(model_dir: str | Path, calibration: Calibration) -> Path:
     return write_json(Path(model_dir) / CALIBRATION_FILE, calibration.to_dict())
 
 
+def read_residual_spread(
+    model_dir: str | Path, calibration: Calibration | None, shape: tuple[int, ...]
+) -> np.ndarray | None:
+    """The healthy voxel-wise spread that divides the anomaly map, when ``calibration`` names one; else ``None``.
+
+    Raises:
+        InputError: The file is missing, changed since calibration (SHA-256), not a float32 ``spread`` tensor of
+            ``shape``, or holds values that are not finite and positive (naming the file).
+    """
+    if calibration is None or calibration.residual_spread is None:
+        return None
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from brainuad.io.provenance import sha256_file
+    from brainuad.io.shipped import resolve_model_dir
+
+    name = calibration.residual_spread
+    path = resolve_model_dir(model_dir) / name
+    again = "; run 'brainuad calibrate --normalise-residual' again"
+    if Path(name).name != name or not path.is_file():
+        raise InputError(path, f"the residual spread that calibration.json names is missing{again}")
+    if sha256_file(path) != calibration.residual_spread_sha256:
+        raise InputError(path, f"changed since the calibration that names it (SHA-256 differs){again}")
+    try:
+        spread = load_file(str(path)).get("spread")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable safetensors file ({exc}){again}") from exc
+    if spread is None or spread.dtype != np.float32 or spread.shape != tuple(shape):
+        raise InputError(path, f"expected a float32 'spread' tensor of shape {tuple(shape)}{again}")
+    if not (np.isfinite(spread).all() and (spread > 0).all()):
+        raise InputError(path, f"the spread must be finite and positive everywhere{again}")
+    return spread
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -209,7 +251,7 @@ def _strings(key: str, value: Any, path: str | Path | None) -> tuple[str, ...]:
 
 def _parse(key: str, value: Any, path: str | Path | None) -> Any:
     """One known key's JSON value as its field's type (``value`` is not ``None``)."""
-    if key in ("method", "calibrated_on", "slice_score"):
+    if key in ("method", "calibrated_on", "slice_score", "residual_spread", "residual_spread_sha256"):
         if not isinstance(value, str):
             raise _fail(path, key, "a string", value)
         return value

@@ -78,6 +78,7 @@ def analyse_case(
     calibration: Calibration | None = None,
     device: str | torch.device = "cpu",
     postprocess: PostprocessConfig | None = None,
+    spread: np.ndarray | None = None,
 ) -> Analysis:
     """Run the model and the paper's post-processing on a preprocessed case (no threshold: see :func:`detect_case`).
 
@@ -88,6 +89,8 @@ def analyse_case(
             percentile among healthy scans (``None``: neither).
         device: Where to run the network and the median filter.
         postprocess: The run's post-processing settings (``None``: the paper's).
+        spread: The healthy voxel-wise spread the map is divided by (a calibration with ``--normalise-residual``),
+            on the crop grid; ``None``: the map as it is.
     """
     image, brain = case.image.array, case.brain_mask.array
     reconstruction = reconstruct(model, image, device)
@@ -96,6 +99,8 @@ def analyse_case(
     scale = model.residual_scale() if hasattr(model, "residual_scale") else None
     scaled = (image, reconstruction) if scale is None else (image / scale, reconstruction / scale)
     anomaly = anomaly_map(*scaled, brain, sizes.median_size, sizes.erosion_voxels, device=device)
+    if spread is not None:  # in multiples of what healthy brains show at each voxel
+        anomaly = (anomaly / spread).astype(np.float32)
     errors = slice_errors(anomaly)
     calibrated = None
     score = scan_score(anomaly, brain)
@@ -140,6 +145,7 @@ def detect_case(
     calibration: Calibration | None = None,
     device: str | torch.device = "cpu",
     postprocess: PostprocessConfig | None = None,
+    spread: np.ndarray | None = None,
 ) -> Detection:
     """:func:`analyse_case`, then the segmentation at ``threshold`` (decided by the caller, e.g.
     :meth:`brainuad.infer.trained.TrainedModel.threshold`).
@@ -149,4 +155,4 @@ def detect_case(
     """
     if math.isnan(threshold):
         raise BrainuadError("the threshold is NaN; give a number")
-    return segment_analysis(analyse_case(model, case, calibration, device, postprocess), threshold)
+    return segment_analysis(analyse_case(model, case, calibration, device, postprocess, spread), threshold)

@@ -105,6 +105,23 @@ def anomaly_map(
     return np.where(eroded, residual, 0.0).astype(np.float32)
 
 
+def healthy_spread(
+    maps: list[np.ndarray], brains: list[np.ndarray], smooth_voxels: float = 2.0, floor_quantile: float = 0.1
+) -> np.ndarray:
+    """The voxel-wise spread of healthy anomaly maps, to divide new maps by (``calibrate --normalise-residual``).
+
+    The root mean square over the healthy scans at each voxel (an anomaly map is a magnitude, so its spread is taken
+    around zero), Gaussian-smoothed because a few scans give a noisy estimate, and floored at a low quantile of the
+    brain's values so that voxels healthy scans never lit up do not turn noise into findings.
+    """
+    stack = np.stack([np.asarray(m, np.float32) for m in maps])
+    rms = np.sqrt((stack.astype(np.float64) ** 2).mean(0))
+    smooth = ndimage.gaussian_filter(rms, smooth_voxels) if smooth_voxels > 0 else rms
+    inside = np.logical_or.reduce([np.asarray(b, bool) for b in brains])
+    floor = max(float(np.quantile(smooth[inside], floor_quantile)) if inside.any() else 0.0, 1e-6)
+    return np.maximum(smooth, floor).astype(np.float32)
+
+
 def segment(anomaly: np.ndarray, threshold: float, min_voxels: int = 20) -> tuple[np.ndarray, int]:
     """Threshold, then keep 26-connected components of at least ``min_voxels`` voxels.
 

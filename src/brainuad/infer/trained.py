@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from brainuad.config import Config
 from brainuad.errors import BrainuadError, InputError
-from brainuad.infer.calibration import Calibration, read_calibration
-from brainuad.infer.inference import Analysis, Detection, analyse_case, detect_case
+from brainuad.infer.calibration import Calibration, read_calibration, read_residual_spread
+from brainuad.infer.inference import Analysis, Detection, analyse_case, segment_analysis
 from brainuad.preprocess.cases import PreprocessedCase
 
 WEIGHTS_FILE = "model.safetensors"
@@ -36,6 +37,7 @@ class TrainedModel:
         device: Where the network runs.
         calibration: The run's validated calibration, ``None`` if it was never calibrated.
         builtin: Whether it is a shipped model (read-only: never calibrated in place).
+        spread: The healthy voxel-wise spread that divides every anomaly map, when the calibration has one.
     """
 
     run_dir: Path
@@ -44,6 +46,7 @@ class TrainedModel:
     device: torch.device
     calibration: Calibration | None
     builtin: bool = False
+    spread: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def load(cls, spec: str | Path, device: str | torch.device = "auto", calibration: bool = True) -> TrainedModel:
@@ -67,7 +70,8 @@ class TrainedModel:
         run_dir = resolve_model_dir(spec)
         model, config = load_model(run_dir, device=torch_device)
         fitted = read_calibration(run_dir) if calibration else None
-        return cls(run_dir, config, model, torch_device, fitted, is_builtin(spec))
+        spread = read_residual_spread(run_dir, fitted, tuple(config.model.input_shape))
+        return cls(run_dir, config, model, torch_device, fitted, is_builtin(spec), spread)
 
     @functools.cached_property
     def weights_sha256(self) -> str:
@@ -128,8 +132,8 @@ class TrainedModel:
     def analyse(self, case: PreprocessedCase) -> Analysis:
         """Reconstruction, anomaly map and slice scores of a preprocessed case, with the run's post-processing and
         healthy references (:func:`brainuad.infer.inference.analyse_case`)."""
-        return analyse_case(self.model, case, self.calibration, self.device, self.config.postprocessing)
+        return analyse_case(self.model, case, self.calibration, self.device, self.config.postprocessing, self.spread)
 
     def detect(self, case: PreprocessedCase, threshold: float) -> Detection:
         """:meth:`analyse`, then the segmentation at ``threshold`` (from :meth:`threshold`)."""
-        return detect_case(self.model, case, threshold, self.calibration, self.device, self.config.postprocessing)
+        return segment_analysis(self.analyse(case), threshold)
