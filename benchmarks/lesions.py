@@ -5,6 +5,7 @@ Usage (from the repository root; each step reuses what an earlier step wrote und
     python benchmarks/lesions.py prepare t2            # simulate + preprocess the healthy training/calibration scans
     python benchmarks/lesions.py train t2 restore       # train one method (CPU seconds recorded in the run folder)
     python benchmarks/lesions.py steps t2               # restore: 1 vs 2 vs 3 passes, judged on the tuning cases
+    python benchmarks/lesions.py normalise t2 restore   # residual ÷ healthy spread or not, judged on the tuning cases
     python benchmarks/lesions.py evaluate t2 restore    # calibrate on the held-out simulated scans, then evaluate
 
 Data per track:
@@ -128,6 +129,12 @@ def train_method(
     return run
 
 
+def _normalise_choice(track: str, method: str, out: Path, tag: str) -> bool:
+    """Whether the ``normalise`` step chose the residual normalisation for this run (False when it never ran)."""
+    path = out / track / "normalise" / f"{method}{tag}.json"
+    return bool(json.loads(path.read_text())["normalise_residual"]) if path.is_file() else False
+
+
 def evaluate_method(track: str, method: str, out: Path, tag: str = "") -> dict:
     from brainuad.evaluate.calibrate import calibrate
     from brainuad.evaluate.evaluation import evaluate
@@ -136,7 +143,8 @@ def evaluate_method(track: str, method: str, out: Path, tag: str = "") -> dict:
     if method == "ae" and track == "t2":
         run = "builtin:t2"  # the quick-recipe ae trained on the same T2 scans (benchmarks/builtin_models.py t2)
     else:
-        calibrate(run, [out / track / "prep" / "cal"], device="cpu")
+        normalise = _normalise_choice(track, method, out, tag)
+        calibrate(run, [out / track / "prep" / "cal"], device="cpu", normalise_residual=normalise)
     tune, report = brats_split()
     others = ([DATA / "stroke"] if track == "t2" else []) + [DATA / "ms"]
     folder = out / track / "eval" / f"{method}{tag}"
@@ -176,6 +184,31 @@ def compare_steps(track: str, out: Path, steps: tuple[int, ...] = (1, 2, 3)) -> 
         config = read_json(run / "config.json")
         config["model"]["options"]["restore_steps"] = best
         write_json(run / "config.json", config)
+    return results
+
+
+def compare_normalisation(track: str, method: str, out: Path, tag: str = "") -> dict:
+    """The residual as it is against the residual divided by its healthy voxel-wise spread (``calibrate
+    --normalise-residual``), judged on the tuning cases only (pooled voxel AP, threshold-free); the winner is what
+    the ``evaluate`` step calibrates with."""
+    from brainuad.evaluate.calibrate import calibrate
+    from brainuad.evaluate.evaluation import evaluate
+    from brainuad.io.volumes import write_json
+
+    run = out / track / "runs" / f"{method}{tag}"
+    tune, _ = brats_split()
+    results = {}
+    for normalise in (False, True):
+        calibrate(run, [out / track / "prep" / "cal"], device="cpu", normalise_residual=normalise)
+        folder = out / track / "normalise" / f"{method}{tag}-{'normalised' if normalise else 'plain'}"
+        summary = evaluate(run, tune, folder, modality=track, cache_dir=out / "cache" / track, device="cpu",
+                           progress=False)  # fmt: skip
+        results[str(normalise)] = {"ap_pooled_tuning": summary["voxels"]["ap_pooled"],
+                                   "dice_tuning": summary["voxels"]["dice_mean"]}  # fmt: skip
+        print(normalise, results[str(normalise)], flush=True)
+    chosen = results["True"]["ap_pooled_tuning"] > results["False"]["ap_pooled_tuning"]
+    write_json(out / track / "normalise" / f"{method}{tag}.json",
+               {"results": results, "normalise_residual": chosen, "judged_on": [p.name for p in tune]})  # fmt: skip
     return results
 
 
@@ -248,7 +281,7 @@ def report(out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("prepare", "train", "steps", "evaluate", "report"))
+    parser.add_argument("step", choices=("prepare", "train", "steps", "normalise", "evaluate", "report"))
     parser.add_argument("track", nargs="?", default="t2", choices=("t2", "flair"))
     parser.add_argument("method", nargs="?", default="restore", choices=("restore", "ae", *RECIPES))
     parser.add_argument("--out", type=Path, default=OUT)
@@ -262,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         train_method(args.track, args.method, args.out, args.epochs, args.minutes, args.tag)
     elif args.step == "steps":
         compare_steps(args.track, args.out)
+    elif args.step == "normalise":
+        compare_normalisation(args.track, args.method, args.out, args.tag)
     elif args.step == "evaluate":
         evaluate_method(args.track, args.method, args.out, args.tag)
     else:

@@ -141,7 +141,7 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
 
-    fig = plt.figure(figsize=(15, 8))
+    fig = plt.figure(figsize=(15, 10))
     ax = fig.add_subplot(2, 2, 1)
     centres = (BINS[:-1] + BINS[1:]) / 2
     band = np.array(sim_hist)
@@ -161,7 +161,8 @@ def main() -> None:
         low, high = results[label][f"{key}_range"]
         ax.errorbar(where[-1] + 0.4 * k, values[-1], yerr=[[values[-1] - low], [high - values[-1]]], color="k",
                     capsize=4)  # fmt: skip
-    ax.set_xticks(where + 0.2, [n.split(" (")[0] for n in names], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(where + 0.2, [n.split(" (")[0].replace(" FLAIR", "") for n in names], rotation=30, ha="right",
+                  fontsize=7)  # fmt: skip
     ax.set(ylabel="class-mean ratio", title="Tissue intensity ratios (3-class GMM in the brain)")
     ax.legend()
     shown = [*list(slices)[:2], list(slices)[-1]]  # two real scans and one simulated

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import nibabel as nib
@@ -32,6 +33,17 @@ def ellipsoid(
     """Boolean ellipsoid centred in the volume."""
     grid = np.meshgrid(*[np.linspace(-0.5, 0.5, s) for s in shape], indexing="ij")
     return sum((g / r) ** 2 for g, r in zip(grid, radii_fraction)) <= 1.0
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails (shipped models must work offline)."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture

@@ -43,7 +43,6 @@ def test_normalised_residual_divides_maps_and_is_never_stale(tmp_path):
     is refused naming it, and calibrating again without the flag removes it."""
     import pytest
     from safetensors.numpy import load_file, save_file
-    from tiny import write_cases
 
     from brainuad.config import Config, ModelConfig, TrainConfig
     from brainuad.errors import InputError
@@ -51,6 +50,7 @@ def test_normalised_residual_divides_maps_and_is_never_stale(tmp_path):
     from brainuad.infer.trained import TrainedModel
     from brainuad.preprocess.cases import load_case
     from brainuad.train.loop import train
+    from tiny import write_cases
 
     train_cases = write_cases(tmp_path / "train", 3, seed=1)
     healthy = write_cases(tmp_path / "healthy", 3, seed=2)

@@ -1,7 +1,6 @@
 """Models shipped with the package (``--model builtin:NAME``): offline, read-only, validated, listed."""
 
 import shutil
-import socket
 import stat
 
 import pytest
@@ -13,16 +12,7 @@ from brainuad.errors import BrainuadError, InputError
 from brainuad.io import shipped
 from brainuad.train.checkpoints import load_model
 
-NAMES = ("t1", "t2")
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+NAMES = ("flair", "t1", "t2")
 
 
 @pytest.fixture
@@ -65,8 +55,8 @@ def test_builtin_loads_offline_from_a_read_only_location(name, no_network, read_
 
 
 def test_unknown_builtin_and_bad_weights_are_clear_errors(tmp_path):
-    with pytest.raises(InputError, match="shipped: t1, t2"):
-        shipped.resolve_model_dir("builtin:flair")
+    with pytest.raises(InputError, match="shipped: flair, t1, t2"):
+        shipped.resolve_model_dir("builtin:pd")
     folder = tmp_path / "model"
     shutil.copytree(shipped.resolve_model_dir("builtin:t2"), folder)
     state = load_file(str(folder / "model.safetensors"))
@@ -85,8 +75,8 @@ def test_unknown_builtin_and_bad_weights_are_clear_errors(tmp_path):
 def test_models_verb_lists_the_cards(capsys):
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
-    assert "builtin:t1" in listing and "builtin:t2" in listing
+    assert all(f"builtin:{name}" in listing for name in NAMES)
     assert main(["models", "t2"]) == 0
     card = capsys.readouterr().out
     assert "Training data" in card and "Known limits" in card
-    assert main(["models", "flair"]) == 1
+    assert main(["models", "pd"]) == 1

@@ -12,8 +12,8 @@ from brainuad.io import shipped
 pytestmark = pytest.mark.real
 
 
-@pytest.mark.parametrize("name", ["t1", "t2"])
-def test_detect_with_builtin_model_matches_its_card(name, shared_data, tmp_path):
+@pytest.mark.parametrize("name", ["flair", "t1", "t2"])
+def test_detect_with_builtin_model_matches_its_card(name, shared_data, no_network, tmp_path):
     metrics = json.loads((shipped.resolve_model_dir(f"builtin:{name}") / "metrics.json").read_text())
     scan = shared_data / metrics["reference"]["scan"]
     assert main(["detect", str(scan), "--model", f"builtin:{name}", "--out", str(tmp_path), "--device", "cpu",

@@ -61,8 +61,8 @@ class ParticipantResult:
 def default_suffix(model: str | Path) -> str:
     """The suffix (T1w, T2w, FLAIR) of the scans a model was trained on.
 
-    A shipped model says it in its name (``builtin:t1``, ``builtin:t2``); a run folder in the names of its training
-    scans (``split.json`` → each case's ``record.json`` input: BIDS ``_T2w``, IXI ``-T2``).
+    A shipped model says it in its name (``builtin:t1``, ``builtin:t2``, ``builtin:flair``); a run folder in the
+    names of its training scans (``split.json`` → each case's ``record.json`` input: BIDS ``_T2w``, IXI ``-T2``).
 
     Raises:
         ConfigError: The model does not tell (then ``--suffix`` must).
@@ -71,7 +71,7 @@ def default_suffix(model: str | Path) -> str:
 
     spec = str(model)
     if is_builtin(spec):
-        return {"t1": "T1w", "t2": "T2w"}.get(spec.split(":", 1)[1]) or _no_suffix(spec)
+        return {"t1": "T1w", "t2": "T2w", "flair": "FLAIR"}.get(spec.split(":", 1)[1]) or _no_suffix(spec)
     run = resolve_model_dir(model)
     found = set()
     try:
