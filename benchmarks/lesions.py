@@ -6,6 +6,7 @@ Usage (from the repository root; each step reuses what an earlier step wrote und
     python benchmarks/lesions.py train t2 restore       # train one method (CPU seconds recorded in the run folder)
     python benchmarks/lesions.py steps t2               # restore: 1 vs 2 vs 3 passes, judged on the tuning cases
     python benchmarks/lesions.py normalise t2 restore   # residual ÷ healthy spread or not, judged on the tuning cases
+    python benchmarks/lesions.py components t2 restore  # smallest component kept (20/100/300 mm³), on the tuning cases
     python benchmarks/lesions.py evaluate t2 restore    # calibrate on the held-out simulated scans, then evaluate
 
 Data per track:
@@ -154,36 +155,89 @@ def evaluate_method(track: str, method: str, out: Path, tag: str = "") -> dict:
     return summary
 
 
+def _variant(track: str, method: str, out: Path, label: str, edit) -> Path:
+    """A copy of a trained run with ``edit(config_dict)`` applied to its config.json (weights unchanged)."""
+    import shutil
+
+    from brainuad.io.volumes import read_json, write_json
+
+    variant = out / track / "runs" / f"{method}-{label}"
+    if not variant.is_dir():
+        skip = shutil.ignore_patterns("cache", "tensorboard", "last*", "calibration.json", "*.lock")
+        shutil.copytree(out / track / "runs" / method, variant, ignore=skip)
+        config = read_json(variant / "config.json")
+        edit(config)
+        write_json(variant / "config.json", config)
+    return variant
+
+
+def _judge_on_tuning(track: str, run: Path, out: Path, folder: Path) -> dict:
+    """Calibrate ``run`` on the healthy calibration scans, evaluate it on the tuning cases only; the numbers a
+    setting is chosen by."""
+    from brainuad.evaluate.calibrate import calibrate
+    from brainuad.evaluate.evaluation import evaluate
+
+    calibrate(run, [out / track / "prep" / "cal"], device="cpu")
+    tune, _ = brats_split()
+    summary = evaluate(run, tune, folder, modality=track, cache_dir=out / "cache" / track, device="cpu",
+                       progress=False)  # fmt: skip
+    point = summary["froc"]["operating_points"]["fp_budget_3"]["tuning"]
+    return {
+        "ap_pooled_tuning": summary["voxels"]["ap_pooled"],
+        "dice_tuning": summary["voxels"]["dice_mean"],
+        "sensitivity_fp3_tuning": point["sensitivity"],
+        "fp_per_scan_fp3_tuning": point["false_positives_per_scan"],
+    }
+
+
 def compare_steps(track: str, out: Path, steps: tuple[int, ...] = (1, 2, 3)) -> dict:
     """One restoration pass against iterative ones, judged on the tuning cases only (voxel AP, threshold-free): the
     winner is what the reported evaluation uses. Each variant is a copy of the run with ``restore_steps`` changed."""
-    import shutil
-
-    from brainuad.evaluate.calibrate import calibrate
-    from brainuad.evaluate.evaluation import evaluate
     from brainuad.io.volumes import read_json, write_json
 
     run = out / track / "runs" / "restore"
-    tune, _ = brats_split()
     results = {}
     for k in steps:
-        variant = out / track / "runs" / f"restore-steps{k}"
-        if not variant.is_dir():
-            shutil.copytree(run, variant, ignore=shutil.ignore_patterns("cache", "tensorboard", "last*"))
-            config = read_json(variant / "config.json")
-            config["model"]["options"]["restore_steps"] = k
-            write_json(variant / "config.json", config)
-        calibrate(variant, [out / track / "prep" / "cal"], device="cpu")
-        summary = evaluate(variant, tune, out / track / "steps" / f"steps{k}", modality=track,
-                           cache_dir=out / "cache" / track, device="cpu", progress=False)  # fmt: skip
-        results[k] = {"ap_pooled_tuning": summary["voxels"]["ap_pooled"], "dice_tuning": summary["voxels"]["dice_mean"]}
+        variant = _variant(
+            track, "restore", out, f"steps{k}", lambda c, k=k: c["model"]["options"].update(restore_steps=k)
+        )
+        results[k] = _judge_on_tuning(track, variant, out, out / track / "steps" / f"steps{k}")
         print(k, results[k])
     best = max(results, key=lambda k: results[k]["ap_pooled_tuning"])
+    tune, _ = brats_split()
     write_json(out / track / "steps.json", {"results": results, "best": best, "judged_on": [p.name for p in tune]})
     if best != 1:  # the reported run uses the winner
         config = read_json(run / "config.json")
         config["model"]["options"]["restore_steps"] = best
         write_json(run / "config.json", config)
+    return results
+
+
+def compare_components(track: str, method: str, out: Path, sizes: tuple[float, ...] = (20.0, 100.0, 300.0)) -> dict:
+    """The smallest component kept (``postprocessing.min_component_mm3``), judged on the tuning cases only: the most
+    lesions found at the <= 3 false positives per scan point, then the fewest false positives, then the best Dice.
+    The winner is written into the run's config, which the reported evaluation then uses."""
+    from brainuad.io.volumes import read_json, write_json
+
+    results = {}
+    for size in sizes:
+
+        def edit(config: dict, size: float = size) -> None:
+            config.setdefault("postprocessing", {})["min_component_mm3"] = size
+
+        variant = _variant(track, method, out, f"min{size:g}", edit)
+        results[size] = _judge_on_tuning(track, variant, out, out / track / "components" / f"{method}-min{size:g}")
+        print(size, results[size], flush=True)
+    best = max(results, key=lambda k: (results[k]["sensitivity_fp3_tuning"], -results[k]["fp_per_scan_fp3_tuning"],
+                                       results[k]["dice_tuning"]))  # fmt: skip
+    tune, _ = brats_split()
+    write_json(out / track / "components" / f"{method}.json",
+               {"results": {f"{k:g}": v for k, v in results.items()}, "best_min_component_mm3": best,
+                "judged_on": [p.name for p in tune]})  # fmt: skip
+    run = out / track / "runs" / method
+    config = read_json(run / "config.json")
+    config.setdefault("postprocessing", {})["min_component_mm3"] = best
+    write_json(run / "config.json", config)
     return results
 
 
@@ -281,7 +335,7 @@ def report(out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("prepare", "train", "steps", "normalise", "evaluate", "report"))
+    parser.add_argument("step", choices=("prepare", "train", "steps", "normalise", "components", "evaluate", "report"))
     parser.add_argument("track", nargs="?", default="t2", choices=("t2", "flair"))
     parser.add_argument("method", nargs="?", default="restore", choices=("restore", "ae", *RECIPES))
     parser.add_argument("--out", type=Path, default=OUT)
@@ -295,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         train_method(args.track, args.method, args.out, args.epochs, args.minutes, args.tag)
     elif args.step == "steps":
         compare_steps(args.track, args.out)
+    elif args.step == "components":
+        compare_components(args.track, args.method, args.out)
     elif args.step == "normalise":
         compare_normalisation(args.track, args.method, args.out, args.tag)
     elif args.step == "evaluate":
