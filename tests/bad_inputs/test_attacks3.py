@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from bad_inputs.corpus import OUTCOMES
 from brainuad.cli import main
@@ -138,8 +139,6 @@ def test_skull_left_in_is_named_not_the_orientation(shared_data, tmp_path, capsy
 def test_a_huge_config_with_unreadable_weights_is_refused_before_building(tmp_path):
     import shutil
 
-    import pytest
-
     from brainuad.errors import InputError
     from brainuad.infer.trained import TrainedModel
     from brainuad.io.shipped import resolve_model_dir
@@ -152,3 +151,25 @@ def test_a_huge_config_with_unreadable_weights_is_refused_before_building(tmp_pa
     with pytest.raises(InputError, match="GiB of parameters"):
         TrainedModel.load(run, "cpu")
     OUTCOMES[("huge_config_unreadable_weights", "load")] = "refused before building"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_a_training_run_folder_is_readable_as_the_umask_says(tmp_path, umask):
+    """Weights were written 0600 (safetensors renames its own temporary file onto ours): every file of a run folder,
+    weights included, gets the mode ``open`` would give (0644 under umask 022, 0664 under 002)."""
+    import os
+    import stat
+
+    from brainuad.train.loop import train
+    from tiny import tiny_config, write_cases
+
+    data = write_cases(tmp_path / "data", 3)
+    previous = os.umask(umask)
+    try:
+        train([data], tmp_path / "run", tiny_config(epochs=1), progress=False)
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert "model.safetensors" in modes and "last_optimizer.safetensors" in modes
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
+    OUTCOMES[(f"weights_under_umask_{umask:03o}", "train")] = f"{0o666 & ~umask:o}"

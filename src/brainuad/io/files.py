@@ -171,12 +171,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ensure_writable_folder(parent)
     # Keep the full suffix (.nii.gz) so libraries that look at the name pick the right format.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=parent)
-    # mkstemp makes 0600; give the file the mode open() would (0644 under the usual umask).
-    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp makes 0600, and some writers replace the file with their own 0600 one (safetensors writes a
+        # temporary file and renames it): give the finished file the mode open() would (0644 under umask 022).
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
