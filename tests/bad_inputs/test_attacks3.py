@@ -75,7 +75,7 @@ def test_no_orientation_is_refused_and_a_stated_one_keeps_the_codes(world, tmp_p
     assert main(args) == 1
     err = capsys.readouterr().err
     assert str(scan) in err and "no orientation" in err and "--assume-orientation" in err
-    assert not [p for p in out.iterdir() if not p.name.startswith(".")]
+    assert not out.exists()
     # Stated: it runs, and the outputs claim no orientation the input did not have.
     axcodes = "".join(nib.aff2axcodes(image.affine))
     assert main([*args, "--assume-orientation", axcodes]) == 0
@@ -173,3 +173,17 @@ def test_a_training_run_folder_is_readable_as_the_umask_says(tmp_path, umask):
     assert "model.safetensors" in modes and "last_optimizer.safetensors" in modes
     assert modes == dict.fromkeys(modes, 0o666 & ~umask)
     OUTCOMES[(f"weights_under_umask_{umask:03o}", "train")] = f"{0o666 & ~umask:o}"
+
+
+def test_a_refused_detect_leaves_nothing_it_created_and_keeps_the_users_folder(world, tmp_path, capsys):
+    """A refused detect left an empty ``--out`` folder: now the folders it created go, a folder the user had stays."""
+    scan = world["cases"]["nan_voxels"][0]
+    args = ["detect", str(scan), "--model", str(world["run"]), "--device", "cpu", "--quiet", "--out"]
+    assert main([*args, str(tmp_path / "new" / "findings")]) == 1
+    assert str(scan) in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # neither --out nor the parent it had to create
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert main([*args, str(mine)]) == 1
+    assert mine.is_dir() and not list(mine.iterdir())
+    OUTCOMES[("refused_scan_new_out_folder", "detect")] = "nothing left"

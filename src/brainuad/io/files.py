@@ -40,6 +40,35 @@ def ensure_writable_folder(folder: Path) -> None:
         raise OutputError(folder, "output folder is not writable")
 
 
+@contextlib.contextmanager
+def output_folder(folder: str | Path) -> Iterator[Path]:
+    """Create a run's output ``folder`` (and its missing parents) for the ``with`` block; if the run leaves it empty
+    (every scan refused), remove again the folders it created.
+
+    A refused run leaves nothing it created behind. Only empty folders this call created are removed (``rmdir``
+    never removes contents), so a folder the user had before, empty or not, and anything another run wrote into
+    it meanwhile, stay.
+
+    Raises:
+        OutputError: ``folder`` cannot be created or is not writable.
+    """
+    folder = Path(folder)
+    created = []  # deepest first
+    probe = folder.absolute()
+    while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
+        created.append(probe)
+        probe = probe.parent
+    try:
+        ensure_writable_folder(folder)
+        yield folder
+    finally:
+        for path in created:
+            try:
+                path.rmdir()
+            except OSError:  # not empty (outputs, or another run's) or gone: keep it and the folders above it
+                break
+
+
 #: Every folder brainuad builds with :func:`atomic_folder` holds this file; only such folders are ever replaced.
 OWNER_MARKER = ".brainuad-output"
 
