@@ -186,4 +186,29 @@ def test_a_refused_detect_leaves_nothing_it_created_and_keeps_the_users_folder(w
     mine.mkdir()
     assert main([*args, str(mine)]) == 1
     assert mine.is_dir() and not list(mine.iterdir())
-    OUTCOMES[("refused_scan_new_out_folder", "detect")] = "nothing left"
+    OUTCOMES[("refused_detect_new_out", "detect")] = "nothing left"
+
+
+def test_the_colour_bar_extends_above_the_threshold_and_marks_it(tmp_path, monkeypatch):
+    """The colour scale stopped below the threshold (the map's 99.5th percentile), so every segmented voxel was the
+    same saturated colour: it now reaches above the threshold, and the threshold is drawn on the bar."""
+    from brainuad.report import figures
+
+    rng = np.random.default_rng(0)
+    anomaly = rng.gamma(2.0, 0.02, (32, 32, 16)).astype(np.float32)
+    anomaly[10:14, 10:14, 6:10] += rng.uniform(0.3, 0.9, (4, 4, 4))  # a lesion: 0.4 % of the voxels
+    threshold = 0.25
+    assert np.percentile(anomaly[anomaly > 0], 99.5) < threshold  # the case that saturated
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.setdefault("fig", fig))
+    image = np.full(anomaly.shape, 0.5, np.float32)
+    figures.plot_detection_rows(
+        image, image, anomaly, anomaly > threshold, [8], tmp_path / "f.png", threshold=threshold
+    )
+    heat = drawn["fig"].axes[2].images[-1]
+    assert heat.norm.vmax > threshold
+    segmented = anomaly[anomaly > threshold]
+    assert np.mean(heat.norm(segmented) < 1.0) > 0.9  # not all one saturated colour
+    bar = drawn["fig"].axes[-1]
+    assert any(np.allclose(line.get_ydata(), threshold) for line in bar.lines)
+    OUTCOMES[("colour_bar_vs_threshold", "detect")] = "reaches above, marked"
