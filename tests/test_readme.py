@@ -171,6 +171,10 @@ def test_quick_start_demo_runs_as_printed_within_its_budget(quick_start):
     assert "SYNTHETIC" in report and "<table>" in report and report.count("data:image/png;base64,") == 3
     finding = next((out / "findings").iterdir())
     assert (finding / "report.html").is_file() and (finding / "segmentation.nii.gz").is_file()
+    # The top report lists the findings too (issue 27: it had no lesion table), as detect's own report does.
+    lesions = json.loads((finding / "summary.json").read_text())["lesions"]
+    assert f"{finding.name}: lesions ({len(lesions)} components, largest first)" in report
+    assert not lesions or "volume (mL, native)" in report
     from bad_inputs.corpus import OUTCOMES
 
     OUTCOMES[("no_network", "demo")] = "works"  # the fixture ran it with socket creation blocked

@@ -138,21 +138,41 @@ def learned_nothing_warning(run_dir: Path) -> str | None:
     return report_warning(read_check(run_dir, strict=False))
 
 
+#: The lesion table's columns: a finding's key in ``summary.json`` → its header.
+LESION_COLUMNS = {
+    "id": "lesion",
+    "volume_ml_native": "volume (mL, native)",
+    "centroid_native_mm": "centroid, scanner mm (x, y, z)",
+    "centroid_mni_mm": "centroid, MNI mm (x, y, z)",
+    "peak_score": "peak score",
+    "mean_score": "mean score",
+}
+
+
+def lesion_section(lesions: list[dict], scan: str | None = None) -> dict[str, str]:
+    """A report section listing a scan's findings, for detect's report and the demo's top report.
+
+    Args:
+        lesions: The ``lesions`` records of a findings folder's ``summary.json`` (largest first).
+        scan: The scan's name, put in the heading where a page shows several scans.
+
+    Returns:
+        ``{heading: HTML table}``, as :func:`brainuad.report.html.html_report` takes its ``sections``.
+    """
+    from brainuad.report.html import records_table_html
+
+    heading = f"Lesions ({len(lesions)} components, largest first)"
+    if scan is not None:
+        heading = f"{scan}: l{heading[1:]}"
+    table = records_table_html(lesions, LESION_COLUMNS) if lesions else "<p>No component above the threshold.</p>"
+    return {heading: table}
+
+
 def _write_report(staging: Path, name: str, summary: dict, warning: str | None) -> None:
     import html
 
-    from brainuad.report.html import html_report, records_table_html
+    from brainuad.report.html import html_report
 
-    columns = {
-        "id": "lesion",
-        "volume_ml_native": "volume (mL, native)",
-        "centroid_native_mm": "centroid, scanner mm (x, y, z)",
-        "centroid_mni_mm": "centroid, MNI mm (x, y, z)",
-        "peak_score": "peak score",
-        "mean_score": "mean score",
-    }
-    lesions = summary["lesions"]
-    table = records_table_html(lesions, columns) if lesions else "<p>No component above the threshold.</p>"
     calibration = summary.get("calibration") or {}
     notes = [
         f"Segmentation threshold <b>{summary['threshold']:.4g}</b> ({html.escape(str(summary['threshold_source']))})"
@@ -187,7 +207,7 @@ def _write_report(staging: Path, name: str, summary: dict, warning: str | None) 
         staging / "report.html",
         notes=notes,
         banner=html.escape(warning) if warning else None,
-        sections={f"Lesions ({len(lesions)} components, largest first)": table},
+        sections=lesion_section(summary["lesions"]),
     )
 
 
