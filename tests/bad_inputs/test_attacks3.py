@@ -212,3 +212,17 @@ def test_the_colour_bar_extends_above_the_threshold_and_marks_it(tmp_path, monke
     bar = drawn["fig"].axes[-1]
     assert any(np.allclose(line.get_ydata(), threshold) for line in bar.lines)
     OUTCOMES[("colour_bar_vs_threshold", "detect")] = "reaches above, marked"
+
+
+def test_a_section_holding_a_key_of_its_own_name_is_named_once():
+    """The report's summary table said ``preprocessing › preprocessing › preset`` (detect's ``preprocessing``
+    section holds the case's ``preprocessing`` settings)."""
+    from brainuad.report.html import summary_rows
+
+    summary = {"preprocessing": {"preprocessing": {"preset": "paper-2mm"}, "qc": {"brain_ml": 1200.0}}, "a": 1}
+    assert summary_rows(summary) == [
+        ("preprocessing › preset", "paper-2mm"),
+        ("preprocessing › qc › brain ml", "1200"),
+        ("a", "1"),
+    ]
+    OUTCOMES[("summary_key_repeated", "detect")] = "named once"
