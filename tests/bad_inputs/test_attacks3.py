@@ -226,3 +226,20 @@ def test_a_section_holding_a_key_of_its_own_name_is_named_once():
         ("a", "1"),
     ]
     OUTCOMES[("summary_key_repeated", "detect")] = "named once"
+
+
+def test_a_symlinked_case_folder_is_evaluated_once(world, tmp_path):
+    """A case folder linked into the cases folder was not found (``rglob`` does not enter symlinked folders); a link
+    back up must not loop, and two links to one case must not count it twice."""
+    source = Path(world["cases"]["huge_outliers"][0]).parent
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    (cases / "linked_case").symlink_to(source, target_is_directory=True)
+    (cases / "same_case_again").symlink_to(source, target_is_directory=True)
+    (cases / "loop").symlink_to(cases, target_is_directory=True)
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(world["run"]), "--cases", str(cases), "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"] == 1 and summary["reported_cases"] == ["huge_outliers"]
+    OUTCOMES[("symlinked_case_folder", "evaluate")] = "found once"

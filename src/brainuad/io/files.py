@@ -69,6 +69,31 @@ def output_folder(folder: str | Path) -> Iterator[Path]:
                 break
 
 
+def walk(folder: str | Path) -> list[Path]:
+    """Every file and folder below ``folder``, sorted, following symlinked folders.
+
+    ``Path.rglob`` does not enter a symlinked folder, so a case folder linked into a cases folder (a common way to
+    assemble a test set without copying scans) was not found. Each real folder is entered and listed once, so a
+    link that points back up ends instead of looping.
+    """
+    folder = Path(folder)
+    found: list[Path] = []
+    seen = {os.path.realpath(folder)}
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        # A folder already entered through another path (a link loop, two links to one case) is left out: its
+        # scans would count twice.
+        kept = []
+        for name in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, name))
+            if real not in seen:
+                seen.add(real)
+                kept.append(name)
+        dirs[:] = kept
+        found.extend(Path(root) / name for name in kept)
+        found.extend(Path(root) / name for name in files)
+    return sorted(found)
+
+
 #: Every folder brainuad builds with :func:`atomic_folder` holds this file; only such folders are ever replaced.
 OWNER_MARKER = ".brainuad-output"
 
