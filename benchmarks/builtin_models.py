@@ -5,6 +5,7 @@ Usage (from the repository root):
     python benchmarks/builtin_models.py t1 [--prep /work/prep/t1_2mm]
     ... --install      # also write the result into src/brainuad/builtin/<name>/ (fp16 weights, config, card)
     python benchmarks/builtin_models.py --docs-only   # only the README's model facts, from the installed cards
+    python benchmarks/builtin_models.py t1 --contrast-reference   # add the CSF/WM reference its calibration lacks
 
 Training uses the quick recipe (``brainuad train --recipe quick``, its 8 epochs × 50 steps unless ``--epochs``), on
 2 threads. Steps: (1) data — t2: T2 simulated from 16 BrainWeb anatomies (1 scan each: random
@@ -265,6 +266,44 @@ def install(name: str, out: Path, metrics: dict) -> Path:
     for path in target.iterdir():
         path.chmod(0o644)  # package data: readable by every user of an installation
     return target
+
+
+def add_contrast_reference(name: str, out: Path) -> float:
+    """Give an installed model's ``calibration.json`` the contrast reference it lacks, computed as ``calibrate``
+    computes it: its healthy calibration scans preprocessed with the model's settings, the median of their
+    CSF / white-matter ratios (:func:`brainuad.evaluate.calibrate.contrast_reference`).
+
+    ``builtin:t1`` was calibrated on cases preprocessed before the ratio was recorded, so a T2 scan given to it passed
+    without a contrast check. Weights, threshold and slice references stay as they are.
+
+    Returns:
+        The reference written (or the one already there).
+    """
+    from brainuad.evaluate.calibrate import contrast_reference
+    from brainuad.io.volumes import find_nifti_files, read_json, strip_nifti_suffix, write_json
+    from brainuad.preprocess.pipeline import preprocess_batch
+    from brainuad.train.checkpoints import load_config
+
+    path = BUILTIN / name / "calibration.json"
+    calibration = read_json(path)
+    if calibration.get("csf_to_white_matter") is not None:
+        return calibration["csf_to_white_matter"]
+    wanted = set(calibration["healthy_cases"])
+    # The shipped calibration scans that are real files in ../shared/data (t2's are simulated: they have a reference).
+    folders = [DATA / f for f in (*T1_FOLDERS, *T1_EXTRA)]
+    scans = [p for p in find_nifti_files(folders) if strip_nifti_suffix(p) in wanted]
+    missing = wanted - {strip_nifti_suffix(p) for p in scans}
+    if missing:
+        raise SystemExit(f"calibration scans of builtin:{name} not found in {DATA}: {sorted(missing)}")
+    config = load_config(BUILTIN / name / "config.json")
+    result = preprocess_batch(scans, out / "contrast_prep", config.preprocessing, progress=False)
+    if result.failed:
+        raise SystemExit(f"preprocessing failed: {result.failed}")
+    records = [read_json(folder / "record.json") for folder in [*result.done, *result.skipped]]
+    calibration["csf_to_white_matter"] = contrast_reference(records)
+    write_json(path, calibration)
+    path.chmod(0o644)  # package data: readable by every user of an installation
+    return calibration["csf_to_white_matter"]
 
 
 CARD_INTRO = {
@@ -534,6 +573,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", choices=sorted(RECIPE))
     parser.add_argument(
+        "--contrast-reference",
+        action="store_true",
+        help="give the installed model's calibration.json the contrast reference it lacks, from its calibration "
+        "scans (weights and threshold unchanged)",
+    )
+    parser.add_argument(
         "--docs-only",
         action="store_true",
         help="only rewrite the README's shipped-model facts from the installed metrics.json (no training)",
@@ -546,6 +591,12 @@ def main() -> None:
     parser.add_argument("--install", action="store_true", help="write the result into src/brainuad/builtin/NAME")
     parser.add_argument("--install-only", action="store_true", help="install the finished run in --out, no rerun")
     args = parser.parse_args()
+    if args.contrast_reference:
+        if args.name is None:
+            parser.error("--contrast-reference needs the model's name")
+        out = args.out or ROOT / "benchmarks" / "out" / f"builtin_{args.name}"
+        print(f"builtin:{args.name} contrast reference (CSF/WM): {add_contrast_reference(args.name, out):.4f}")
+        return
     if args.docs_only:
         print(f"updated -> {update_readme()}")
         return

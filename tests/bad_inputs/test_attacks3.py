@@ -243,3 +243,25 @@ def test_a_symlinked_case_folder_is_evaluated_once(world, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cases"] == 1 and summary["reported_cases"] == ["huge_outliers"]
     OUTCOMES[("symlinked_case_folder", "evaluate")] = "found once"
+
+
+def test_every_shipped_model_has_a_contrast_reference():
+    """builtin:t1's calibration had no contrast reference, so nothing checked the contrast of scans given to it."""
+    from brainuad.infer.calibration import read_calibration
+
+    assert read_calibration("builtin:t1").csf_to_white_matter < 1 < read_calibration("builtin:t2").csf_to_white_matter
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_a_real_t2_scan_given_to_builtin_t1_is_refused(shared_data, tmp_path, capsys):
+    """A T2 scan given to builtin:t1 passed silently (score 0.817, 62 mL of findings): now refused, naming the file
+    and the flag that runs it anyway."""
+    scan = shared_data / "healthy" / "IXI002-Guys-0828-T2_brain.nii.gz"
+    out = tmp_path / "out"
+    args = ["detect", str(scan), "--model", "builtin:t1", "--out", str(out), "--device", "cpu", "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert str(scan) in err and "T2-like" in err and "--allow-contrast-mismatch" in err, err
+    assert not out.exists()
+    OUTCOMES[("t2_scan_to_builtin_t1", "detect")] = "refused"
