@@ -300,7 +300,7 @@ def add_contrast_reference(name: str, out: Path) -> float:
     if result.failed:
         raise SystemExit(f"preprocessing failed: {result.failed}")
     records = [read_json(folder / "record.json") for folder in [*result.done, *result.skipped]]
-    calibration["csf_to_white_matter"] = contrast_reference(records)
+    calibration["csf_to_white_matter"] = contrast_reference([r["qc"]["csf_to_white_matter"] for r in records])
     write_json(path, calibration)
     path.chmod(0o644)  # package data: readable by every user of an installation
     return calibration["csf_to_white_matter"]
@@ -471,7 +471,7 @@ def write_card(name: str, metrics: dict) -> str:
 README_START, README_END = "<!-- builtin-facts: begin -->", "<!-- builtin-facts: end -->"
 
 
-def _installed_metrics() -> dict[str, dict]:
+def installed_metrics() -> dict[str, dict]:
     """Each shipped model's ``metrics.json`` (the numbers its card is rendered from), by name."""
     paths = {name: BUILTIN / name / "metrics.json" for name in sorted(RECIPE)}
     return {name: json.loads(path.read_text()) for name, path in paths.items() if path.is_file()}
@@ -482,7 +482,7 @@ def readme_facts() -> str:
     numbers of each model card) between markers: the README cannot contradict the cards (tests check it is current).
     """
     lines = [README_START]
-    for name, metrics in _installed_metrics().items():
+    for name, metrics in installed_metrics().items():
         training, mse = metrics["training"], metrics["held_out_mse"]
         ours, base = (metrics["evaluation"][m]["results_protocol"] for m in ("model", "intensity"))
         (a0, a1), (b0, b1) = ours["slice_auroc_ci95"], base["slice_auroc_ci95"]

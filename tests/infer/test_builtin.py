@@ -90,34 +90,3 @@ def test_models_verb_lists_the_cards(capsys):
     card = capsys.readouterr().out
     assert "Training data" in card and "Known limits" in card
     assert main(["models", "flair"]) == 1
-
-
-def _builtin_models_script():
-    """benchmarks/builtin_models.py, which renders each model card and the README's model facts from metrics.json."""
-    import importlib.util
-
-    from conftest import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("builtin_models", REPO_ROOT / "benchmarks" / "builtin_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module, REPO_ROOT
-
-
-def test_the_readme_states_the_model_cards_numbers():
-    """The README said the shipped weights do not beat the mean image while the cards said 0.78 and 0.69 of its
-    error: the cards and the README's model facts are both rendered from each model's metrics.json, and must be
-    current."""
-    import json
-
-    script, root = _builtin_models_script()
-    readme = (root / "README.md").read_text()
-    assert script.readme_facts() in readme, "run: python benchmarks/builtin_models.py --docs-only"
-    for name in NAMES:
-        folder = shipped.resolve_model_dir(f"builtin:{name}")
-        metrics = json.loads((folder / "metrics.json").read_text())
-        assert (folder / "MODEL_CARD.md").read_text() == script.write_card(name, metrics)
-        ratio = metrics["held_out_mse"]["model"] / metrics["held_out_mse"]["mean_image"]
-        assert f"({ratio:.2f} of its error" in readme  # the card's own sentence, in the README
-        if ratio < 1:
-            assert "do not beat the mean" not in readme and "does **not** beat" not in readme

@@ -125,7 +125,7 @@ def calibrate(
             "scans (the run's validation split), or pass --allow-training-scans to accept it"
         )
     held_out = len(folders) - len(in_training)
-    values, errors, scores, records, maps = [], [], [], [], []
+    values, errors, scores, ratios, maps = [], [], [], [], []
     for folder in folders:
         case = load_case(folder)
         if case.grid.shape != tuple(config.model.input_shape):
@@ -140,7 +140,7 @@ def calibrate(
         maps.append(analysis.anomaly.astype(np.float16))  # for the flagged volumes: half the memory, ~3 digits
         errors.append(analysis.slice_errors)
         scores.append(analysis.scan_score)
-        records.append(case.record)
+        ratios.append(case.record.get("qc", {}).get("csf_to_white_matter"))
     if len({e.size for e in errors}) != 1:
         raise InputError(None, "healthy scans lie on different crop grids; preprocess them with one preset")
     pooled = np.concatenate(values)
@@ -176,7 +176,7 @@ def calibrate(
         slice_errors=reference if references else None,
         healthy_scan_scores=tuple(float(s) for s in scores) if references else (),
         # The healthy scans' contrast, to warn when detect is given another one (a T1 scan to a T2 model).
-        csf_to_white_matter=contrast_reference(records),
+        csf_to_white_matter=contrast_reference(ratios),
         # One preset for all cases (slice counts checked above), so the last case's sizes stand for them all.
         postprocessing=analysis.sizes,
         max_healthy_ml=max_healthy_ml,
@@ -264,10 +264,9 @@ def calibrate_on_labelled(
     return calibration
 
 
-def contrast_reference(records: list[dict]) -> float | None:
-    """The healthy scans' contrast, for detect's contrast check: the median CSF / white-matter intensity ratio in
-    their preprocessing records (``qc.csf_to_white_matter``); ``None`` when no record has one (cases preprocessed
-    before the ratio was recorded)."""
-    known = [r.get("qc", {}).get("csf_to_white_matter") for r in records]
-    known = [v for v in known if v is not None]
+def contrast_reference(ratios: list[float | None]) -> float | None:
+    """The healthy scans' contrast, for detect's contrast check: the median of their CSF / white-matter intensity
+    ratios (each case record's ``qc.csf_to_white_matter``); ``None`` when none is known (cases preprocessed before the
+    ratio was recorded)."""
+    known = [v for v in ratios if v is not None]
     return float(np.median(known)) if known else None
