@@ -6,6 +6,8 @@ Usage (from the repository root):
     python benchmarks/builtin_models.py t1 [--prep /work/prep/t1_2mm]
     python benchmarks/builtin_models.py flair
     ... --install      # also write the result into src/brainuad/builtin/<name>/ (fp16 weights, config, card)
+    python benchmarks/builtin_models.py --docs-only   # only the README's model facts, from the installed cards
+    python benchmarks/builtin_models.py t1 --contrast-reference   # add the CSF/WM reference its calibration lacks
 
 flair trains benchmarks/lesions.py's ``restore-aug`` recipe (the learned FLAIR model that measured best on the
 tuning cases) on the FLAIR scans lesions.py simulates; t1 and t2 train the quick recipe.
@@ -269,6 +271,44 @@ def install(name: str, out: Path, metrics: dict) -> Path:
     return target
 
 
+def add_contrast_reference(name: str, out: Path) -> float:
+    """Give an installed model's ``calibration.json`` the contrast reference it lacks, computed as ``calibrate``
+    computes it: its healthy calibration scans preprocessed with the model's settings, the median of their
+    CSF / white-matter ratios (:func:`brainuad.evaluate.calibrate.contrast_reference`).
+
+    ``builtin:t1`` was calibrated on cases preprocessed before the ratio was recorded, so a T2 scan given to it passed
+    without a contrast check. Weights, threshold and slice references stay as they are.
+
+    Returns:
+        The reference written (or the one already there).
+    """
+    from brainuad.evaluate.calibrate import contrast_reference
+    from brainuad.io.volumes import find_nifti_files, read_json, strip_nifti_suffix, write_json
+    from brainuad.preprocess.pipeline import preprocess_batch
+    from brainuad.train.checkpoints import load_config
+
+    path = BUILTIN / name / "calibration.json"
+    calibration = read_json(path)
+    if calibration.get("csf_to_white_matter") is not None:
+        return calibration["csf_to_white_matter"]
+    wanted = set(calibration["healthy_cases"])
+    # The shipped calibration scans that are real files in ../shared/data (t2's are simulated: they have a reference).
+    folders = [DATA / f for f in (*T1_FOLDERS, *T1_EXTRA)]
+    scans = [p for p in find_nifti_files(folders) if strip_nifti_suffix(p) in wanted]
+    missing = wanted - {strip_nifti_suffix(p) for p in scans}
+    if missing:
+        raise SystemExit(f"calibration scans of builtin:{name} not found in {DATA}: {sorted(missing)}")
+    config = load_config(BUILTIN / name / "config.json")
+    result = preprocess_batch(scans, out / "contrast_prep", config.preprocessing, progress=False)
+    if result.failed:
+        raise SystemExit(f"preprocessing failed: {result.failed}")
+    records = [read_json(folder / "record.json") for folder in [*result.done, *result.skipped]]
+    calibration["csf_to_white_matter"] = contrast_reference([r["qc"]["csf_to_white_matter"] for r in records])
+    write_json(path, calibration)
+    path.chmod(0o644)  # package data: readable by every user of an installation
+    return calibration["csf_to_white_matter"]
+
+
 CARD_INTRO = {
     "t2": (
         "T2-weighted brain MRI: 3D residual autoencoder "
@@ -491,6 +531,51 @@ def write_card(name: str, metrics: dict) -> str:
     return "\n".join(lines)
 
 
+README_START, README_END = "<!-- builtin-facts: begin -->", "<!-- builtin-facts: end -->"
+
+
+def installed_metrics() -> dict[str, dict]:
+    """Each shipped model's ``metrics.json`` (the numbers its card is rendered from), by name."""
+    paths = {name: BUILTIN / name / "metrics.json" for name in sorted(RECIPE)}
+    return {name: json.loads(path.read_text()) for name, path in paths.items() if path.is_file()}
+
+
+def readme_facts() -> str:
+    """The README's shipped-model facts, one bullet per model, rendered from the installed ``metrics.json`` (the
+    numbers of each model card) between markers: the README cannot contradict the cards (tests check it is current).
+    """
+    lines = [README_START]
+    for name, metrics in installed_metrics().items():
+        training, mse = metrics["training"], metrics["held_out_mse"]
+        ours, base = (metrics["evaluation"][m]["results_protocol"] for m in ("model", "intensity"))
+        (a0, a1), (b0, b1) = ours["slice_auroc_ci95"], base["slice_auroc_ci95"]
+        ratio = mse["model"] / mse["mean_image"]
+        lines.append(
+            f"- `builtin:{name}`: trained on {len(metrics['data']['train'])} healthy volumes in "
+            f"{training['wall_seconds'] / 60:.0f} min on {training.get('device', 'cpu')}; on its {mse['n']} held-out "
+            "healthy calibration scans it "
+            + (f"**beats the mean training image** ({ratio:.2f} of its error, better on {mse['model_better_on']} of "
+               f"{mse['n']})" if ratio < 1 else
+               f"does **not** beat the mean training image ({ratio:.2f} of its error)")
+            + f"; on {ours['cases']} shared cases (docs/results.md protocol) slice AUROC {ours['slice_auroc']:.3f} vs "
+            f"{base['slice_auroc']:.3f} and Dice {ours['dice_mean']:.3f} vs {base['dice_mean']:.3f} for the intensity "
+            "baseline — "
+            + ("intervals overlapping: no difference established." if a0 <= b1 and b0 <= a1
+               else "AUROC intervals apart.")
+        )  # fmt: skip
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def update_readme() -> Path:
+    """Rewrite the README's shipped-model facts (between the markers) from every installed ``metrics.json``."""
+    path = ROOT / "README.md"
+    text = path.read_text()
+    start, end = text.index(README_START), text.index(README_END) + len(README_END)
+    path.write_text(text[:start] + readme_facts() + text[end:])
+    return path
+
+
 RESULTS_START, RESULTS_END = "<!-- builtin-models: begin -->", "<!-- builtin-models: end -->"  # results.py keeps it
 
 
@@ -549,7 +634,18 @@ def compare(name: str, metrics: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", choices=sorted(RECIPE))
+    parser.add_argument("name", nargs="?", choices=sorted(RECIPE))
+    parser.add_argument(
+        "--contrast-reference",
+        action="store_true",
+        help="give the installed model's calibration.json the contrast reference it lacks, from its calibration "
+        "scans (weights and threshold unchanged)",
+    )
+    parser.add_argument(
+        "--docs-only",
+        action="store_true",
+        help="only rewrite the README's shipped-model facts from the installed metrics.json (no training)",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--epochs", type=int, default=None, help="default: the quick recipe's")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="training device (default: cpu)")
@@ -558,10 +654,22 @@ def main() -> None:
     parser.add_argument("--install", action="store_true", help="write the result into src/brainuad/builtin/NAME")
     parser.add_argument("--install-only", action="store_true", help="install the finished run in --out, no rerun")
     args = parser.parse_args()
+    if args.contrast_reference:
+        if args.name is None:
+            parser.error("--contrast-reference needs the model's name")
+        out = args.out or ROOT / "benchmarks" / "out" / f"builtin_{args.name}"
+        print(f"builtin:{args.name} contrast reference (CSF/WM): {add_contrast_reference(args.name, out):.4f}")
+        return
+    if args.docs_only:
+        print(f"updated -> {update_readme()}")
+        return
+    if args.name is None:
+        parser.error("name (t1 or t2) is required unless --docs-only")
     out = args.out or ROOT / "benchmarks" / "out" / f"builtin_{args.name}"
     if args.install_only:
         print(f"installed -> {install(args.name, out, json.loads((out / 'metrics.json').read_text()))}")
         print(f"updated -> {update_results_md()}")
+        print(f"updated -> {update_readme()}")
         return
     epochs = args.epochs
     t0 = time.perf_counter()
@@ -581,6 +689,7 @@ def main() -> None:
     if args.install:
         print(f"installed -> {install(args.name, out, metrics)}")
         print(f"updated -> {update_results_md()}")
+        print(f"updated -> {update_readme()}")
     print(json.dumps({k: v for k, v in metrics.items() if k != "data"}, indent=1))
 
 

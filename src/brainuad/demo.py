@@ -379,13 +379,15 @@ def _calibrate_evaluate_detect(out, run, baseline, tune_dirs, test_dirs, test_sc
 def write_demo_report(
     out: Path, summaries: dict, findings: list[Path], source: str, calibration: Calibration | None = None
 ) -> Path:
-    """``out/report.html``: the data's origin, the results table, the methods' ROC/PR curves, a detection."""
+    """``out/report.html``: the data's origin, the results table, the methods' ROC/PR curves, a detection and its
+    lesion table (the one detect's own report shows)."""
     import html
 
     import numpy as np
 
     from brainuad.evaluate.evaluation import TABLE_HEADER, table_row
-    from brainuad.infer.detect import learned_nothing_warning
+    from brainuad.infer.detect import learned_nothing_warning, lesion_section
+    from brainuad.io.files import read_json
     from brainuad.report.figures import plot_pr_curves, plot_roc_curves
     from brainuad.report.html import html_report
 
@@ -396,9 +398,11 @@ def write_demo_report(
     plot_roc_curves(curves, out / "roc.png", "slice-level ROC, test cases")
     plot_pr_curves(curves, out / "pr.png", "slice-level precision-recall (abnormal class), test cases")
     images = {"Slice-level ROC (brain-containing axial slices)": out / "roc.png", "Slice-level PR": out / "pr.png"}
+    sections: dict[str, str] = {}
     for folder in findings:
         title = f"{folder.name}: largest findings, most abnormal slices (input, reconstruction, heatmap, segmentation)"
         images[title] = folder / "figure_rows.png"
+        sections.update(lesion_section(read_json(folder / "summary.json")["lesions"], folder.name))
     table = TABLE_HEADER + "".join(table_row(name, s) for name, s in summaries.items())
     synthetic = source.startswith("synthetic")
     learned, _ = model_names()
@@ -422,4 +426,13 @@ def write_demo_report(
     summary = {"data": source, "threshold (ae, tuned)": threshold["value"], "threshold source": threshold["source"]}
     warning = learned_nothing_warning(out / "runs" / learned)
     banner = html.escape(warning) if warning else None
-    return html_report("brainuad demo", summary, images, out / "report.html", notes=notes, table=table, banner=banner)
+    return html_report(
+        "brainuad demo",
+        summary,
+        images,
+        out / "report.html",
+        notes=notes,
+        table=table,
+        banner=banner,
+        sections=sections,
+    )

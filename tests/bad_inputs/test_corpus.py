@@ -44,6 +44,7 @@ def test_preprocess(world, kind, capsys):
     _check(kind, "preprocess", code, capsys.readouterr().err, image, out, before)
     finished = [p for p in out.iterdir() if p.is_dir()] if out.exists() else []
     assert bool(finished) == (kind.expect == "ok")  # no output at all for a failed scan
+    assert out.exists() == (kind.expect == "ok"), "a refused run left the --out folder it created"
 
 
 @pytest.mark.parametrize("kind", IMAGE_KINDS, ids=lambda k: k.name)
@@ -55,6 +56,7 @@ def test_detect(world, kind, capsys):
     _check(kind, "detect", code, capsys.readouterr().err, image, out, before)
     finished = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")] if out.exists() else []
     assert bool(finished) == (kind.expect == "ok")
+    assert out.exists() == (kind.expect == "ok"), "a refused run left the --out folder it created"
     if kind.name == "thick_slices_7mm_18":
         summary = (finished[0] / "summary.json").read_text()
         assert "thick slices" in summary  # works, with the degradation recorded

@@ -66,7 +66,8 @@ def test_evaluate_intensity_baseline_with_tuned_threshold(setup):
         rows = list(csv.DictReader(handle))
     assert [r["case"] for r in rows] == ["case01", "case02"]
     assert all(float(r["lesion_ml_in_crop"]) > 0 for r in rows)
-    assert "| intensity" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "| intensity (n=2" in table and "intensity (intensity)" not in table  # a run named after its kind: once
     assert (out / "roc.png").stat().st_size > 1000 and (out / "pr.png").stat().st_size > 1000
 
 
@@ -340,3 +341,10 @@ def test_restore_model_trains_calibrates_detects_and_evaluates(setup, skull_stri
     assert "10%" in froc["reported"]["hit_rule"] and froc["reported"]["lesions"] == 2 and froc["tuning"]["scans"] == 1
     assert len(froc["reported"]["thresholds"]) == len(froc["reported"]["false_positives_per_scan"]) == 31
     assert "operating_threshold" in froc["operating_points"] and (tmp_path / "eval" / "froc.png").is_file()
+
+
+def test_a_method_label_names_the_run_only_when_it_says_more():
+    from brainuad.evaluate.evaluation import method_label
+
+    assert method_label("ae", "ae") == "ae"  # was "ae (ae)"
+    assert method_label("ae", "t2-long") == "ae (t2-long)"

@@ -167,3 +167,14 @@ def test_a_model_that_learned_nothing_gets_a_banner(tmp_path):
     assert "class='banner'" in text and "learned nothing" in text and "<td>1.235</td>" in text
     (run / "summary.json").write_text(json.dumps({"reconstruction_check": {**check, "beats_mean_image": True}}))
     assert learned_nothing_warning(run) is None
+
+
+def test_the_lesion_table_is_one_builder_for_detect_and_the_demo():
+    from brainuad.infer.detect import lesion_section
+
+    lesions = [{"id": 1, "volume_ml_native": 0.048, "peak_score": 0.5, "centroid_mni_mm": [1.0, -2.0, 14.0]}]
+    ((heading, table),) = lesion_section(lesions).items()
+    assert heading == "Lesions (1 components, largest first)"
+    assert "volume (mL, native)" in table and "<td>0.048</td>" in table and "1, -2, 14" in table
+    ((heading, table),) = lesion_section([], "BraTS-001").items()
+    assert heading == "BraTS-001: lesions (0 components, largest first)" and "No component" in table

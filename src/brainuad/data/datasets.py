@@ -17,11 +17,13 @@ Layouts understood:
 from __future__ import annotations
 
 import csv
+import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from brainuad.errors import BrainuadError, InputError
+from brainuad.io.files import walk
 from brainuad.io.volumes import is_nifti_path, strip_nifti_suffix
 from brainuad.preprocess.cases import is_case_folder
 
@@ -74,7 +76,7 @@ def find_healthy_scans(folder: str | Path, modality: str | None = "T2") -> list[
     folder = Path(folder)
     _require_folder(folder)
     scans = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and is_nifti_path(p)):
+    for path in (p for p in walk(folder) if p.is_file() and is_nifti_path(p)):
         if any(word in path.name.lower() for word in MASK_WORDS):
             continue  # brain or lesion masks stored beside the scans are not scans
         match = IXI_NAME.match(path.name)
@@ -95,7 +97,7 @@ def find_brats_cases(folder: str | Path, modality: str = "t2") -> list[LabelledC
     _require_folder(folder)
     cases = []
     suffix = f"_{modality.lower()}"
-    for seg in sorted(folder.rglob("*_seg.nii*")):
+    for seg in (p for p in walk(folder) if fnmatch.fnmatch(p.name, "*_seg.nii*")):
         stem = strip_nifti_suffix(seg)[: -len("_seg")]
         images = [p for p in _nifti_files(seg.parent) if strip_nifti_suffix(p).lower() == (stem + suffix).lower()]
         if not images:
@@ -112,7 +114,7 @@ def find_ms_cases(folder: str | Path, modality: str = "T2") -> list[LabelledCase
     folder = Path(folder)
     _require_folder(folder)
     cases = []
-    candidates = [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]
+    candidates = [folder, *(p for p in walk(folder) if p.is_dir())]
     for case_dir in candidates:
         files = _nifti_files(case_dir)
         masks = [p for p in files if any(w in p.name.lower() for w in MASK_WORDS)]
@@ -196,7 +198,7 @@ def find_case_folders(folders: list[str | Path] | tuple[str | Path, ...]) -> lis
         if not cases:
             hint = (
                 " (it holds raw NIfTI files: run 'brainuad preprocess' on it first)"
-                if any(is_nifti_path(p) for p in folder.rglob("*"))
+                if any(is_nifti_path(p) for p in walk(folder))
                 else ""
             )
             raise InputError(folder, f"no preprocessed cases found{hint}")

@@ -198,7 +198,7 @@ def calibrate(
         slice_errors=reference if references else None,
         healthy_scan_scores=tuple(float(s) for s in scores) if references else (),
         # The healthy scans' contrast, to warn when detect is given another one (a T1 scan to a T2 model).
-        csf_to_white_matter=_median_or_none(ratios),
+        csf_to_white_matter=contrast_reference(ratios),
         # One preset for all cases (slice counts checked above), so the last case's sizes stand for them all.
         postprocessing=analysis.sizes,
         max_healthy_ml=max_healthy_ml,
@@ -299,6 +299,9 @@ def calibrate_on_labelled(
     return calibration
 
 
-def _median_or_none(values: list) -> float | None:
-    known = [v for v in values if v is not None]
+def contrast_reference(ratios: list[float | None]) -> float | None:
+    """The healthy scans' contrast, for detect's contrast check: the median of their CSF / white-matter intensity
+    ratios (each case record's ``qc.csf_to_white_matter``); ``None`` when none is known (cases preprocessed before the
+    ratio was recorded)."""
+    known = [v for v in ratios if v is not None]
     return float(np.median(known)) if known else None

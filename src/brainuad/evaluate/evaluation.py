@@ -200,6 +200,12 @@ TABLE_HEADER = (
 )
 
 
+def method_label(kind: str, run_name: str) -> str:
+    """A table's method label: the model kind, and the run folder's name when it says more (``ae``, not
+    ``ae (ae)``; ``ae (t2-long)``)."""
+    return kind if run_name == kind else f"{kind} ({run_name})"
+
+
 def table_row(method: str, summary: dict) -> str:
     """One row of the paper's Table 2/3 layout (95 % bootstrap intervals over cases in brackets)."""
     s, v = summary["slices"], summary.get("voxels", {})
@@ -352,7 +358,7 @@ def evaluate(
         healthy_scores = calibration.healthy_scores if calibration is not None else ()
         _write_csv(out_dir / "per_case.csv", per_case_rows(evaluations, slice_score, healthy_scores))
         with atomic_path(out_dir / "table.md") as tmp:
-            table = TABLE_HEADER + table_row(f"{config.model.kind} ({run_dir.name})", summary)
+            table = TABLE_HEADER + table_row(method_label(config.model.kind, run_dir.name), summary)
             tmp.write_text(f"**{warning}**\n\n{table}" if warning else table)
         with atomic_path(out_dir / "slice_scores.npz") as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **{f"{k}": v for k, v in _slice_arrays(evaluations, score=slice_score).items()})

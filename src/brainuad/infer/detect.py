@@ -18,14 +18,13 @@ from brainuad.config import PostprocessConfig, PreprocessConfig, replace, to_dic
 from brainuad.errors import BrainuadError, InputError
 from brainuad.infer.inference import Detection
 from brainuad.infer.trained import TrainedModel
-from brainuad.io.files import folder_lock
+from brainuad.io.files import folder_lock, output_folder
 from brainuad.io.provenance import provenance, sha256_file
 from brainuad.io.shards import Shard
 from brainuad.io.volumes import (
     Volume,
     atomic_folder,
     check_replaceable,
-    ensure_writable_folder,
     find_nifti_files,
     load_volume,
     read_json,
@@ -139,21 +138,41 @@ def learned_nothing_warning(run_dir: Path) -> str | None:
     return report_warning(read_check(run_dir, strict=False))
 
 
+#: The lesion table's columns: a finding's key in ``summary.json`` → its header.
+LESION_COLUMNS = {
+    "id": "lesion",
+    "volume_ml_native": "volume (mL, native)",
+    "centroid_native_mm": "centroid, scanner mm (x, y, z)",
+    "centroid_mni_mm": "centroid, MNI mm (x, y, z)",
+    "peak_score": "peak score",
+    "mean_score": "mean score",
+}
+
+
+def lesion_section(lesions: list[dict], scan: str | None = None) -> dict[str, str]:
+    """A report section listing a scan's findings, for detect's report and the demo's top report.
+
+    Args:
+        lesions: The ``lesions`` records of a findings folder's ``summary.json`` (largest first).
+        scan: The scan's name, put in the heading where a page shows several scans.
+
+    Returns:
+        ``{heading: HTML table}``, as :func:`brainuad.report.html.html_report` takes its ``sections``.
+    """
+    from brainuad.report.html import records_table_html
+
+    heading = f"Lesions ({len(lesions)} components, largest first)"
+    if scan is not None:
+        heading = f"{scan}: l{heading[1:]}"
+    table = records_table_html(lesions, LESION_COLUMNS) if lesions else "<p>No component above the threshold.</p>"
+    return {heading: table}
+
+
 def _write_report(staging: Path, name: str, summary: dict, warning: str | None) -> None:
     import html
 
-    from brainuad.report.html import html_report, records_table_html
+    from brainuad.report.html import html_report
 
-    columns = {
-        "id": "lesion",
-        "volume_ml_native": "volume (mL, native)",
-        "centroid_native_mm": "centroid, scanner mm (x, y, z)",
-        "centroid_mni_mm": "centroid, MNI mm (x, y, z)",
-        "peak_score": "peak score",
-        "mean_score": "mean score",
-    }
-    lesions = summary["lesions"]
-    table = records_table_html(lesions, columns) if lesions else "<p>No component above the threshold.</p>"
     calibration = summary.get("calibration") or {}
     notes = [
         f"Segmentation threshold <b>{summary['threshold']:.4g}</b> ({html.escape(str(summary['threshold_source']))})"
@@ -181,15 +200,14 @@ def _write_report(staging: Path, name: str, summary: dict, warning: str | None) 
         {k: v for k, v in summary.items() if k != "provenance"},
         {
             "Axial slices through the largest findings and the most abnormal slices: input, reconstruction, anomaly "
-            "heatmap, segmentation (MNI crop)": staging
-            / "figure_rows.png",
+            "heatmap, segmentation (MNI crop)": staging / "figure_rows.png",
             "Normality score s(u) per axial slice (0 = most abnormal) and calibrated z vs healthy scans": staging
             / "figure_slice_scores.png",
         },
         staging / "report.html",
         notes=notes,
         banner=html.escape(warning) if warning else None,
-        sections={f"Lesions ({len(lesions)} components, largest first)": table},
+        sections=lesion_section(summary["lesions"]),
     )
 
 
@@ -312,44 +330,53 @@ def detect_batch(
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
-    ensure_writable_folder(out_dir)  # fail before loading anything, naming the folder
-    trained = TrainedModel.load(run_dir, device)
-    threshold, source = trained.threshold(threshold, threshold_source or "given", "pass --threshold VALUE")
-    config = trained.config
-    preprocess_config: PreprocessConfig = config.preprocessing
-    if skull_strip:
-        preprocess_config = replace(preprocess_config, skull_strip=skull_strip)
-    paths = find_nifti_files(inputs)
-    names = names or case_names(paths)
-    if shard is not None:
-        paths = shard.take({p: names[p] for p in paths})
-    _remove_stale_partials(out_dir)
-    common = {
-        "threshold": threshold,
-        "weights_sha256": trained.weights_sha256,
-        "preprocessing": to_dict(preprocess_config),
-    }
-    if config.postprocessing != PostprocessConfig():
-        # Recorded when not the paper's, so findings made with other sizes are never reused (and those made before
-        # the setting existed, with the paper's sizes, still are).
-        common["postprocessing"] = to_dict(config.postprocessing)
-    if orientation is not None:
-        common["assumed_orientation"] = orientation  # recorded only when given: older findings are still reused
-    result = BatchResult()
-    for path in tqdm(paths, desc="detect", unit="scan", disable=not progress):
-        folder = out_dir / names[path]
-        try:
-            # Two runs into the same folder at once take turns; the second then reuses the first one's result.
-            with folder_lock(folder):
-                outcome = _detect_one(
-                    path, folder, trained, preprocess_config, threshold, source, common, force, allow_contrast_mismatch
-                )
-            (result.skipped if outcome == "skipped" else result.done).append(folder)
-        except BrainuadError as exc:
-            result.failed.append((path, str(exc)))
-        except Exception as exc:  # keep the batch going; report the unexpected error with its file
-            result.failed.append((path, str(InputError(path, f"unexpected {type(exc).__name__}: {exc}"))))
-    return result
+    # Fails before loading anything, naming the folder; a refused run leaves no empty folder behind.
+    with output_folder(out_dir):
+        trained = TrainedModel.load(run_dir, device)
+        threshold, source = trained.threshold(threshold, threshold_source or "given", "pass --threshold VALUE")
+        config = trained.config
+        preprocess_config: PreprocessConfig = config.preprocessing
+        if skull_strip:
+            preprocess_config = replace(preprocess_config, skull_strip=skull_strip)
+        paths = find_nifti_files(inputs)
+        names = names or case_names(paths)
+        if shard is not None:
+            paths = shard.take({p: names[p] for p in paths})
+        _remove_stale_partials(out_dir)
+        common = {
+            "threshold": threshold,
+            "weights_sha256": trained.weights_sha256,
+            "preprocessing": to_dict(preprocess_config),
+        }
+        if config.postprocessing != PostprocessConfig():
+            # Recorded when not the paper's, so findings made with other sizes are never reused (and those made before
+            # the setting existed, with the paper's sizes, still are).
+            common["postprocessing"] = to_dict(config.postprocessing)
+        if orientation is not None:
+            common["assumed_orientation"] = orientation  # recorded only when given: older findings are still reused
+        result = BatchResult()
+        for path in tqdm(paths, desc="detect", unit="scan", disable=not progress):
+            folder = out_dir / names[path]
+            try:
+                # Two runs into the same folder at once take turns; the second then reuses the first one's result.
+                with folder_lock(folder):
+                    outcome = _detect_one(
+                        path,
+                        folder,
+                        trained,
+                        preprocess_config,
+                        threshold,
+                        source,
+                        common,
+                        force,
+                        allow_contrast_mismatch,
+                    )
+                (result.skipped if outcome == "skipped" else result.done).append(folder)
+            except BrainuadError as exc:
+                result.failed.append((path, str(exc)))
+            except Exception as exc:  # keep the batch going; report the unexpected error with its file
+                result.failed.append((path, str(InputError(path, f"unexpected {type(exc).__name__}: {exc}"))))
+        return result
 
 
 def _detect_one(

@@ -40,6 +40,60 @@ def ensure_writable_folder(folder: Path) -> None:
         raise OutputError(folder, "output folder is not writable")
 
 
+@contextlib.contextmanager
+def output_folder(folder: str | Path) -> Iterator[Path]:
+    """Create a run's output ``folder`` (and its missing parents) for the ``with`` block; if the run leaves it empty
+    (every scan refused), remove again the folders it created.
+
+    A refused run leaves nothing it created behind. Only empty folders this call created are removed (``rmdir``
+    never removes contents), so a folder the user had before, empty or not, and anything another run wrote into
+    it meanwhile, stay.
+
+    Raises:
+        OutputError: ``folder`` cannot be created or is not writable.
+    """
+    folder = Path(folder)
+    created = []  # deepest first
+    probe = folder.absolute()
+    while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
+        created.append(probe)
+        probe = probe.parent
+    try:
+        ensure_writable_folder(folder)
+        yield folder
+    finally:
+        for path in created:
+            try:
+                path.rmdir()
+            except OSError:  # not empty (outputs, or another run's) or gone: keep it and the folders above it
+                break
+
+
+def walk(folder: str | Path) -> list[Path]:
+    """Every file and folder below ``folder``, sorted, following symlinked folders.
+
+    ``Path.rglob`` does not enter a symlinked folder, so a case folder linked into a cases folder (a common way to
+    assemble a test set without copying scans) was not found. Each real folder is entered and listed once, so a
+    link that points back up ends instead of looping.
+    """
+    folder = Path(folder)
+    found: list[Path] = []
+    seen = {os.path.realpath(folder)}
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        # A folder already entered through another path (a link loop, two links to one case) is left out: its
+        # scans would count twice.
+        kept = []
+        for name in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, name))
+            if real not in seen:
+                seen.add(real)
+                kept.append(name)
+        dirs[:] = kept
+        found.extend(Path(root) / name for name in kept)
+        found.extend(Path(root) / name for name in files)
+    return sorted(found)
+
+
 #: Every folder brainuad builds with :func:`atomic_folder` holds this file; only such folders are ever replaced.
 OWNER_MARKER = ".brainuad-output"
 
@@ -171,12 +225,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ensure_writable_folder(parent)
     # Keep the full suffix (.nii.gz) so libraries that look at the name pick the right format.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=parent)
-    # mkstemp makes 0600; give the file the mode open() would (0644 under the usual umask).
-    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp makes 0600, and some writers replace the file with their own 0600 one (safetensors writes a
+        # temporary file and renames it): give the finished file the mode open() would (0644 under umask 022).
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

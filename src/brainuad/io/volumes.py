@@ -32,6 +32,7 @@ from brainuad.io.files import (
     read_json,
     remove_staging_folders,
     safe_name,
+    walk,
     write_json,
 )
 
@@ -451,7 +452,7 @@ def find_nifti_files(inputs: list[str | Path] | tuple[str | Path, ...]) -> list[
         if item.is_dir():
             files = sorted(
                 p
-                for p in item.rglob("*")
+                for p in walk(item)
                 if p.is_file() and is_nifti_path(p) and not _is_brainuad_output(p, item, owned)
             )
             if not files:

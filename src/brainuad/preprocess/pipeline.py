@@ -22,12 +22,12 @@ import numpy as np
 
 from brainuad.config import PreprocessConfig, from_dict, to_dict
 from brainuad.errors import BrainuadError, InputError, warning_formatter
+from brainuad.io.files import output_folder
 from brainuad.io.provenance import provenance, sha256_file
 from brainuad.io.shards import Shard
 from brainuad.io.volumes import (
     Volume,
     check_replaceable,
-    ensure_writable_folder,
     find_nifti_files,
     load_volume,
     read_json,
@@ -369,54 +369,55 @@ def preprocess_batch(
     names = case_names(paths)
     if shard is not None:
         paths = shard.take(names)
-    ensure_writable_folder(out_dir)  # fail before any work, naming the folder
-    _remove_stale_partials(out_dir)
-    result = BatchResult()
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
-    tasks = [(p, out_dir, config, names[p], force, orientation, threads) for p in paths]
-    bar = tqdm(total=len(tasks), desc="preprocess", unit="scan", disable=not progress)
+    # Fails before any work, naming the folder; a refused run leaves no empty folder behind.
+    with output_folder(out_dir):
+        _remove_stale_partials(out_dir)
+        result = BatchResult()
+        threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+        tasks = [(p, out_dir, config, names[p], force, orientation, threads) for p in paths]
+        bar = tqdm(total=len(tasks), desc="preprocess", unit="scan", disable=not progress)
 
-    def record(path: Path, outcome: tuple[str, Path] | BaseException) -> None:
-        if isinstance(outcome, BaseException):
-            result.failed.append((path, str(outcome)))
-            bar.write(f"FAILED {outcome}")
-        else:
-            (result.done if outcome[0] == "done" else result.skipped).append(outcome[1])
-        bar.update(1)
+        def record(path: Path, outcome: tuple[str, Path] | BaseException) -> None:
+            if isinstance(outcome, BaseException):
+                result.failed.append((path, str(outcome)))
+                bar.write(f"FAILED {outcome}")
+            else:
+                (result.done if outcome[0] == "done" else result.skipped).append(outcome[1])
+            bar.update(1)
 
-    if jobs <= 1:
-        for task in tasks:
-            try:
-                record(task[0], preprocess_file(*task[:6]))
-            except BrainuadError as exc:
-                record(task[0], exc)
-            except Exception as exc:  # keep the batch going; report the unexpected error with its file
-                record(task[0], InputError(task[0], f"unexpected {type(exc).__name__}: {exc}"))
-    else:
-        started = time.time() - 1.0
-        command = getattr(warnings.formatwarning, "brainuad_command", None)
-        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init, initargs=(command,))
-        try:
-            futures = {pool.submit(_worker, task): task[0] for task in tasks}
-            for future in as_completed(futures):
-                path = futures[future]
+        if jobs <= 1:
+            for task in tasks:
                 try:
-                    record(path, future.result())
+                    record(task[0], preprocess_file(*task[:6]))
                 except BrainuadError as exc:
-                    record(path, exc)
-                except Exception as exc:
-                    record(path, InputError(path, f"unexpected {type(exc).__name__}: {exc}"))
-        except BaseException:  # Ctrl-C, SIGTERM (the CLI turns it into KeyboardInterrupt)
-            _stop_workers(pool)
-            # A killed worker could not remove its staging folder: remove those of this batch's cases.
-            for name in set(names.values()):
-                for partial in out_dir.glob(f".{name}.partial-*"):
-                    if partial.stat().st_mtime >= started:
-                        shutil.rmtree(partial, ignore_errors=True)
-            raise
-        pool.shutdown()
-    bar.close()
-    return result
+                    record(task[0], exc)
+                except Exception as exc:  # keep the batch going; report the unexpected error with its file
+                    record(task[0], InputError(task[0], f"unexpected {type(exc).__name__}: {exc}"))
+        else:
+            started = time.time() - 1.0
+            command = getattr(warnings.formatwarning, "brainuad_command", None)
+            pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init, initargs=(command,))
+            try:
+                futures = {pool.submit(_worker, task): task[0] for task in tasks}
+                for future in as_completed(futures):
+                    path = futures[future]
+                    try:
+                        record(path, future.result())
+                    except BrainuadError as exc:
+                        record(path, exc)
+                    except Exception as exc:
+                        record(path, InputError(path, f"unexpected {type(exc).__name__}: {exc}"))
+            except BaseException:  # Ctrl-C, SIGTERM (the CLI turns it into KeyboardInterrupt)
+                _stop_workers(pool)
+                # A killed worker could not remove its staging folder: remove those of this batch's cases.
+                for name in set(names.values()):
+                    for partial in out_dir.glob(f".{name}.partial-*"):
+                        if partial.stat().st_mtime >= started:
+                            shutil.rmtree(partial, ignore_errors=True)
+                raise
+            pool.shutdown()
+        bar.close()
+        return result
 
 
 def _remove_stale_partials(out_dir: Path, min_age_s: float = 3600.0) -> None:

@@ -55,6 +55,33 @@ def _orientation_markers(ax, affine) -> None:
     ax.text(0.5, 0.02, down, ha="center", va="bottom", **style)
 
 
+def heat_scale(anomaly, threshold: float | None = None) -> float:
+    """The top of the anomaly heat map's colour scale.
+
+    The 99.5th percentile of the map's non-zero values, raised with a ``threshold`` so that the voxels above it keep
+    distinct colours: segmented voxels are usually far fewer than 0.5 % of the map, so the percentile alone stopped
+    below the threshold and painted every segmented voxel the same saturated colour.
+
+    Args:
+        anomaly: The anomaly map (any shape).
+        threshold: The segmentation threshold, when there is one.
+
+    Returns:
+        At least the percentile; with a positive threshold, also at least the 99th percentile of the values above it
+        and 1.25 × the threshold (the threshold at most 80 % up the bar).
+    """
+    import numpy as np
+
+    anomaly = np.asarray(anomaly)
+    positive = anomaly[anomaly > 0]
+    vmax = float(np.percentile(positive, 99.5)) if positive.size else 1.0
+    if threshold is None or not np.isfinite(threshold) or threshold <= 0:
+        return vmax
+    above = anomaly[anomaly > threshold]
+    top = float(np.percentile(above, 99)) if above.size else threshold
+    return max(vmax, top, 1.25 * float(threshold))
+
+
 def plot_detection_rows(
     image,
     reconstruction,
@@ -73,7 +100,8 @@ def plot_detection_rows(
         slices: Axial indices to show.
         path: PNG to write.
         slice_labels: One label per row (e.g. MNI z in mm and the native slice); default: the index.
-        threshold: The segmentation threshold, named in the segmentation column's title.
+        threshold: The segmentation threshold, named in the segmentation column's title and marked on the colour
+            bar, whose scale extends above it (:func:`heat_scale`).
         affine: The grid's voxel → world affine, for the L/R and A/P markers (RAS+ assumed when absent).
     """
     import numpy as np
@@ -81,7 +109,7 @@ def plot_detection_rows(
     plt = _pyplot()
     slices = list(slices)
     fig, axes = plt.subplots(len(slices), 4, figsize=(11, 2.7 * len(slices)), squeeze=False, layout="constrained")
-    vmax = float(np.percentile(anomaly[anomaly > 0], 99.5)) if (anomaly > 0).any() else 1.0
+    vmax = heat_scale(anomaly, threshold)
     segmentation_title = "segmentation" if threshold is None else f"segmentation (map > {threshold:.3g})"
     titles = ("input", "reconstruction", "anomaly heatmap |x − x̂|", segmentation_title)
     heat = None
@@ -108,7 +136,11 @@ def plot_detection_rows(
         axes[row, 0].set_ylabel(label, fontsize=8)
     if heat is not None:
         bar = fig.colorbar(heat, ax=list(axes[:, 2]), shrink=0.9, pad=0.01, aspect=40)
-        bar.set_label("anomaly |x − x̂| (image scaled to 0…1)", fontsize=8)
+        label = "anomaly |x − x̂| (image scaled to 0…1)"
+        if threshold is not None and 0 < threshold < vmax:
+            bar.ax.axhline(threshold, color="cyan", linewidth=1.5)
+            label += f"; cyan line: threshold {threshold:.3g}"
+        bar.set_label(label, fontsize=8)
     return _save(fig, path)
 
 

@@ -33,13 +33,22 @@ def _format_value(value) -> str:
     return str(value)
 
 
-def summary_rows(summary: dict, prefix: str = "") -> list[tuple[str, str]]:
-    """A nested summary flattened into (name, readable value) rows; lists of records are left to their own tables."""
+def summary_rows(summary: dict, prefix: str = "", parent: str | None = None) -> list[tuple[str, str]]:
+    """A nested summary flattened into (name, readable value) rows; lists of records are left to their own tables.
+
+    Args:
+        summary: The (nested) summary.
+        prefix: The names of the sections above, joined by `` › ``.
+        parent: The key of the section ``summary`` is, when it is one.
+    """
     rows = []
     for key, value in summary.items():
-        name = f"{prefix}{key}".replace("_", " ")
+        # A section holding a key of its own name says it once: detect's ``preprocessing`` section holds the case's
+        # ``preprocessing`` settings, shown as "preprocessing › preset", not "preprocessing › preprocessing › preset".
+        path = prefix.removesuffix(" › ") if key == parent else f"{prefix}{key}"
+        name = path.replace("_", " ")
         if isinstance(value, dict):
-            rows += summary_rows(value, f"{prefix}{key} › ")
+            rows += summary_rows(value, f"{path} › ", key)
         elif isinstance(value, list) and value and isinstance(value[0], dict):
             continue
         else:
