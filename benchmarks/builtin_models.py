@@ -549,14 +549,20 @@ def readme_facts() -> str:
         training, mse = metrics["training"], metrics["held_out_mse"]
         ours, base = (metrics["evaluation"][m]["results_protocol"] for m in ("model", "intensity"))
         (a0, a1), (b0, b1) = ours["slice_auroc_ci95"], base["slice_auroc_ci95"]
-        ratio = mse["model"] / mse["mean_image"]
+        if mse.get("kind") == "restoration":
+            kept = mse["planted_mse_restored"] / mse["planted_mse_unrestored"]
+            check = (f"`restore` (synthetic-anomaly restoration); on its {mse['n']} held-out healthy calibration "
+                     f"scans with anomalies planted it leaves {kept:.2f} of their error"
+                     + ("" if kept < 1 else " — it does **not** restore them"))  # fmt: skip
+        else:
+            ratio = mse["model"] / mse["mean_image"]
+            check = (f"on its {mse['n']} held-out healthy calibration scans it "
+                     + (f"**beats the mean training image** ({ratio:.2f} of its error, better on "
+                        f"{mse['model_better_on']} of {mse['n']})" if ratio < 1 else
+                        f"does **not** beat the mean training image ({ratio:.2f} of its error)"))  # fmt: skip
         lines.append(
             f"- `builtin:{name}`: trained on {len(metrics['data']['train'])} healthy volumes in "
-            f"{training['wall_seconds'] / 60:.0f} min on {training.get('device', 'cpu')}; on its {mse['n']} held-out "
-            "healthy calibration scans it "
-            + (f"**beats the mean training image** ({ratio:.2f} of its error, better on {mse['model_better_on']} of "
-               f"{mse['n']})" if ratio < 1 else
-               f"does **not** beat the mean training image ({ratio:.2f} of its error)")
+            f"{training['wall_seconds'] / 60:.0f} min on {training.get('device', 'cpu')}; {check}"
             + f"; on {ours['cases']} shared cases (docs/results.md protocol) slice AUROC {ours['slice_auroc']:.3f} vs "
             f"{base['slice_auroc']:.3f} and Dice {ours['dice_mean']:.3f} vs {base['dice_mean']:.3f} for the intensity "
             "baseline — "
