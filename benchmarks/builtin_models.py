@@ -261,6 +261,8 @@ def install(name: str, out: Path, metrics: dict) -> Path:
     shutil.copyfile(out / "run" / "config.json", target / "config.json")
     calibration = read_json(out / "run" / "calibration.json")
     calibration["healthy_cases"] = [Path(p).name for p in calibration["healthy_cases"]]
+    if calibration.get("residual_spread"):  # calibrate --normalise-residual: the file the calibration names
+        shutil.copyfile(out / "run" / calibration["residual_spread"], target / calibration["residual_spread"])
     write_json(target / "calibration.json", calibration)
     # The card's reference number is what users (and the tests) get: the installed fp16 weights, not the run's fp32.
     metrics = {**metrics, "reference": reference_detection(name, out, f"builtin:{name}")}

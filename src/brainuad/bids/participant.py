@@ -31,7 +31,8 @@ from brainuad.io.shipped import is_builtin, resolve_model_dir
 MNI_SPACE = "MNI152NLin2009cAsym"
 #: findings file → (entities after the scan's, suffix; the suffix ``None`` = the scan's own), and its description.
 DERIVATIVES = {
-    "anomaly_map.nii.gz": ("desc-anomaly", "map", "Post-processed anomaly map |x - x̂| on the 0…1 intensity scale"),
+    "anomaly_map.nii.gz": ("desc-anomaly", "map", "Post-processed anomaly map |x - x̂| on the 0…1 intensity scale "
+                          "(divided by the healthy voxel-wise spread when the model's calibration says so)"),
     "segmentation.nii.gz": ("desc-lesions", "mask", "Anomalous components above the threshold (0/1)"),
     "reconstruction.nii.gz": ("desc-reconstruction", None, "The model's healthy reconstruction, in the scan's units"),
 }

@@ -49,8 +49,8 @@ def training_overlap(run_dir: str | Path, folders: list[Path]) -> list[str]:
 
 #: The default flagged-volume budget on healthy calibration scans (mL, median over scans).
 DEFAULT_MAX_HEALTHY_ML = 1.0
-#: The healthy spread of ``calibrate --normalise-residual``, in the model folder beside ``calibration.json``.
-RESIDUAL_SPREAD_FILE = "residual_spread.safetensors"
+#: The healthy spreads of ``calibrate --normalise-residual`` in a model folder (beside ``calibration.json``).
+RESIDUAL_SPREAD_GLOB = "residual_spread-*.safetensors"
 
 
 def calibrate(
@@ -150,19 +150,15 @@ def calibrate(
         errors.append(analysis.slice_errors)
         scores.append(analysis.scan_score)
         ratios.append(case.record.get("qc", {}).get("csf_to_white_matter"))
-    spread_file = run_dir / RESIDUAL_SPREAD_FILE
-    spread_fields = {}
+    spread = None
     if normalise_residual:
+        # From the float16 maps: the spread needs no more digits; the normalised values are computed in float32.
         spread = healthy_spread(maps, brains)
-        spread_fields = {"residual_spread": RESIDUAL_SPREAD_FILE}
-        spread_fields["residual_spread_sha256"] = _save_spread(spread_file, spread)
         normalised = [m.astype(np.float32) / spread for m in maps]
         values = [m[b] for m, b in zip(normalised, brains)]
         errors = [slice_errors(m) for m in normalised]
         scores = [scan_score(m, b) for m, b in zip(normalised, brains)]
-        maps = [m.astype(np.float16) for m in normalised]
-    elif spread_file.is_file():
-        spread_file.unlink()  # an earlier calibration's, which this one replaces: never left to look current
+        maps = normalised
     if len({e.size for e in errors}) != 1:
         raise InputError(None, "healthy scans lie on different crop grids; preprocess them with one preset")
     pooled = np.concatenate(values)
@@ -203,22 +199,40 @@ def calibrate(
         postprocessing=analysis.sizes,
         max_healthy_ml=max_healthy_ml,
         healthy_flagged_ml=tuple(round(v, 4) for v in flagged),
-        **spread_fields,
     )
+    if spread is not None:
+        # Named by its content and written before the calibration that names it; the earlier spread is removed only
+        # after: a failure anywhere leaves the earlier calibration and its file as they were.
+        digest = _save_spread(run_dir, spread)
+        calibration = dataclasses.replace(
+            calibration, residual_spread=spread_file_name(digest), residual_spread_sha256=digest
+        )
     write_calibration(run_dir, calibration)
+    for stale in run_dir.glob(RESIDUAL_SPREAD_GLOB):
+        if stale.name != calibration.residual_spread:
+            stale.unlink(missing_ok=True)
     return calibration
 
 
-def _save_spread(path: Path, spread: np.ndarray) -> str:
-    """Write the healthy spread as safetensors (atomically); returns its SHA-256 for the calibration."""
-    from safetensors.numpy import save_file
+def spread_file_name(digest: str) -> str:
+    """The file name of a healthy spread with SHA-256 ``digest`` (named by content: a new one never overwrites the
+    one an existing calibration names)."""
+    return f"residual_spread-{digest[:12]}.safetensors"
+
+
+def _save_spread(run_dir: Path, spread: np.ndarray) -> str:
+    """Write the healthy spread as safetensors into ``run_dir`` (atomically); returns its SHA-256."""
+    import hashlib
+
+    from safetensors.numpy import save
 
     from brainuad.io.files import atomic_path
-    from brainuad.io.provenance import sha256_file
 
-    with atomic_path(path) as tmp:
-        save_file({"spread": np.ascontiguousarray(spread, np.float32)}, str(tmp))
-    return sha256_file(path)
+    data = save({"spread": np.ascontiguousarray(spread, np.float32)})
+    digest = hashlib.sha256(data).hexdigest()
+    with atomic_path(run_dir / spread_file_name(digest)) as tmp:
+        tmp.write_bytes(data)
+    return digest
 
 
 def _within_healthy_budget(

@@ -142,6 +142,11 @@ class Calibration:
         for key in known - {"threshold"}:
             if data.get(key) is not None:
                 values[key] = _parse(key, data[key], path)
+        named, digest = values.get("residual_spread"), values.get("residual_spread_sha256")
+        if (named is None) != (digest is None) or (
+            digest is not None and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest))
+        ):
+            raise _fail(path, "residual_spread_sha256", "a 64-digit hex SHA-256 beside 'residual_spread'", digest)
         return cls(**values, extra={k: v for k, v in data.items() if k not in known})
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,10 +208,11 @@ def read_residual_spread(
     """
     if calibration is None or calibration.residual_spread is None:
         return None
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    import hashlib
 
-    from brainuad.io.provenance import sha256_file
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
     from brainuad.io.shipped import resolve_model_dir
 
     name = calibration.residual_spread
@@ -214,16 +220,18 @@ def read_residual_spread(
     again = "; run 'brainuad calibrate --normalise-residual' again"
     if Path(name).name != name or not path.is_file():
         raise InputError(path, f"the residual spread that calibration.json names is missing{again}")
-    if sha256_file(path) != calibration.residual_spread_sha256:
+    data = path.read_bytes()  # hashed and parsed from one read: no swap in between
+    if hashlib.sha256(data).hexdigest() != calibration.residual_spread_sha256:
         raise InputError(path, f"changed since the calibration that names it (SHA-256 differs){again}")
     try:
-        spread = load_file(str(path)).get("spread")
+        spread = load(data).get("spread")
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(path, f"not a readable safetensors file ({exc}){again}") from exc
     if spread is None or spread.dtype != np.float32 or spread.shape != tuple(shape):
         raise InputError(path, f"expected a float32 'spread' tensor of shape {tuple(shape)}{again}")
     if not (np.isfinite(spread).all() and (spread > 0).all()):
         raise InputError(path, f"the spread must be finite and positive everywhere{again}")
+    spread.flags.writeable = False  # shared by every analysis of the loaded model
     return spread
 
 

@@ -287,11 +287,17 @@ def _calibration_summary(trained: TrainedModel) -> dict | None:
     notes = None if calibration.notes is None else list(calibration.notes)
     if calibration.reference_note:
         notes = [*(notes or []), calibration.reference_note]
-    return {
+    summary = {
         "calibrated_on": calibration.calibrated_on,
         "notes": notes,
         "simulated_reference": calibration.simulated_reference,
     }
+    if calibration.residual_spread:
+        summary["anomaly_map_divided_by"] = (
+            f"the healthy voxel-wise spread {calibration.residual_spread} (calibrate --normalise-residual): the map "
+            "and the threshold are in multiples of what healthy scans show at each voxel"
+        )
+    return summary
 
 
 def detect_batch(
@@ -354,6 +360,9 @@ def detect_batch(
             common["postprocessing"] = to_dict(config.postprocessing)
         if orientation is not None:
             common["assumed_orientation"] = orientation  # recorded only when given: older findings are still reused
+        if trained.calibration is not None and trained.calibration.residual_spread_sha256:
+            # Maps divided by a healthy spread are another map: never reuse findings made without it (or with another).
+            common["residual_spread_sha256"] = trained.calibration.residual_spread_sha256
         result = BatchResult()
         for path in tqdm(paths, desc="detect", unit="scan", disable=not progress):
             folder = out_dir / names[path]

@@ -106,20 +106,24 @@ def anomaly_map(
 
 
 def healthy_spread(
-    maps: list[np.ndarray], brains: list[np.ndarray], smooth_voxels: float = 2.0, floor_quantile: float = 0.1
+    maps: list[np.ndarray], brains: list[np.ndarray], smooth_voxels: float = 2.0, floor_fraction: float = 0.25
 ) -> np.ndarray:
     """The voxel-wise spread of healthy anomaly maps, to divide new maps by (``calibrate --normalise-residual``).
 
     The root mean square over the healthy scans at each voxel (an anomaly map is a magnitude, so its spread is taken
-    around zero), Gaussian-smoothed because a few scans give a noisy estimate, and floored at a low quantile of the
-    brain's values so that voxels healthy scans never lit up do not turn noise into findings.
+    around zero), Gaussian-smoothed because a few scans give a noisy estimate — inside the brain only (a normalised
+    convolution), so the zeros outside do not pull the brain's edge down — and floored at ``floor_fraction`` of the
+    brain's median, so that voxels healthy scans never lit up (or that lie outside every healthy brain) do not turn
+    noise into findings.
     """
-    stack = np.stack([np.asarray(m, np.float32) for m in maps])
-    rms = np.sqrt((stack.astype(np.float64) ** 2).mean(0))
-    smooth = ndimage.gaussian_filter(rms, smooth_voxels) if smooth_voxels > 0 else rms
-    inside = np.logical_or.reduce([np.asarray(b, bool) for b in brains])
-    floor = max(float(np.quantile(smooth[inside], floor_quantile)) if inside.any() else 0.0, 1e-6)
-    return np.maximum(smooth, floor).astype(np.float32)
+    stack = np.stack([np.asarray(m, np.float32) for m in maps]).astype(np.float64)
+    inside = np.logical_or.reduce([np.asarray(b, bool) for b in brains]) & (stack > 0).any(0)
+    rms = np.sqrt((stack**2).mean(0)) * inside
+    if smooth_voxels > 0:
+        weight = ndimage.gaussian_filter(inside.astype(np.float64), smooth_voxels)
+        rms = np.where(inside, ndimage.gaussian_filter(rms, smooth_voxels) / np.maximum(weight, 1e-12), 0.0)
+    floor = max(floor_fraction * float(np.median(rms[inside])) if inside.any() else 0.0, 1e-6)
+    return np.maximum(rms, floor).astype(np.float32)
 
 
 def segment(anomaly: np.ndarray, threshold: float, min_voxels: int = 20) -> tuple[np.ndarray, int]:
