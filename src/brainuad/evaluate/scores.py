@@ -199,6 +199,7 @@ def healthy_summary(healthy: Sequence[dict]) -> dict:
         "false_positive_components_per_scan": float(components.mean()) if components.size else float("nan"),
         "scans_with_any_finding": int((volumes > 0).sum()),
         "names": [h["name"] for h in healthy],
+        "false_positive_ml": [round(float(v), 4) for v in volumes],  # per scan, in the order of ``names``
     }
 
 
