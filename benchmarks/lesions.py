@@ -181,7 +181,11 @@ def _judge_on_tuning(track: str, run: Path, out: Path, folder: Path) -> dict:
     tune, _ = brats_split()
     summary = evaluate(run, tune, folder, modality=track, cache_dir=out / "cache" / track, device="cpu",
                        progress=False)  # fmt: skip
-    point = summary["froc"]["operating_points"]["fp_budget_3"]["tuning"]
+    from brainuad.evaluate import froc
+
+    curve = summary["froc"]["reported"]  # the tuning cases are this evaluation's reported cases
+    chosen = froc.operating_point(curve)
+    point = froc.at(curve, chosen) if chosen is not None else {"sensitivity": 0.0, "false_positives_per_scan": 0.0}
     return {
         "ap_pooled_tuning": summary["voxels"]["ap_pooled"],
         "dice_tuning": summary["voxels"]["dice_mean"],
