@@ -276,7 +276,8 @@ def install(name: str, out: Path, metrics: dict) -> Path:
         shutil.copyfile(out / "run" / calibration["residual_spread"], target / calibration["residual_spread"])
     write_json(target / "calibration.json", calibration)
     # The card's reference number is what users (and the tests) get: the installed fp16 weights, not the run's fp32.
-    metrics = {**metrics, "reference": reference_detection(name, out, f"builtin:{name}")}
+    # By folder: a model being installed for the first time has no card yet, so builtin:NAME does not list it.
+    metrics = {**metrics, "reference": reference_detection(name, out, target)}
     write_json(target / "metrics.json", metrics)
     (target / "MODEL_CARD.md").write_text(write_card(name, metrics), encoding="utf-8")
     for path in target.iterdir():
@@ -350,9 +351,9 @@ CARD_INTRO = {
         "the {n_cal} held-out IXI T1 individuals, never trained on.",
     ),
     "flair": (
-        "FLAIR brain MRI: 3D U-Net that restores synthetic anomalies (brainuad's `restore`, DISYRE family) on the "
-        "paper-2mm grid",
-        "- **Training data**: {n_train} healthy FLAIR volumes, all simulated with `brainuad.data.mrsim` "
+        "FLAIR brain MRI: {method} on the paper-2mm grid",
+        "- **Training data** (what the method is fitted on): {n_train} healthy FLAIR volumes, all simulated with "
+        "`brainuad.data.mrsim` "
         "v{sim_version} from 16 of BrainWeb's 20 normal anatomies ({train_anatomies}; one scan each: random 1.5/3 T "
         "FLAIR parameters with a CSF-nulling inversion time, pose, a native adult head size, in-plane 1–2 mm, slices "
         "up to 5 mm, bias field, Rician noise; skull-stripped with the simulation's exact brain mask). No real FLAIR "
@@ -465,9 +466,19 @@ def _check_text(check: dict) -> str:
     )  # fmt: skip
 
 
+#: How a card's title names each method (the flair card's title takes the shipped one's).
+METHOD_TITLE = {
+    "intensity": "brainuad's intensity baseline (the scaled scan is the anomaly map; threshold fitted on healthy "
+    "scans)",
+    "restore": "3D U-Net that restores synthetic anomalies (brainuad's `restore`, DISYRE family)",
+}
+
+
 def write_card(name: str, metrics: dict) -> str:
     """The model card, rendered from the run's metrics (numbers are never typed by hand)."""
     title, data_text = CARD_INTRO[name]
+    kind = metrics["training"]["recipe"]["model"]["kind"]
+    title = title.replace("{method}", METHOD_TITLE.get(kind, kind))
     data = metrics["data"]
     fields = {
         "n_train": len(data["train"]),
@@ -583,7 +594,10 @@ def readme_facts() -> str:
         training, mse = metrics["training"], metrics["held_out_mse"]
         ours, base = (metrics["evaluation"][m]["results_protocol"] for m in ("model", "intensity"))
         (a0, a1), (b0, b1) = ours["slice_auroc_ci95"], base["slice_auroc_ci95"]
-        if mse.get("kind") == "restoration":
+        if mse.get("kind") == "baseline":
+            check = (f"the `{training['recipe']['name']}` baseline, no network (best on the tuning cases among the "
+                     f"{name.upper()} methods measured)")  # fmt: skip
+        elif mse.get("kind") == "restoration":
             kept = mse["planted_mse_restored"] / mse["planted_mse_unrestored"]
             check = (f"`restore` (synthetic-anomaly restoration); on its {mse['n']} held-out healthy calibration "
                      f"scans with anomalies planted it leaves {kept:.2f} of their error"
@@ -594,9 +608,11 @@ def readme_facts() -> str:
                      + (f"**beats the mean training image** ({ratio:.2f} of its error, better on "
                         f"{mse['model_better_on']} of {mse['n']})" if ratio < 1 else
                         f"does **not** beat the mean training image ({ratio:.2f} of its error)"))  # fmt: skip
+        fitted = (f"fitted on {len(metrics['data']['train'])} healthy volumes" if mse.get("kind") == "baseline" else
+                  f"trained on {len(metrics['data']['train'])} healthy volumes in "
+                  f"{training['wall_seconds'] / 60:.0f} min on {training.get('device', 'cpu')}")  # fmt: skip
         lines.append(
-            f"- `builtin:{name}`: trained on {len(metrics['data']['train'])} healthy volumes in "
-            f"{training['wall_seconds'] / 60:.0f} min on {training.get('device', 'cpu')}; {check}"
+            f"- `builtin:{name}`: {fitted}; {check}"
             + f"; on {ours['cases']} shared cases (docs/results.md protocol) slice AUROC {ours['slice_auroc']:.3f} vs "
             f"{base['slice_auroc']:.3f} and Dice {ours['dice_mean']:.3f} vs {base['dice_mean']:.3f} for the intensity "
             "baseline — "
