@@ -639,13 +639,14 @@ def update_results_md() -> Path:
     """Rewrite the shipped models' section of docs/results.md from every installed ``metrics.json``."""
     lines = [
         RESULTS_START,
-        "## Shipped models (`--model builtin:t1`, `builtin:t2`)",
+        "## Shipped models (`--model builtin:t1`, `builtin:t2`, `builtin:flair`)",
         "",
         "Written by `benchmarks/builtin_models.py --install` from each shipped model's `metrics.json` (not by "
-        "results.py). Same reported cases and tuning cases as above for T2 (T1: the 4 BraTS cases + MS patient07 on "
-        "T1); *shipped* calibration uses the model's own threshold (healthy voxel FPR 1e-3 on held-out healthy "
-        "scans) on all shared cases, none of which it has seen. Brackets: 95 % bootstrap over cases (5–8 cases: "
-        "wide). Training data, recipe and limits: `brainuad models t1|t2`.",
+        "results.py). Same reported cases and tuning cases as above for T2 (T1 and FLAIR: the 4 BraTS cases + MS "
+        "patient07); *shipped* calibration uses the model's own threshold (healthy voxel FPR 1e-3 on held-out "
+        "healthy scans, raised to a 1 mL median flagged volume where the card says so) on all shared cases, none of "
+        "which it has seen. Brackets: 95 % bootstrap over cases (5–8 cases: wide). Training data, recipe and "
+        "limits: `brainuad models t1|t2|flair`.",
         "",
         "| model | threshold | cases | slice AUROC | slice AP (abnormal) | Dice (mean) | voxel AP |",
         "|---|---|---|---|---|---|---|",
