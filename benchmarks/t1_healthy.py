@@ -155,7 +155,8 @@ def main() -> int:
     results["wall_seconds"] = round(time.perf_counter() - wall0, 1)
     (args.out / "t1_healthy.json").write_text(json.dumps(results, indent=1, default=str))
     rows = [(args.model, name, results[name]) for name in groups]
-    rows += [("quick recipe, HH only", name, r) for name, r in results.get("site_split", {}).items()]
+    rows += [("quick recipe, HH only", name, r) for name, r in results.get("site_split", {}).items()
+             if isinstance(r, dict) and "healthy_scans" in r]  # fmt: skip
     for model, name, r in rows:
         print(
             f"| {model} | {name} | {len(r['healthy_scans'])} | {r['threshold']:.4g} | "
