@@ -14,6 +14,8 @@ Data per track:
   (as builtin:t2); calibration: 4 other anatomies, never trained on.
 - flair: the same 16/4 anatomies simulated as FLAIR; no real healthy FLAIR is trained on (the one in
   healthy_other/ is kept for checking the simulation and the healthy false positives).
+- t1: the real healthy IXI T1 individuals of benchmarks/splits/t1_2mm.json (train → training, validation →
+  calibration), as builtin:t1; reported on the BraTS cases' and MS patient07's T1.
 Protocol (docs/results.md): thresholds and settings tuned on Brats18_2013_3_1 and Brats18_CBICA_ABM_1 (the first
 two BraTS cases by name); reported on the other four BraTS cases, the stroke case (T2 only) and MS patient07.
 """
@@ -74,6 +76,8 @@ def prepare(track: str, out: Path) -> None:
     from brainuad.io.volumes import save_volume
     from brainuad.preprocess.pipeline import preprocess_batch
 
+    if track == "t1":
+        return _prepare_real_t1(out)
     anatomies = mrsim.find_anatomies(DATA / "brainweb")
     groups = {"train": anatomies[:16], "cal": anatomies[16:]}
     raw: dict[str, list[Path]] = {"train": [], "cal": []}
@@ -94,6 +98,30 @@ def prepare(track: str, out: Path) -> None:
                                   progress=False)  # fmt: skip
         if result.failed:
             raise SystemExit(f"preprocessing failed: {result.failed}")
+
+
+def _prepare_real_t1(out: Path) -> None:
+    """T1: the 52 real healthy IXI individuals (no simulation), preprocessed with paper-2mm into ``out/t1/all`` and
+    linked by benchmarks/splits/t1_2mm.json — train → ``prep/train``, validation → ``prep/cal`` (its test
+    individuals stay out: benchmarks/t1_healthy.py reports on them)."""
+    from builtin_models import T1_EXTRA, T1_FOLDERS
+
+    from brainuad.config import PreprocessConfig
+    from brainuad.io.volumes import find_nifti_files
+    from brainuad.preprocess.pipeline import preprocess_batch
+
+    split = json.loads((ROOT / "benchmarks" / "splits" / "t1_2mm.json").read_text())
+    files = find_nifti_files([DATA / f for f in T1_FOLDERS] + [DATA / f for f in T1_EXTRA])
+    result = preprocess_batch(files, out / "t1" / "all", PreprocessConfig(preset="paper-2mm"), progress=False)
+    if result.failed:
+        raise SystemExit(f"preprocessing failed: {result.failed}")
+    for part, folder in (("train", "train"), ("val", "cal")):
+        target = out / "t1" / "prep" / folder
+        target.mkdir(parents=True, exist_ok=True)
+        for case in sorted((out / "t1" / "all").iterdir()):
+            link = target / case.name
+            if case.name.split("-")[0] in split[part] and (case / "record.json").is_file() and not link.exists():
+                link.symlink_to(case.resolve(), target_is_directory=True)
 
 
 def train_method(
@@ -294,7 +322,7 @@ def report(out: Path) -> str:
         "scan on the tuning cases, applied to the reported cases.",
         "",
     ]
-    for track in ("t2", "flair"):
+    for track in ("t2", "flair", "t1"):
         rows = []
         for folder in sorted((out / track / "eval").glob("*/summary.json")):
             summary, method = read_json(folder), folder.parent.name
@@ -339,7 +367,7 @@ def report(out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("prepare", "train", "steps", "normalise", "components", "evaluate", "report"))
-    parser.add_argument("track", nargs="?", default="t2", choices=("t2", "flair"))
+    parser.add_argument("track", nargs="?", default="t2", choices=("t2", "flair", "t1"))
     parser.add_argument("method", nargs="?", default="restore", choices=("restore", "ae", *RECIPES))
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--epochs", type=int, default=None)
