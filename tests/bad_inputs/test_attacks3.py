@@ -180,8 +180,10 @@ def test_a_refused_detect_leaves_nothing_it_created_and_keeps_the_users_folder(w
     scan = world["cases"]["nan_voxels"][0]
     args = ["detect", str(scan), "--model", str(world["run"]), "--device", "cpu", "--quiet", "--out"]
     assert main([*args, str(tmp_path / "new" / "findings")]) == 1
-    assert str(scan) in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert str(scan) in printed.err
     assert not (tmp_path / "new").exists()  # neither --out nor the parent it had to create
+    assert "nothing written" in printed.out and "-> " not in printed.out  # no pointer to the removed folder
     mine = tmp_path / "mine"
     mine.mkdir()
     assert main([*args, str(mine)]) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MODEL_HELP = "a trained model folder, or builtin:NAME for a model shipped with brainuad (see 'brainuad models')"
@@ -46,8 +47,10 @@ def device_from_flag(name: str):
 
 def report_batch(verb: str, result, out: str) -> int:
     """Print a batch's counts and each failure (with its file); exit code 1 if any scan failed."""
+    # A run that wrote nothing removes the --out it created: do not point at a folder that is not there.
+    where = f"-> {out}" if Path(out).exists() else f"(nothing written; {out} not created)"
     print(
-        f"{verb}: {len(result.done)} done, {len(result.skipped)} already finished, {len(result.failed)} failed -> {out}"
+        f"{verb}: {len(result.done)} done, {len(result.skipped)} already finished, {len(result.failed)} failed {where}"
     )
     for _path, message in result.failed:
         print(f"  failed: {message}", file=sys.stderr)
