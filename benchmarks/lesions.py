@@ -198,18 +198,17 @@ def _variant(track: str, method: str, out: Path, label: str, edit) -> Path:
     return variant
 
 
-def _judge_on_tuning(track: str, run: Path, out: Path, folder: Path) -> dict:
-    """Calibrate ``run`` on the healthy calibration scans, evaluate it on the tuning cases only; the numbers a
-    setting is chosen by."""
+def _judge_on_tuning(track: str, run: Path, out: Path, folder: Path, normalise: bool = False) -> dict:
+    """Calibrate ``run`` on the healthy calibration scans (``normalise``: with ``--normalise-residual``), evaluate it
+    on the tuning cases only; the numbers a setting is chosen by."""
+    from brainuad.evaluate import froc
     from brainuad.evaluate.calibrate import calibrate
     from brainuad.evaluate.evaluation import evaluate
 
-    calibrate(run, [out / track / "prep" / "cal"], device="cpu")
+    calibrate(run, [out / track / "prep" / "cal"], device="cpu", normalise_residual=normalise)
     tune, _ = brats_split()
     summary = evaluate(run, tune, folder, modality=track, cache_dir=out / "cache" / track, device="cpu",
                        progress=False)  # fmt: skip
-    from brainuad.evaluate import froc
-
     curve = summary["froc"]["reported"]  # the tuning cases are this evaluation's reported cases
     chosen = froc.operating_point(curve)
     point = froc.at(curve, chosen) if chosen is not None else {"sensitivity": 0.0, "false_positives_per_scan": 0.0}
@@ -276,20 +275,14 @@ def compare_normalisation(track: str, method: str, out: Path, tag: str = "") -> 
     """The residual as it is against the residual divided by its healthy voxel-wise spread (``calibrate
     --normalise-residual``), judged on the tuning cases only (pooled voxel AP, threshold-free); the winner is what
     the ``evaluate`` step calibrates with."""
-    from brainuad.evaluate.calibrate import calibrate
-    from brainuad.evaluate.evaluation import evaluate
     from brainuad.io.volumes import write_json
 
     run = out / track / "runs" / f"{method}{tag}"
     tune, _ = brats_split()
     results = {}
     for normalise in (False, True):
-        calibrate(run, [out / track / "prep" / "cal"], device="cpu", normalise_residual=normalise)
         folder = out / track / "normalise" / f"{method}{tag}-{'normalised' if normalise else 'plain'}"
-        summary = evaluate(run, tune, folder, modality=track, cache_dir=out / "cache" / track, device="cpu",
-                           progress=False)  # fmt: skip
-        results[str(normalise)] = {"ap_pooled_tuning": summary["voxels"]["ap_pooled"],
-                                   "dice_tuning": summary["voxels"]["dice_mean"]}  # fmt: skip
+        results[str(normalise)] = _judge_on_tuning(track, run, out, folder, normalise)
         print(normalise, results[str(normalise)], flush=True)
     chosen = results["True"]["ap_pooled_tuning"] > results["False"]["ap_pooled_tuning"]
     write_json(out / track / "normalise" / f"{method}{tag}.json",
