@@ -23,6 +23,11 @@ class InputError(BrainuadError):
         where = str(self.path) if self.path is not None else "<in-memory volume>"
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):
+        # Rebuilt from its own arguments: an error raised in a worker process (--jobs) reaches the parent whole
+        # (the default pickling passes the message alone, which breaks the pool and every scan after it).
+        return (type(self), (self.path, self.problem))
+
 
 class OutputError(BrainuadError):
     """An output cannot be written (folder not writable, disk full, would overwrite an input)."""
@@ -31,6 +36,9 @@ class OutputError(BrainuadError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.problem))
 
 
 class ConfigError(BrainuadError):

@@ -348,3 +348,43 @@ def test_a_method_label_names_the_run_only_when_it_says_more():
 
     assert method_label("ae", "ae") == "ae"  # was "ae (ae)"
     assert method_label("ae", "t2-long") == "ae (t2-long)"
+
+
+def test_extent_level_chosen_on_tuning_cases_delineates_at_the_calibrated_threshold(setup, tmp_path, capsys):
+    """Issue #34: the healthy threshold decides where a finding is; the extent level, chosen on labelled tuning cases,
+    how far it reaches. detect and evaluate use both by default and say so; the tuning cases cannot be reported."""
+    run = tmp_path / "run"
+    shutil.copytree(setup / "intensity", run)
+    assert main(["calibrate", "--model", str(run), "--healthy", str(setup / "prep"), "--device", "cpu"]) == 0
+    strict = json.loads((run / "calibration.json").read_text())["threshold"]
+    out = tmp_path / "plain"
+    args = ["evaluate", "--model", str(run), "--cases", str(setup / "cases"), "--cache", str(setup / "cache")]
+    assert main([*args, "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    plain = json.loads((out / "summary.json").read_text())
+    assert plain["threshold"]["extent"] is None
+    capsys.readouterr()
+    assert main(["calibrate", "--model", str(run), "--extent-cases", str(setup / "tune"), "--device", "cpu"]) == 0
+    assert "extent level" in capsys.readouterr().out
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration["threshold"] == strict  # the strict level is kept
+    assert 0 < calibration["extent_threshold"] <= strict and calibration["extent_tuning_cases"] == ["tune01"]
+    out = tmp_path / "grown"
+    assert main([*args, "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    grown = json.loads((out / "summary.json").read_text())
+    assert grown["threshold"]["extent"] == pytest.approx(calibration["extent_threshold"])
+    assert grown["voxels"]["dice_mean"] >= plain["voxels"]["dice_mean"] - 1e-9
+    scan = setup / "cases" / "case01" / "case01_t2.nii.gz"
+    detected = tmp_path / "detect"
+    assert main(["detect", str(scan), "--model", str(run), "--out", str(detected), "--device", "cpu", "--quiet"]) == 0
+    summary = json.loads(next(detected.rglob("summary.json")).read_text())
+    assert summary["extent_threshold"] == pytest.approx(calibration["extent_threshold"])
+    assert "hysteresis" in summary["extent_source"]
+    assert "extent level" in next(detected.rglob("report.html")).read_text()
+    # The case the extent was chosen on cannot be reported, even renamed.
+    copy = tmp_path / "copies" / "renamed"
+    shutil.copytree(setup / "tune" / "tune01", copy)
+    for path in copy.iterdir():
+        path.rename(copy / path.name.replace("tune01", "renamed"))
+    assert main(["evaluate", "--model", str(run), "--cases", str(tmp_path / "copies"), "--out", str(tmp_path / "x"),
+                 "--quiet", "--device", "cpu"]) == 1  # fmt: skip
+    assert "extent tuning case tune01" in capsys.readouterr().err

@@ -111,3 +111,20 @@ def test_describe_lesions_measures_each_component_in_both_spaces():
     assert describe_lesions(np.zeros_like(labels), anomaly, mni) == []
     (only,) = describe_lesions(labels * (labels == 1), anomaly, mni)
     assert only["volume_ml_native"] is None and only["centroid_native_mm"] is None
+
+
+def test_hysteresis_grows_a_seed_into_its_region_and_needs_a_seed():
+    """Delineation (issue #34): a finding needs a voxel above the strict threshold; it then extends over the connected
+    region above the extent level. A region above the extent level with no seed is no finding."""
+    anomaly = np.zeros((30, 30, 30), np.float32)
+    anomaly[2:12, 2:12, 2:12] = 0.3  # a lesion's faint extent (1000 voxels)…
+    anomaly[6:8, 6:8, 6:8] = 0.9  # …around a bright core (8 voxels)
+    anomaly[18:28, 18:28, 18:28] = 0.3  # a faint region with no core (normal anatomy, say)
+    core, n_core = segment(anomaly, 0.5, min_voxels=1)
+    assert n_core == 1 and (core > 0).sum() == 8  # the strict level alone draws the core only
+    grown, n_grown = segment(anomaly, 0.5, min_voxels=1, extent=0.2)
+    assert n_grown == 1 and (grown > 0).sum() == 1000  # the whole region, one finding
+    assert not grown[18:28, 18:28, 18:28].any()  # no seed, no finding
+    assert segment(anomaly, 0.5, min_voxels=1, extent=0.95)[0].sum() == core.sum()  # an extent above: the core
+    empty = segment(np.where(anomaly > 0.5, 0.3, anomaly), 0.5, min_voxels=1, extent=0.2)
+    assert empty[1] == 0 and not empty[0].any()  # nothing above the threshold: nothing at all

@@ -91,9 +91,12 @@ def check_dataset(bids_dir: str | Path) -> Path:
             root, "not a BIDS dataset: no dataset_description.json at its top (every BIDS dataset has one)"
         )
     try:
-        json.loads(description.read_text())
+        content = json.loads(description.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
         raise InputError(description, f"not readable JSON ({exc})") from exc
+    if not isinstance(content, dict):
+        kind = type(content).__name__
+        raise InputError(description, f"must be a JSON object (BIDS' dataset description), not a {kind}")
     return root
 
 
@@ -155,6 +158,12 @@ def read_filter_file(path: str | Path | None, suffix: str) -> dict[str, list[str
         raise InputError(path, f"filter file is not readable JSON ({exc})") from exc
     if not isinstance(content, dict) or not all(isinstance(v, dict) for v in content.values()):
         raise InputError(path, 'filter file must map a query name to entity filters, e.g. {"t2w": {"session": "1"}}')
+    # A query name brainuad does not know (a typo, or "T2w" for "t2w") would be ignored and every scan processed.
+    known = {q.lower() for q in SUFFIXES}
+    unknown = sorted(q for q in content if q not in known)
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        raise InputError(path, f"unknown query name(s) {names}; known: {', '.join(sorted(known))} (lower case)")
     query = content.get(suffix.lower(), {})
     filters: dict[str, list[str | None]] = {}
     for key, value in query.items():
@@ -217,6 +226,24 @@ def select_scans(
     return sorted(chosen, key=lambda s: s.name)
 
 
+def read_participants(table: Path) -> list[dict[str, str]]:
+    """The rows of a ``participants.tsv``, as a spreadsheet may have saved it (UTF-8 BOM, CRLF line ends).
+
+    Raises:
+        InputError: Unreadable, not UTF-8, or without a ``participant_id`` column (naming the file).
+    """
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+            header = rows[0].keys() if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(table, f"not a readable UTF-8 table ({exc})") from exc
+    rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
+    if rows and "participant_id" not in rows[0]:
+        raise InputError(table, f"has no 'participant_id' column (columns: {', '.join(h or '?' for h in header)})")
+    return rows
+
+
 def participants_matching(bids_dir: Path, conditions: Iterable[str]) -> set[str] | None:
     """Participant labels whose ``participants.tsv`` row meets every ``COLUMN=VALUE[,VALUE…]`` condition.
 
@@ -231,8 +258,7 @@ def participants_matching(bids_dir: Path, conditions: Iterable[str]) -> set[str]
     table = bids_dir / "participants.tsv"
     if not table.is_file():
         raise InputError(table, "not found, but a participants filter was given")
-    with open(table, newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
+    rows = read_participants(table)
     columns = set(rows[0]) if rows else set()
     keep = {row.get("participant_id", "").removeprefix("sub-") for row in rows}
     for condition in conditions:

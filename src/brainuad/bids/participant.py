@@ -110,7 +110,8 @@ def write_dataset_description(out: Path, bids_dir: Path) -> None:
     path = out / "dataset_description.json"
     if path.is_file():
         existing = read_json(path)
-        makers = [g.get("Name") for g in existing.get("GeneratedBy", []) if isinstance(g, dict)]
+        generated = existing.get("GeneratedBy", []) if isinstance(existing, dict) else []
+        makers = [g.get("Name") for g in generated if isinstance(g, dict)] if isinstance(generated, list) else []
         if "brainuad" not in makers:
             raise OutputError(out, "holds another dataset (its dataset_description.json is not brainuad's)")
     raw = bids_dir.resolve().as_uri()

@@ -46,7 +46,15 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
         help="labelled tuning cases (BraTS-/MS-style): threshold = best pooled Dice on them, the paper's way; "
         "never the cases you will report (repeatable)",
     )
-    p.add_argument("--modality", default="t2", help="modality of the --labelled case files (default: t2)")
+    p.add_argument(
+        "--extent-cases",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="labelled tuning cases on which to choose how far each finding extends (hysteresis below the calibrated "
+        "threshold, which stays the level a finding needs); alone, it keeps the existing calibration (repeatable)",
+    )
+    p.add_argument("--modality", default="t2", help="modality of the labelled case files (default: t2)")
     p.add_argument("--fpr", type=float, default=1e-3, help="healthy voxel false-positive rate (default: 0.001)")
     p.add_argument(
         "--max-healthy-ml",
@@ -74,15 +82,15 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     if not 0 < args.fpr < 1:
         return usage_error("--fpr must be between 0 and 1")
     check_model_folder(args.model)
-    check_exist((args.healthy or []) + (args.labelled or []))
-    from brainuad.evaluate.calibrate import calibrate, calibrate_on_labelled
+    check_exist((args.healthy or []) + (args.labelled or []) + (args.extent_cases or []))
+    from brainuad.evaluate.calibrate import calibrate, calibrate_extent, calibrate_on_labelled
     from brainuad.train.guard import banner
 
     warning = banner(args.model)
     if warning:
         print(f"calibrate: {warning}", file=sys.stderr)
     device = device_from_flag(args.device)
-    if args.healthy or not args.labelled:
+    if args.healthy or not (args.labelled or args.extent_cases):
         # Without --healthy: the run's own validation split (split.json), scans it was not trained on.
         result = calibrate(
             args.model,
@@ -104,6 +112,13 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         print(
             f"calibrate: threshold {result.threshold:.5g} = best pooled Dice {result.tuning_dice:.3f} on "
             f"{len(result.tuning_cases)} labelled tuning cases -> {args.model}/calibration.json"
+        )
+    if args.extent_cases:
+        result = calibrate_extent(args.model, args.extent_cases, args.modality, device=device, progress=False)
+        print(
+            f"calibrate: extent level {result.extent_threshold:.5g} below threshold {result.threshold:.5g} = best "
+            f"pooled Dice {result.extent_tuning_dice:.3f} of the delineation on {len(result.extent_tuning_cases)} "
+            f"labelled tuning cases -> {args.model}/calibration.json"
         )
     return EXIT_OK
 
@@ -149,6 +164,10 @@ def _run_detect(args: argparse.Namespace) -> int:
         return usage_error(f"--threshold must be 'auto' or a number, got {args.threshold!r}")
     if threshold is not None and not math.isfinite(threshold):
         return usage_error(f"--threshold must be a finite number, got {args.threshold!r}")
+    from brainuad.infer.calibration import check_threshold
+
+    if threshold is not None and check_threshold(threshold):
+        return usage_error(f"--threshold {check_threshold(threshold)}")
     check_exist(args.inputs)
     check_model_folder(args.model)
     from brainuad.infer.detect import detect_batch

@@ -148,7 +148,16 @@ def _run_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         from brainuad.train.guard import banner, read_check
 
-        if result.epochs_done:
+        curve_path = result.run_dir / "learning_curve.json"
+        if result.epochs_done and curve_path.is_file():  # a method validated on a held-out synthetic task
+            from brainuad.io.volumes import read_json
+
+            curve = read_json(curve_path)
+            print(
+                f"train: {result.epochs_done} steps, best held-out-task ({curve.get('holdout_task')}) AP "
+                f"{curve.get('best_heldout_ap', float('nan')):.3f} at step {result.best_epoch} -> {result.run_dir}"
+            )
+        elif result.epochs_done:
             print(
                 f"train: {result.epochs_done} epochs, best validation MSE {result.best_val_loss:.6f} at epoch "
                 f"{result.best_epoch} -> {result.run_dir}"

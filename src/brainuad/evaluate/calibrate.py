@@ -13,14 +13,13 @@ import numpy as np
 import torch
 
 from brainuad.errors import BrainuadError, InputError
-from brainuad.infer.calibration import Calibration, SliceReference, write_calibration
+from brainuad.infer.calibration import HEALTHY_METHOD, MAP_UNITS, Calibration, SliceReference, write_calibration
 from brainuad.infer.inference import MIN_HEALTHY_REFERENCE_SCANS, scan_score
 from brainuad.infer.postprocessing import healthy_spread, slice_errors
 from brainuad.infer.trained import TrainedModel
 from brainuad.io.volumes import read_json
 from brainuad.preprocess.cases import load_case
 
-HEALTHY_METHOD = "healthy voxel false-positive rate"
 LABELLED_METHOD = "best pooled Dice on labelled tuning cases"
 
 
@@ -199,6 +198,7 @@ def calibrate(
         postprocessing=analysis.sizes,
         max_healthy_ml=max_healthy_ml,
         healthy_flagged_ml=tuple(round(v, 4) for v in flagged),
+        map_units=MAP_UNITS[1] if spread is not None else MAP_UNITS[0],
     )
     if spread is not None:
         # Named by its content and written before the calibration that names it; the earlier spread is removed only
@@ -305,6 +305,12 @@ def calibrate_on_labelled(
         "tuning_cases": tuple(str(c.image_path.resolve()) for c in cases),
         "tuning_cases_sha256": tuple(sha256_file(c.image_path) for c in cases),
         "postprocessing": evaluations[0].sizes,
+        # An extent level chosen below the earlier threshold means nothing at this one: chosen again or not at all.
+        "extent_threshold": None,
+        "extent_method": None,
+        "extent_tuning_dice": None,
+        "extent_tuning_cases": None,
+        "extent_tuning_cases_sha256": None,
     }
     # A healthy calibration's references are kept; the threshold and its provenance are replaced.
     earlier = trained.calibration
@@ -319,3 +325,75 @@ def contrast_reference(ratios: list[float | None]) -> float | None:
     ratio was recorded)."""
     known = [v for v in ratios if v is not None]
     return float(np.median(known)) if known else None
+
+
+#: The extent levels tried, as fractions of the calibrated threshold (geometric: maps span decades).
+EXTENT_FRACTIONS = tuple(float(f) for f in np.geomspace(0.05, 1.0, 28))
+EXTENT_METHOD = "best pooled Dice of hysteresis below the calibrated threshold on labelled tuning cases"
+
+
+def calibrate_extent(
+    run_dir: str | Path,
+    sources: list[str | Path],
+    modality: str = "t2",
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+) -> Calibration:
+    """Choose the extent level of hysteresis delineation on labelled tuning cases, keeping the calibrated threshold.
+
+    The calibrated threshold (a healthy calibration's, say) stays the strict level that decides *where* a finding
+    is; the extent level decides *how far* it reaches: the level among :data:`EXTENT_FRACTIONS` × threshold whose
+    delineation has the best pooled Dice on the tuning cases. Saved in ``calibration.json`` with the tuning cases'
+    names and hashes (evaluate refuses to report on them). Never tune on the cases you will report.
+
+    Raises:
+        BrainuadError: A built-in model, a model with no calibration, tuning cases without voxel labels.
+    """
+    from tqdm import tqdm
+
+    from brainuad.data.datasets import find_labelled_cases
+    from brainuad.evaluate.labelled import evaluate_case
+    from brainuad.infer.postprocessing import segment
+    from brainuad.io.provenance import sha256_file
+    from brainuad.io.shipped import refuse_builtin
+
+    refuse_builtin(run_dir, "calibrate")
+    run_dir = Path(run_dir)
+    trained = TrainedModel.load(run_dir, device)
+    if trained.calibration is None:
+        raise BrainuadError(f"{run_dir}: not calibrated: run 'brainuad calibrate --healthy DIR' first (the extent "
+                            "level is chosen below the calibrated threshold)")  # fmt: skip
+    strict = trained.calibration.threshold
+    cases = [c for source in sources for c in find_labelled_cases(source, modality)]
+    temporary = None if cache_dir else tempfile.TemporaryDirectory(prefix="brainuad-calibrate-")
+    cache = Path(cache_dir) if cache_dir else Path(temporary.name)
+    overlap = np.zeros(len(EXTENT_FRACTIONS))
+    total = np.zeros(len(EXTENT_FRACTIONS))
+    try:
+        for case in tqdm(cases, desc="calibrate", unit="case", disable=not progress):
+            evaluation = evaluate_case(trained, case, cache)
+            if not evaluation.has_voxels:
+                raise BrainuadError(f"{case.image_path}: no voxel labels; the extent level needs them")
+            lesion = evaluation.lesion > 0
+            for i, fraction in enumerate(EXTENT_FRACTIONS):
+                minimum = evaluation.sizes.min_component_voxels
+                labels, _ = segment(evaluation.anomaly, strict, minimum, strict * fraction)
+                predicted = labels > 0
+                overlap[i] += 2 * np.logical_and(predicted, lesion).sum()
+                total[i] += predicted.sum() + lesion.sum()
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+    dice = np.where(total > 0, overlap / np.maximum(total, 1), 0.0)
+    best = int(np.argmax(dice))  # ties: the lowest level (the first in the list)
+    calibration = dataclasses.replace(
+        trained.calibration,
+        extent_threshold=strict * EXTENT_FRACTIONS[best],
+        extent_method=f"{EXTENT_METHOD} ({EXTENT_FRACTIONS[best]:.3f} × the threshold)",
+        extent_tuning_dice=float(dice[best]),
+        extent_tuning_cases=tuple(c.name for c in cases),
+        extent_tuning_cases_sha256=tuple(sha256_file(c.image_path) for c in cases),
+    )
+    write_calibration(run_dir, calibration)
+    return calibration

@@ -169,6 +169,14 @@ def per_case_rows(
                 "lesion_ml_in_crop": float(e.lesion.sum() * e.voxel_ml) if e.has_voxels else float("nan"),
                 "lesion_ml_outside_crop": e.lesion_outside_crop * e.voxel_ml,
                 "predicted_ml": e.predicted_voxels * e.voxel_ml,
+                # Predicted / reference volume: 1 when the finding's volume is the lesion's (NaN without a lesion).
+                "volume_ratio": (e.predicted_voxels / float(e.lesion.sum()))
+                if e.has_voxels and e.lesion.sum()
+                else float("nan"),
+                # The share of the flagged volume in CSF (MNI template CSF probability > 0.5): normal anatomy.
+                "predicted_csf_share": (e.predicted_csf_voxels / e.predicted_voxels)
+                if e.predicted_voxels
+                else float("nan"),
                 "slices_counted": int(counted.sum()),
                 "slices_abnormal": int(e.slice_abnormal[counted].sum()),
                 "slice_auroc": metrics.auroc(e.slice_abnormal[counted], score[counted]),
@@ -290,6 +298,8 @@ def evaluate(
     config, calibration = trained.config, trained.calibration
     cases = [c for source in case_sources for c in find_labelled_cases(source, modality)]
     tune = [c for source in tune_sources or [] for c in find_labelled_cases(source, modality)]
+    refuse_duplicate_names(cases, "--cases")
+    refuse_duplicate_names(tune, "--tune-cases")
     refuse_overlap(cases, tune, calibration if not tune else None, run_dir)
     if not tune:
         threshold, source = trained.threshold(otherwise="pass --tune-cases")  # before the work
@@ -312,8 +322,9 @@ def evaluate(
             )
         grid = froc.thresholds_around(threshold)
         froc_tuning = [_froc_counts(e, grid) for e in tuned if e.has_voxels]
+        extent = trained.extent(threshold)  # the calibration's delineation, at its own threshold only
         for evaluation in tuned:
-            apply_threshold(evaluation, threshold)  # segmentation-based slice scores compete too
+            apply_threshold(evaluation, threshold, extent)  # segmentation-based slice scores compete too
         slice_score, choice = scores.default_slice_score(tuned, calibration)
         del tuned
         if healthy_sources:
@@ -323,7 +334,7 @@ def evaluate(
             evaluation = evaluate_case(trained, case, cache / "cases")
             if evaluation.has_voxels:
                 froc_reported.append(_froc_counts(evaluation, grid))
-            apply_threshold(evaluation, threshold)
+            apply_threshold(evaluation, threshold, extent)
             evaluations.append(evaluation)
             bar.update(1)
         bar.close()
@@ -334,6 +345,7 @@ def evaluate(
     warning = trained.banner
     summary = summarise(evaluations, threshold, source, seed, slice_score, choice, healthy)
     summary["froc"] = froc.summarise(froc_tuning, froc_reported, threshold)
+    summary["threshold"]["extent"] = extent
     summary.update(
         {
             "reconstruction_check": trained.reconstruction_check,
@@ -412,6 +424,23 @@ def _refuse_run_folder_as_output(run_dir: Path, out_dir: Path) -> None:
         )
 
 
+def refuse_duplicate_names(cases: list[LabelledCase], flag: str) -> None:
+    """Refuse two cases of one name (two folders holding ``case01``, say): each would be counted, and the per-case
+    table could not tell them apart.
+
+    Raises:
+        BrainuadError: Naming the duplicated case and both of its images.
+    """
+    first: dict[str, Path] = {}
+    for case in cases:
+        if case.name in first:
+            raise BrainuadError(
+                f"{flag}: two cases are named {case.name!r} ({first[case.name]} and {case.image_path}); each case "
+                "must have its own name"
+            )
+        first[case.name] = case.image_path
+
+
 def refuse_overlap(
     cases: list[LabelledCase], tune: list[LabelledCase], calibration: Calibration | None, run_dir: Path
 ) -> None:
@@ -430,6 +459,11 @@ def refuse_overlap(
             tuning[str(Path(path).resolve())] = f"{where} {path}"
         for digest, path in zip(calibration.tuning_cases_sha256 or (), calibration.tuning_cases):
             tuning[digest] = f"{where} {path}"
+    if calibration is not None and calibration.extent_tuning_cases_sha256:
+        # The cases the extent level was chosen on count as tuning cases too (by content: names are not kept).
+        where = f"{run_dir / CALIBRATION_FILE} extent tuning case"
+        for digest, name in zip(calibration.extent_tuning_cases_sha256, calibration.extent_tuning_cases or ()):
+            tuning[digest] = f"{where} {name}"
     if not tuning:
         return
     overlap = []

@@ -45,6 +45,7 @@ class CaseEvaluation:
     flagged: np.ndarray | None = None
     dice: float = float("nan")
     predicted_voxels: int = 0
+    predicted_csf_voxels: int = 0  # of those, in the MNI template's CSF (normal anatomy; issue #34)
     true_positive: int = 0
     slice_scores: dict = field(default_factory=dict, repr=False)  # name → per-slice score (scores.SLICE_SCORES)
     scan_scores: dict = field(default_factory=dict)  # name → value (scores.SCAN_SCORES)
@@ -155,12 +156,17 @@ def evaluate_case(trained: TrainedModel, case: LabelledCase, cache_dir: Path) ->
     return CaseEvaluation(slice_known=known, slice_abnormal=abnormal, **common)
 
 
-def apply_threshold(evaluation: CaseEvaluation, threshold: float) -> None:
-    """Segment at ``threshold`` (small components dropped): slice flags, Dice, predicted volume; frees the map."""
-    labels, count = segment(evaluation.anomaly, threshold, evaluation.sizes.min_component_voxels)
+def apply_threshold(evaluation: CaseEvaluation, threshold: float, extent: float | None = None) -> None:
+    """Segment at ``threshold`` (small components dropped; delineated down to ``extent`` by hysteresis when given):
+    slice flags, Dice, predicted volume; frees the map."""
+    labels, count = segment(evaluation.anomaly, threshold, evaluation.sizes.min_component_voxels, extent)
     predicted = labels > 0
     evaluation.flagged = predicted.any(axis=(0, 1))
     evaluation.predicted_voxels = int(predicted.sum())
+    if evaluation.grid is not None:
+        from brainuad.preprocess.templates import tissue_masks_on
+
+        evaluation.predicted_csf_voxels = int((predicted & tissue_masks_on(evaluation.grid)[0]).sum())
     scores.add_segmentation_scores(evaluation.slice_scores, labels, evaluation.voxel_ml)
     evaluation.scan_scores["lesion_ml"] = evaluation.predicted_voxels * evaluation.voxel_ml
     if evaluation.has_voxels:

@@ -40,6 +40,27 @@ class SliceReference:
     std: tuple[float, ...]
 
 
+#: How a healthy calibration's threshold is fitted (``calibration.json``'s ``method``).
+HEALTHY_METHOD = "healthy voxel false-positive rate"
+#: The largest threshold a calibration can produce: anomaly maps are residuals of scans scaled to 0…1, or those
+#: divided by a healthy spread floored at a quarter of its median (z-like units); 1e4 is far above either.
+MAX_THRESHOLD = 1e4
+#: What a calibration's threshold is measured in (``map_units``).
+MAP_UNITS = ("residual", "residual / healthy spread")
+
+
+def check_threshold(value: float) -> str | None:
+    """Why ``value`` cannot be an anomaly-map threshold (``None`` when it can): it must be finite, > 0 (the map is
+    >= 0, so 0 or less flags the whole brain) and at most :data:`MAX_THRESHOLD`."""
+    if not _is_number(value) or not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    if value <= 0:
+        return f"must be > 0 (anomaly maps are >= 0: {value:g} would flag the whole brain), got {value:g}"
+    if value > MAX_THRESHOLD:
+        return f"must be at most {MAX_THRESHOLD:g} (no calibration produces more; it would flag nothing), got {value:g}"
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Calibration:
     """The contents of ``calibration.json``; fields in the file's key order. ``None`` = not in the file.
@@ -64,6 +85,14 @@ class Calibration:
         residual_spread: Healthy calibration with ``--normalise-residual``: the file (in the model folder) of the
             healthy voxel-wise spread that divides every anomaly map; the threshold is in its units.
         residual_spread_sha256: That file's SHA-256 (a changed or swapped file is refused).
+        map_units: What the threshold is in: ``residual`` or ``residual / healthy spread`` (:data:`MAP_UNITS`);
+            ``None`` in files written before it was recorded.
+        extent_threshold: The lower level of hysteresis delineation (< ``threshold``): a finding seeded above the
+            threshold extends over its connected region above this level; ``None`` = the threshold alone.
+        extent_method: How ``extent_threshold`` was chosen, in words.
+        extent_tuning_dice: The pooled Dice of that delineation on the tuning cases it was chosen on.
+        extent_tuning_cases: The tuning images it was chosen on (names only).
+        extent_tuning_cases_sha256: Their content hashes (evaluate refuses to report on them).
         slice_score: Labelled calibration: the default slice score chosen on the tuning cases.
         slice_score_tuning_ap: Labelled calibration: each slice score's pooled AP on the tuning cases.
         tuning_dice: Labelled calibration: the pooled Dice at the threshold on the tuning cases.
@@ -87,6 +116,12 @@ class Calibration:
     healthy_flagged_ml: tuple[float, ...] | None = None
     residual_spread: str | None = None
     residual_spread_sha256: str | None = None
+    map_units: str | None = None
+    extent_threshold: float | None = None
+    extent_method: str | None = None
+    extent_tuning_dice: float | None = None
+    extent_tuning_cases: tuple[str, ...] | None = None
+    extent_tuning_cases_sha256: tuple[str, ...] | None = None
     slice_score: str | None = None
     slice_score_tuning_ap: Mapping[str, float] | None = None
     tuning_dice: float | None = None
@@ -95,9 +130,10 @@ class Calibration:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not _is_number(self.threshold) or not math.isfinite(self.threshold):
-            # A NaN threshold flags nothing and says so nowhere: never built, never written.
-            raise BrainuadError(f"a calibration's threshold must be a finite number, got {self.threshold!r}")
+        problem = check_threshold(self.threshold)
+        if problem:
+            # A NaN threshold flags nothing, a negative one everything, and neither says so: never built or written.
+            raise BrainuadError(f"a calibration's threshold {problem}")
 
     @property
     def source(self) -> str:
@@ -135,8 +171,9 @@ class Calibration:
         if not isinstance(data, dict):
             raise InputError(path, f"not a calibration (expected a JSON object, got {type(data).__name__})")
         threshold = data.get("threshold")
-        if not _is_number(threshold) or not math.isfinite(threshold):
-            raise InputError(path, f"'threshold' must be a finite number, got {threshold!r}; run 'brainuad calibrate'")
+        problem = check_threshold(threshold)
+        if problem:
+            raise InputError(path, f"'threshold' {problem}; run 'brainuad calibrate'")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         values: dict[str, Any] = {"threshold": float(threshold)}
         for key in known - {"threshold"}:
@@ -147,6 +184,7 @@ class Calibration:
             digest is not None and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest))
         ):
             raise _fail(path, "residual_spread_sha256", "a 64-digit hex SHA-256 beside 'residual_spread'", digest)
+        _check_values(values, path)
         return cls(**values, extra={k: v for k, v in data.items() if k not in known})
 
     def to_dict(self) -> dict[str, Any]:
@@ -235,6 +273,37 @@ def read_residual_spread(
     return spread
 
 
+def _check_values(values: dict[str, Any], path: str | Path | None) -> None:
+    """Refuse values no calibration can produce, and keys that only make sense together, naming the key."""
+    rate = values.get("false_positive_rate")
+    if rate is not None and not (math.isfinite(rate) and 0 < rate <= 1):
+        raise _fail(path, "false_positive_rate", "a share of voxels in (0, 1]", rate)
+    extent = values.get("extent_threshold")
+    if extent is not None and not (math.isfinite(extent) and 0 < extent <= values["threshold"]):
+        raise _fail(path, "extent_threshold", "a level in (0, threshold]", extent)
+    for key, high in (("tuning_dice", 1.0), ("max_healthy_ml", math.inf), ("extent_tuning_dice", 1.0)):
+        value = values.get(key)
+        if value is not None and not (math.isfinite(value) and 0 <= value <= high):
+            raise _fail(path, key, f"a number in [0, {high:g}]", value)
+    ratio = values.get("csf_to_white_matter")
+    if ratio is not None and not (math.isfinite(ratio) and 0 < ratio < 100):
+        raise _fail(path, "csf_to_white_matter", "a finite positive CSF / white-matter ratio", ratio)
+    if ratio is None and values.get("method") == HEALTHY_METHOD:
+        # Without it detect cannot tell a T1 scan given to a T2 model: a healthy calibration always records it.
+        raise _fail(path, "csf_to_white_matter", "the healthy scans' CSF / white-matter ratio", None)
+    units, spread = values.get("map_units"), values.get("residual_spread")
+    if units is not None and units not in MAP_UNITS:
+        raise _fail(path, "map_units", " or ".join(repr(u) for u in MAP_UNITS), units)
+    if units == MAP_UNITS[1] and spread is None:
+        # The threshold is in spread units: without the spread the raw map is compared with it.
+        raise _fail(path, "residual_spread", f"the spread file (map_units is {units!r})", None)
+    if units == MAP_UNITS[0] and spread is not None:
+        raise _fail(path, "map_units", f"{MAP_UNITS[1]!r} beside 'residual_spread'", units)
+    for key in ("healthy_scan_scores", "healthy_flagged_ml"):
+        if any(not math.isfinite(v) or v < 0 for v in values.get(key) or ()):
+            raise _fail(path, key, "finite numbers >= 0", values[key])
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -259,11 +328,13 @@ def _strings(key: str, value: Any, path: str | Path | None) -> tuple[str, ...]:
 
 def _parse(key: str, value: Any, path: str | Path | None) -> Any:
     """One known key's JSON value as its field's type (``value`` is not ``None``)."""
-    if key in ("method", "calibrated_on", "slice_score", "residual_spread", "residual_spread_sha256"):
+    if key in ("method", "calibrated_on", "slice_score", "residual_spread", "residual_spread_sha256", "map_units",
+               "extent_method"):  # fmt: skip
         if not isinstance(value, str):
             raise _fail(path, key, "a string", value)
         return value
-    if key in ("false_positive_rate", "csf_to_white_matter", "tuning_dice", "max_healthy_ml"):
+    if key in ("false_positive_rate", "csf_to_white_matter", "tuning_dice", "max_healthy_ml", "extent_threshold",
+               "extent_tuning_dice"):  # fmt: skip
         if not _is_number(value):
             raise _fail(path, key, "a number", value)
         return float(value)
@@ -271,7 +342,8 @@ def _parse(key: str, value: Any, path: str | Path | None) -> Any:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise _fail(path, key, "a count (an integer >= 0)", value)
         return value
-    if key in ("healthy_cases", "notes", "tuning_cases", "tuning_cases_sha256"):
+    if key in ("healthy_cases", "notes", "tuning_cases", "tuning_cases_sha256", "extent_tuning_cases",
+               "extent_tuning_cases_sha256"):  # fmt: skip
         return _strings(key, value, path)
     if key in ("healthy_scan_scores", "healthy_flagged_ml"):
         return _numbers(key, value, path)

@@ -176,7 +176,14 @@ def _write_report(staging: Path, name: str, summary: dict, warning: str | None) 
     calibration = summary.get("calibration") or {}
     notes = [
         f"Segmentation threshold <b>{summary['threshold']:.4g}</b> ({html.escape(str(summary['threshold_source']))})"
-        " — the one used for the segmentation panels, the lesion table and the volumes.",
+        " — the one used for the segmentation panels, the lesion table and the volumes."
+        + (
+            f" Each finding is delineated down to the extent level <b>{summary['extent_threshold']:.4g}</b> "
+            f"({html.escape(str(summary.get('extent_source')))}): a finding needs a voxel above the threshold, and "
+            "extends over the connected voxels above the extent level (hysteresis)."
+            if summary.get("extent_threshold") is not None
+            else ""
+        ),
         "Images are axial slices of the MNI crop in neurological view (the patient's right on the right, "
         "marked R/L and A/P); rows are labelled by MNI z in mm and the nearest slice of the input file.",
     ]
@@ -260,6 +267,8 @@ def write_detection(
             "scan_score_percentile_vs_healthy": detection.scan_percentile,
             "threshold": detection.threshold,
             "threshold_source": threshold_source or "given",
+            "extent_threshold": detection.extent,
+            "extent_source": _extent_source(trained) if detection.extent is not None else None,
             "calibration": _calibration_summary(trained),
             "lesion_count": detection.components,
             "lesion_volume_ml_native": float(sum(r["volume_ml_native"] for r in lesions)),
@@ -277,6 +286,17 @@ def write_detection(
         write_json(staging / "summary.json", summary)
         _write_report(staging, folder.name, summary, trained.report_warning)
     return folder
+
+
+def _extent_source(trained: TrainedModel) -> str:
+    """How the calibration's extent level was chosen, in words."""
+    calibration = trained.calibration
+    dice = calibration.extent_tuning_dice
+    return (
+        f"calibration.json ({calibration.extent_method}"
+        + (f"; pooled Dice {dice:.3f} on {len(calibration.extent_tuning_cases or ())} tuning cases" if dice else "")
+        + ")"
+    )
 
 
 def _calibration_summary(trained: TrainedModel) -> dict | None:
@@ -360,6 +380,8 @@ def detect_batch(
             common["postprocessing"] = to_dict(config.postprocessing)
         if orientation is not None:
             common["assumed_orientation"] = orientation  # recorded only when given: older findings are still reused
+        if trained.extent(threshold) is not None:
+            common["extent"] = trained.extent(threshold)  # recorded only when used: findings without it stay valid
         if trained.calibration is not None and trained.calibration.residual_spread_sha256:
             # Maps divided by a healthy spread are another map: never reuse findings made without it (or with another).
             common["residual_spread_sha256"] = trained.calibration.residual_spread_sha256

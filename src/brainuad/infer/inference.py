@@ -64,6 +64,7 @@ class Detection(Analysis):
     segmentation: np.ndarray
     components: int
     threshold: float
+    extent: float | None = None
 
 
 def scan_score(anomaly: np.ndarray, brain_mask: np.ndarray) -> float:
@@ -121,20 +122,21 @@ def analyse_case(
     )
 
 
-def segment_analysis(analysis: Analysis, threshold: float) -> Detection:
-    """Segment an analysed case at ``threshold``.
+def segment_analysis(analysis: Analysis, threshold: float, extent: float | None = None) -> Detection:
+    """Segment an analysed case at ``threshold`` (delineated by hysteresis down to ``extent`` when given).
 
     Raises:
         BrainuadError: A NaN threshold.
     """
     if math.isnan(threshold):
         raise BrainuadError("the threshold is NaN; give a number")
-    labels, count = segment(analysis.anomaly, threshold, analysis.sizes.min_component_voxels)
+    labels, count = segment(analysis.anomaly, threshold, analysis.sizes.min_component_voxels, extent)
     return Detection(
         **{f.name: getattr(analysis, f.name) for f in fields(Analysis)},
         segmentation=labels,
         components=count,
         threshold=float(threshold),
+        extent=None if extent is None else float(extent),
     )
 
 

@@ -126,8 +126,14 @@ def healthy_spread(
     return np.maximum(rms, floor).astype(np.float32)
 
 
-def segment(anomaly: np.ndarray, threshold: float, min_voxels: int = 20) -> tuple[np.ndarray, int]:
+def segment(
+    anomaly: np.ndarray, threshold: float, min_voxels: int = 20, extent: float | None = None
+) -> tuple[np.ndarray, int]:
     """Threshold, then keep 26-connected components of at least ``min_voxels`` voxels.
+
+    With ``extent`` (below ``threshold``): hysteresis, as in Canny's edges — a finding needs evidence at the strict
+    ``threshold`` (its seed), and its extent is the connected region above ``extent`` around that seed. No seed, no
+    finding: the lower level adds no finding of its own, it only delineates the ones the strict level found.
 
     Returns:
         The component labels (0 = background, 1…n) and n.
@@ -135,6 +141,10 @@ def segment(anomaly: np.ndarray, threshold: float, min_voxels: int = 20) -> tupl
     import cc3d
 
     binary = anomaly > threshold
+    if extent is not None and extent < threshold:
+        grown = cc3d.connected_components(anomaly > extent, connectivity=26)
+        seeds = np.unique(grown[binary])
+        binary = np.isin(grown, seeds[seeds > 0])
     if min_voxels > 1:
         binary = cc3d.dust(binary, threshold=min_voxels, connectivity=26, in_place=False)
     labels, count = cc3d.connected_components(binary, connectivity=26, return_N=True)

@@ -123,6 +123,15 @@ class TrainedModel:
             raise BrainuadError(f"{self.run_dir}: no threshold: the model is not calibrated; {hint}")
         return self.calibration.threshold, self.calibration.source
 
+    def extent(self, threshold: float) -> float | None:
+        """The hysteresis extent level that goes with ``threshold``: the calibration's, when ``threshold`` is the
+        calibrated one (the default operating point); ``None`` for any other threshold (typed or tuned elsewhere:
+        its own level, with no extent chosen for it)."""
+        calibration = self.calibration
+        if calibration is None or calibration.extent_threshold is None or threshold != calibration.threshold:
+            return None
+        return calibration.extent_threshold
+
     def check_case(self, case: PreprocessedCase, where: str | Path) -> None:
         """Refuse a preprocessed case on another crop grid than the model's (``where`` names it in the error)."""
         expected = self.config.model.input_shape
@@ -135,5 +144,6 @@ class TrainedModel:
         return analyse_case(self.model, case, self.calibration, self.device, self.config.postprocessing, self.spread)
 
     def detect(self, case: PreprocessedCase, threshold: float) -> Detection:
-        """:meth:`analyse`, then the segmentation at ``threshold`` (from :meth:`threshold`)."""
-        return segment_analysis(self.analyse(case), threshold)
+        """:meth:`analyse`, then the segmentation at ``threshold`` (from :meth:`threshold`), delineated by the
+        calibration's extent level when ``threshold`` is the calibrated one (:meth:`extent`)."""
+        return segment_analysis(self.analyse(case), threshold, self.extent(threshold))

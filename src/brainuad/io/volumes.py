@@ -462,5 +462,12 @@ def find_nifti_files(inputs: list[str | Path] | tuple[str | Path, ...]) -> list[
             found.append(item)
         else:
             raise InputError(item, "file not found")
-    unique: dict[Path, None] = dict.fromkeys(found)
-    return list(unique)
+    # The same file named twice (absolute and relative, through a symlink, in a folder and alone) would be computed
+    # twice into two output folders: refused, naming both.
+    seen: dict[Path, Path] = {}
+    for path in dict.fromkeys(found):
+        real = path.resolve()
+        if real in seen:
+            raise InputError(path, f"is the same file as {seen[real]}, given twice; give each scan once")
+        seen[real] = path
+    return list(seen.values())

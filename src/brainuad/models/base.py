@@ -133,9 +133,10 @@ class TrainingHooks:
         restoration model is judged on the tissue it restores, not on the empty background)."""
         return False
 
-    def self_check(self, x: torch.Tensor, brain: torch.Tensor) -> dict | None:
-        """A method's own test of having learned its task on held-out healthy scans ``x`` (``brain``: their masks),
-        added to the learned-nothing guard's verdict (eval mode); ``None``: the reconstruction check suffices."""
+    def self_check(self, x: torch.Tensor, brain: torch.Tensor, mean: torch.Tensor | None = None) -> dict | None:
+        """A method's own test of having learned its task on held-out healthy scans ``x`` (``brain``: their masks;
+        ``mean``: the training cohort's mean image), added to the learned-nothing guard's verdict (eval mode);
+        ``None``: the reconstruction check suffices."""
         return None
 
     def residual_scale(self) -> Any:
@@ -155,6 +156,8 @@ class FitContext:
         val_ids: Rows of the validation split.
         plan: ``plan(seed, epoch)`` → the epoch's batches (lists of rows), as the default loop draws them.
         load: ``load(rows, epoch, step)`` → the batch on the device, augmented as configured (seeded by its arguments).
+        raw: ``raw(rows)`` → the scans on the device as they are (no augmentation): validation, statistics.
+        learning_rate: ``learning_rate(step, total_steps)`` → the configured schedule's rate at a 0-based step.
         validation_loss: ``validation_loss(model, brain_only=False)`` → mean squared reconstruction error on the
             validation split (over the whole volume, or inside the brain only), in eval mode.
         log: Append one row (``epoch``, ``train_loss``, ``val_loss``, ``seconds``, ``volumes_per_s``, ``lr``) to
@@ -170,6 +173,8 @@ class FitContext:
     val_ids: list[int]
     plan: Callable[[int, int], list[list[int]]]
     load: Callable[[list[int], int, int], Any]
+    raw: Callable[[list[int]], Any]
+    learning_rate: Callable[[int, int], float]
     validation_loss: Callable[..., float]
     log: Callable[[dict], None]
     save: Callable[[Any, str], None]

@@ -79,7 +79,7 @@ class RestorationUNet3D(TrainingHooks, UNet3D):
         return True
 
     @torch.no_grad()
-    def self_check(self, x: torch.Tensor, brain: torch.Tensor) -> dict:
+    def self_check(self, x: torch.Tensor, brain: torch.Tensor, mean: torch.Tensor | None = None) -> dict:
         """Plant anomalies (a fixed seed) in held-out healthy scans and compare the error left inside them after
         restoration with the error of leaving them as they are: a model that restores nothing (the identity, which
         also reconstructs healthy scans perfectly) does not pass."""

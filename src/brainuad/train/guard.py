@@ -58,7 +58,7 @@ def reconstruction_check(
         mean_errors.append(masked_mse(image, mean, mask))
         others = [i for i in train_ids if i != index]
         nearest_errors.append(nearest_mse(image, mask, volumes, others) if others else math.nan)
-    own = _self_check(model, volumes, val_ids, val_masks, device)
+    own = _self_check(model, volumes, val_ids, val_masks, device, mean)
     model_mse = float(np.mean(model_errors))
     mean_mse = float(np.mean(mean_errors))
     note = None
@@ -70,8 +70,10 @@ def reconstruction_check(
     if kind is not None and not get_method(kind).learns:
         beats = None
         note = f"{kind}: a baseline with no learned reconstruction"
-    if own is not None and own.get("restores_planted_anomalies") is False:
-        beats = False  # reconstructing healthy scans well is not enough for a method that must also restore
+    if own is not None and (
+        own.get("restores_planted_anomalies") is False or own.get("segments_planted_anomalies") is False
+    ):
+        beats = False  # reconstructing healthy scans well is not enough for a method that must also restore/segment
     return {
         **(own or {}),
         "model_mse": model_mse,
@@ -84,14 +86,21 @@ def reconstruction_check(
 
 
 def _self_check(
-    model: nn.Module, volumes: np.ndarray, val_ids: list[int], val_masks: list[np.ndarray], device
+    model: nn.Module,
+    volumes: np.ndarray,
+    val_ids: list[int],
+    val_masks: list[np.ndarray],
+    device,
+    mean: np.ndarray | None = None,
 ) -> dict | None:
-    """The method's own check (:meth:`brainuad.models.base.TrainingHooks.self_check`) on the validation scans."""
+    """The method's own check (:meth:`brainuad.models.base.TrainingHooks.self_check`) on the validation scans,
+    given the cohort mean image to compare with."""
     if not hasattr(model, "self_check") or not val_ids:
         return None
     x = torch.from_numpy(np.stack([np.asarray(volumes[i], np.float32) for i in val_ids]))[:, None].to(device)
     brain = torch.from_numpy(np.stack(val_masks))[:, None].to(device)
-    return model.self_check(x, brain)
+    reference = None if mean is None else torch.from_numpy(np.asarray(mean, np.float32))[None, None].to(device)
+    return model.self_check(x, brain, mean=reference)
 
 
 def read_check(run_dir: str | Path, strict: bool = True) -> dict | None:
@@ -122,6 +131,13 @@ def banner_text(check: dict | None) -> str | None:
     """:func:`banner` for a check already read."""
     if not check or check.get("beats_mean_image") is not False:
         return None
+    if check.get("segments_planted_anomalies") is False:
+        return (
+            "WARNING: this model learned nothing: on held-out healthy scans with an anomaly of its held-out task "
+            f"planted, its score finds the planted voxels no better (AP {check['heldout_ap']:.3f}) than the distance "
+            f"from the cohort mean image does (AP {check['heldout_ap_mean_image']:.3f}); its anomaly map cannot show "
+            "lesions. Train longer or on more data."
+        )
     if check.get("restores_planted_anomalies") is False:
         return (
             "WARNING: this model learned nothing: on held-out healthy scans with planted anomalies, the error it "
@@ -140,7 +156,7 @@ def report_warning(check: dict | None) -> str | None:
     """The same verdict, worded for a findings or demo report (with the check's numbers), else ``None``."""
     if not isinstance(check, dict) or check.get("beats_mean_image") is not False:
         return None
-    if check.get("restores_planted_anomalies") is False:
+    if check.get("restores_planted_anomalies") is False or check.get("segments_planted_anomalies") is False:
         return banner_text(check).removeprefix("WARNING: ")
     numbers = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in check.items() if isinstance(v, float))
     return (

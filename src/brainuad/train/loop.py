@@ -46,6 +46,7 @@ from brainuad.train.runfolder import (
     append_log,
     write_summary,
 )
+from brainuad.train.step import learning_rate
 
 CPU = torch.device("cpu")
 
@@ -168,6 +169,8 @@ def _fit_context(run: Run, progress: bool) -> FitContext:
         val_ids=run.val_ids,
         plan=lambda seed, epoch: plan_batches(run.train_ids, tc.batch_size, seed, epoch, 0, 1, tc.steps_per_epoch),
         load=lambda ids, epoch, step: _load_batch(cache, ids, run.augmenter, tc.seed, epoch, step, device),
+        raw=lambda ids: _load_batch(cache, ids, None, tc.seed, 0, 0, device),
+        learning_rate=lambda step, total: learning_rate(tc, step, total),
         validation_loss=lambda model, brain_only=False: evaluate_loss(
             model, cache, run.val_ids, device, tc.batch_size, None, brain_only
         ),

@@ -1,0 +1,197 @@
+"""The fourth attack round (issue 35): errors that cross process boundaries, and calibration values no calibration can
+produce. Each class is tested at its cause (every error type, every calibration key), with the attack that found it.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import pytest
+
+from bad_inputs.corpus import OUTCOMES
+from brainuad.cli import main
+
+
+# ---- class 1: errors survive process boundaries; one bad scan fails alone ----
+def _error_types():
+    import brainuad.data.download  # noqa: F401  (registers DownloadError)
+    from brainuad.errors import BrainuadError
+
+    seen, stack = [], [BrainuadError]
+    while stack:
+        kind = stack.pop()
+        seen.append(kind)
+        stack.extend(kind.__subclasses__())
+    return seen
+
+
+@pytest.mark.parametrize("kind", _error_types(), ids=lambda k: k.__name__)
+def test_every_brainuad_error_pickles_whole(kind, tmp_path):
+    import inspect
+
+    params = [p for p in inspect.signature(kind.__init__).parameters.values() if p.name != "self"]
+    args = (
+        (tmp_path / "scan.nii.gz", "not a scan")
+        if [p.name for p in params[:2]] == ["path", "problem"]
+        else ("something went wrong",)
+    )
+    error = kind(*args)
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is kind and str(again) == str(error)
+    assert getattr(again, "path", None) == getattr(error, "path", None)
+
+
+def test_one_corrupt_scan_fails_alone_in_a_parallel_batch(world, tmp_path, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(world["good"], scans / "good.nii.gz")
+    (scans / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    out = tmp_path / "prep"
+    assert main(["preprocess", str(scans), "--out", str(out), "--preset", "paper-2mm", "--jobs", "2", "--quiet"]) == 1
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "BrokenProcessPool" not in text and "unexpected" not in text
+    assert "broken.nii.gz" in text and "1 done" in text and "1 failed" in text
+    assert (out / "good" / "image.nii.gz").is_file()  # the good scan is not taken down with the bad one
+    OUTCOMES[("corrupt file beside good (--jobs 2)", "preprocess")] = "fails alone"
+
+
+# ---- class 2: calibration values validated against what a calibration can produce ----
+def _calibrated_copy(world, tmp_path, edit):
+    run = tmp_path / "model"
+    shutil.copytree(world["run"], run)
+    path = run / "calibration.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return run
+
+
+def _drop(*keys):
+    return lambda d: [d.pop(k, None) for k in keys]
+
+
+@pytest.mark.parametrize(
+    ("label", "edit", "key"),
+    [
+        ("threshold -1", lambda d: d.update(threshold=-1), "threshold"),
+        ("threshold 0", lambda d: d.update(threshold=0), "threshold"),
+        ("threshold 1e300", lambda d: d.update(threshold=1e300), "threshold"),
+        ("false-positive rate 2", lambda d: d.update(false_positive_rate=2.0), "false_positive_rate"),
+        ("contrast reference NaN", lambda d: d.update(csf_to_white_matter=float("nan")), "csf_to_white_matter"),
+        ("contrast reference missing", _drop("csf_to_white_matter"), "csf_to_white_matter"),
+        ("contrast reference -1", lambda d: d.update(csf_to_white_matter=-1.0), "csf_to_white_matter"),
+        ("spread units, spread removed", lambda d: d.update(map_units="residual / healthy spread"), "residual_spread"),
+        ("unknown map units", lambda d: d.update(map_units="furlongs"), "map_units"),
+        ("negative healthy volume", lambda d: d.update(healthy_flagged_ml=[-3.0]), "healthy_flagged_ml"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_calibration_values_no_calibration_produces_are_refused(world, tmp_path, capsys, label, edit, key):
+    run = _calibrated_copy(world, tmp_path, edit)
+    out = tmp_path / "out"
+    code = main(["detect", str(world["good"]), "--model", str(run), "--out", str(out), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "calibration.json" in err and key in err and "Traceback" not in err, err
+    assert not out.exists() or not any(out.rglob("segmentation.nii.gz"))  # nothing computed on it
+    OUTCOMES[(f"calibration: {label}", "detect")] = "refused"
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "1e300"])
+def test_a_threshold_flag_no_map_can_use_is_refused(world, tmp_path, capsys, value):
+    out = tmp_path / "out"
+    args = ["detect", str(world["good"]), "--model", str(world["run"]), "--out", str(out), "--threshold", value]
+    assert main([*args, "--device", "cpu", "--quiet"]) == 2
+    assert "--threshold must be" in capsys.readouterr().err and not out.exists()
+    OUTCOMES[(f"--threshold {value}", "detect")] = "refused"
+
+
+def test_a_calibration_writes_its_map_units(world):
+    data = json.loads((world["run"] / "calibration.json").read_text())
+    assert data["map_units"] == "residual" and data["csf_to_white_matter"] > 0
+
+
+# ---- classes 4 and 6: filters, odd JSON and spreadsheet-made tables get clear errors before any compute ----
+def _dataset(root, description='{"Name": "d", "BIDSVersion": "1.10.0"}'):
+    anat = root / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    (anat / "sub-01_T2w.nii.gz").write_bytes(b"never read: the run stops before any scan is read")
+    (root / "dataset_description.json").write_text(description)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("label", "description", "filters", "message"),
+    [
+        ("description is a list", "[1, 2]", None, "must be a JSON object"),
+        ("filter query 'T2w'", None, {"T2w": {"run": "1"}}, "unknown query name(s) 'T2w'"),
+        ("filter query 't2'", None, {"t2": {"run": "1"}}, "unknown query name(s) 't2'"),
+    ],
+)
+def test_bids_inputs_that_would_be_misread_are_refused(tmp_path, capsys, label, description, filters, message):
+    bids = _dataset(tmp_path / "ds", *([description] if description else []))
+    args = ["bids", str(bids), str(tmp_path / "out"), "participant", "--model", "builtin:t2", "--quiet"]
+    if filters is not None:
+        (tmp_path / "filters.json").write_text(json.dumps(filters))
+        args += ["--bids-filter-file", str(tmp_path / "filters.json")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "unexpected" not in err, err
+    assert not (tmp_path / "out").exists()
+    OUTCOMES[(f"bids: {label}", "bids")] = "refused"
+
+
+def test_an_existing_output_description_that_is_a_list_is_not_a_traceback(tmp_path):
+    from brainuad.bids.participant import write_dataset_description
+    from brainuad.errors import OutputError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dataset_description.json").write_text("[]")
+    with pytest.raises(OutputError, match="holds another dataset"):
+        write_dataset_description(out, _dataset(tmp_path / "ds"))
+
+
+def test_participants_tsv_saved_by_a_spreadsheet_is_read_and_one_without_ids_refused(tmp_path):
+    from brainuad.bids.layout import participants_matching
+    from brainuad.errors import InputError
+
+    bids = _dataset(tmp_path / "ds")
+    (bids / "participants.tsv").write_bytes(
+        "\ufeffparticipant_id\tgroup\r\nsub-01\tcontrol\r\nsub-02\tpatient\r\n".encode()
+    )
+    assert participants_matching(bids, ["group=control"]) == {"01"}  # BOM and CRLF: as a text editor's file
+    (bids / "participants.tsv").write_text("subject\tgroup\nsub-01\tcontrol\n")
+    with pytest.raises(InputError, match="no 'participant_id' column"):
+        participants_matching(bids, ["group=control"])
+    OUTCOMES[("participants.tsv: BOM + CRLF", "train")] = "read"
+
+
+def test_one_scan_given_by_two_paths_is_refused(world, tmp_path, capsys, monkeypatch):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(world["good"], scans / "scan.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    args = ["detect", "scans/scan.nii.gz", str(scans / "scan.nii.gz"), "--model", str(world["run"]), "--out", str(out)]
+    assert main([*args, "--device", "cpu", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "given twice" in err and "Traceback" not in err and not out.exists()
+    OUTCOMES[("one file by two paths", "detect")] = "refused"
+
+
+def test_two_cases_of_one_name_are_refused_by_evaluate(world, tmp_path, capsys):
+    _, label = world["cases"][next(iter(world["cases"]))]
+    for folder in ("a", "b"):
+        case = tmp_path / folder / "case01"
+        case.mkdir(parents=True)
+        shutil.copy(world["good"], case / "case01_t2.nii.gz")
+        shutil.copy(label, case / "case01_seg.nii.gz")
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(world["run"]), "--cases", str(tmp_path / "a"), "--cases", str(tmp_path / "b")]
+    assert main([*args, "--out", str(out), "--device", "cpu", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "two cases are named 'case01'" in err and not out.exists()
+    OUTCOMES[("two cases of one name", "evaluate")] = "refused"
