@@ -532,8 +532,8 @@ def write_card(name: str, metrics: dict) -> str:
         "## Preprocessing",
         "",
         "`brainuad preprocess --preset paper-2mm`: deepbet skull stripping (skipped for skull-stripped input), rigid "
-        "registration to the MNI ICBM152 2009c template (T1 contrast), 80×96×48 crop at 2 mm, 0.5–99.5 percentile "
-        "scaling. `detect` applies the same to every input scan.",
+        "registration to the MNI ICBM152 2009a symmetric template (T1 contrast), 80×96×48 crop at 2 mm, 0.5–99.5 "
+        "percentile scaling. `detect` applies the same to every input scan.",
         "",
         "## Recipe",
         "",

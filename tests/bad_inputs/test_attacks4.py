@@ -195,3 +195,31 @@ def test_two_cases_of_one_name_are_refused_by_evaluate(world, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "two cases are named 'case01'" in err and not out.exists()
     OUTCOMES[("two cases of one name", "evaluate")] = "refused"
+
+
+# ---- class 7: the guarantee on identical outputs is the one the README states ----
+def test_outputs_across_thread_counts_are_recorded_and_never_reused(world, tmp_path, capsys):
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    out = tmp_path / "out"
+    args = ["detect", str(world["good"]), "--model", str(world["run"]), "--out", str(out), "--device", "cpu", "--quiet"]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert main(args) == 0
+        summary = json.loads(next(out.rglob("summary.json")).read_text())
+        assert summary["settings"]["torch_threads"] == 1
+        first = np.asarray(nib.load(str(next(out.rglob("segmentation.nii.gz")))).dataobj)
+        capsys.readouterr()
+        torch.set_num_threads(2)
+        assert main(args) == 0
+        assert "0 already finished" in capsys.readouterr().out  # recomputed with the other count, not reused
+        summary = json.loads(next(out.rglob("summary.json")).read_text())
+        assert summary["settings"]["torch_threads"] == 2
+        again = np.asarray(nib.load(str(next(out.rglob("segmentation.nii.gz")))).dataobj)
+        assert np.array_equal(first, again)  # the masks agree across thread counts (README)
+    finally:
+        torch.set_num_threads(threads)
+    OUTCOMES[("another thread count", "detect")] = "recomputed"

@@ -380,6 +380,13 @@ def test_extent_level_chosen_on_tuning_cases_delineates_at_the_calibrated_thresh
     assert summary["extent_threshold"] == pytest.approx(calibration["extent_threshold"])
     assert "hysteresis" in summary["extent_source"]
     assert "extent level" in next(detected.rglob("report.html")).read_text()
+    # MNI-grid outputs say so in their header (issue #36): the template's code (4, MNI152) and millimetres.
+    mni_files = [*detected.rglob("mni/*.nii.gz"), *(setup / "prep").glob("*/image.nii.gz")]
+    assert len(mni_files) >= 4
+    for path in mni_files:
+        header = nib.load(str(path)).header
+        assert (int(header["sform_code"]), int(header["qform_code"])) == (4, 4), path
+        assert header.get_xyzt_units()[0] == "mm", path
     # The case the extent was chosen on cannot be reported, even renamed.
     copy = tmp_path / "copies" / "renamed"
     shutil.copytree(setup / "tune" / "tune01", copy)

@@ -4,7 +4,7 @@ For a scan ``sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz`` the output folder gets,
 
 - ``sub-01_ses-1_desc-anomaly_map.nii.gz`` (the post-processed anomaly map), ``…_desc-lesions_mask.nii.gz`` (the
   segmentation) and ``…_desc-reconstruction_T2w.nii.gz``, in the scan's own space (its grid, affine, voxel order);
-- the same three with ``space-MNI152NLin2009cAsym`` (the model's MNI crop grid);
+- the same three with ``space-MNI152NLin2009aSym_res-N`` (the model's MNI crop grid at N mm);
 - a JSON sidecar beside each (``Sources``, the model, its weights hash, the threshold and where it came from).
 
 Each scan's whole findings folder (``brainuad detect``'s: report, slice scores, summary) lies in
@@ -27,8 +27,11 @@ from brainuad.io.files import atomic_path, read_json, write_json
 from brainuad.io.provenance import git_hash
 from brainuad.io.shards import Shard
 from brainuad.io.shipped import is_builtin, resolve_model_dir
+from brainuad.preprocess.templates import Grid
 
-MNI_SPACE = "MNI152NLin2009cAsym"
+#: The template brainuad registers to: nilearn's bundled ICBM152 2009a nonlinear symmetric T1 template
+#: (``mni_icbm152_t1_tal_nlin_sym_09a``), TemplateFlow's MNI152NLin2009aSym — not fMRIPrep's default 2009cAsym.
+MNI_SPACE = "MNI152NLin2009aSym"
 #: findings file → (entities after the scan's, suffix; the suffix ``None`` = the scan's own), and its description.
 DERIVATIVES = {
     "anomaly_map.nii.gz": ("desc-anomaly", "map", "Post-processed anomaly map |x - x̂| on the 0…1 intensity scale "
@@ -91,13 +94,13 @@ def _no_suffix(spec: str) -> str:
     raise ConfigError(f"{spec}: cannot tell which contrast the model was trained on; pass --suffix T1w|T2w|FLAIR")
 
 
-def derivative_names(scan: Scan) -> dict[str, str]:
-    """``findings-relative file → derivative file name`` for one scan (native, then MNI)."""
+def derivative_names(scan: Scan, resolution_mm: int) -> dict[str, str]:
+    """``findings-relative file → derivative file name`` for one scan (native, then MNI at ``resolution_mm``)."""
     names = {}
     for source, (entities, suffix, _) in DERIVATIVES.items():
         suffix = suffix or scan.suffix
         names[source] = f"{scan.prefix}_{entities}_{suffix}.nii.gz"
-        names[f"mni/{source}"] = f"{scan.prefix}_space-{MNI_SPACE}_{entities}_{suffix}.nii.gz"
+        names[f"mni/{source}"] = f"{scan.prefix}_space-{MNI_SPACE}_res-{resolution_mm}_{entities}_{suffix}.nii.gz"
     return names
 
 
@@ -163,7 +166,11 @@ def export_scan(scan: Scan, findings: Path, out: Path, bids_dir: Path) -> list[P
     }
     folder = out / scan.folder
     written = []
-    for relative, name in derivative_names(scan).items():
+    grid = Grid.from_dict(summary["preprocessing"]["grid"])
+    resolution = round(grid.spacing_mm)
+    mni_fields = {"Resolution": f"{resolution} mm isotropic: the model's crop of the template, "
+                                f"{'×'.join(map(str, grid.shape))} voxels"}  # fmt: skip
+    for relative, name in derivative_names(scan, resolution).items():
         target = folder / name
         sidecar = target.with_name(name.removesuffix(".nii.gz") + ".json")
         if sidecar.is_file() and read_json(sidecar).get("Sources") != [source]:
@@ -172,6 +179,8 @@ def export_scan(scan: Scan, findings: Path, out: Path, bids_dir: Path) -> list[P
         kind = relative.removeprefix("mni/")
         reference = MNI_SPACE if relative.startswith("mni/") else source  # the model's MNI crop grid, or the scan's
         fields = {"Description": description, **common, **EXTRA_FIELDS.get(kind, {}), "SpatialReference": reference}
+        if relative.startswith("mni/"):
+            fields.update(mni_fields)
         write_json(sidecar, fields)
         _link(findings / relative, target)
         written += [target, sidecar]

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from brainuad.config import PostprocessConfig, PreprocessConfig, replace, to_dict
 from brainuad.errors import BrainuadError, InputError
@@ -253,7 +254,7 @@ def write_detection(
         }
         protect = (input_volume.path,) if input_volume.path else ()
         for name, (array, order, dtype) in maps.items():
-            save_volume(Volume(array, case.grid.affine_array), staging / "mni" / name, dtype=dtype)
+            save_volume(Volume(array, case.grid.affine_array), staging / "mni" / name, dtype=dtype, mni=True)
             native = case.to_native(array, order=order)
             # Same geometry as the input file: its header, affine and voxel order.
             native = Volume(native.array, input_volume.affine, input_volume.source_axcodes, input_volume.header)
@@ -373,6 +374,9 @@ def detect_batch(
             "threshold": threshold,
             "weights_sha256": trained.weights_sha256,
             "preprocessing": to_dict(preprocess_config),
+            # Outputs are bit-identical for one thread count; another count may change the map's last bits
+            # (summation order), so a result made with another count is recomputed, never reused (README).
+            "torch_threads": torch.get_num_threads(),
         }
         if config.postprocessing != PostprocessConfig():
             # Recorded when not the paper's, so findings made with other sizes are never reused (and those made before

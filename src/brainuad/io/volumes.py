@@ -370,12 +370,17 @@ def _array_in_source_order(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     return array, affine
 
 
+#: NIfTI's sform/qform code for coordinates in the MNI152 template's space.
+MNI_XFORM_CODE = 4
+
+
 def save_volume(
     volume: Volume,
     path: str | Path,
     *,
     dtype: np.dtype | type | None = None,
     protect: tuple[str | Path, ...] = (),
+    mni: bool = False,
 ) -> Path:
     """Write ``volume`` to ``path`` in the voxel order of its source file, atomically.
 
@@ -384,6 +389,8 @@ def save_volume(
         path: Destination ``.nii``/``.nii.gz``.
         dtype: On-disk data type (default: that of ``volume.array``; bool is stored as uint8).
         protect: Paths that must never be overwritten (the inputs); writing onto one is an error.
+        mni: The array lies on an MNI grid (a crop of the template): the header says so (sform/qform code 4,
+            ``NIFTI_XFORM_MNI_152``) and gives millimetres.
 
     Returns:
         ``path``.
@@ -412,8 +419,14 @@ def save_volume(
     # The input's sform/qform codes describe its space; keep them as they are: an output never claims an orientation
     # its input did not have (an input without any keeps none). Without an input header: scanner space (1).
     known = volume.header is not None
+    if not known:
+        img.header.set_xyzt_units("mm", "sec")  # brainuad's affines are in millimetres
     sform_code = int(header["sform_code"]) if known else 1
     qform_code = int(header["qform_code"]) if known else 1
+    if mni:
+        # An array on an MNI crop grid: its coordinates are the template's (NIFTI_XFORM_MNI_152), in millimetres.
+        sform_code = qform_code = MNI_XFORM_CODE
+        img.header.set_xyzt_units("mm", "sec")
     img.set_sform(affine, code=sform_code)
     img.set_qform(affine, code=qform_code)
     img.header["scl_slope"] = np.nan  # written values are final; no scaling on read

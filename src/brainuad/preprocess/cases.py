@@ -75,8 +75,8 @@ def save_case(case: PreprocessedCase, folder: str | Path) -> Path:
     """Write a case folder atomically (built beside it under a temporary name, then renamed into place)."""
     folder = Path(folder)
     with atomic_folder(folder, LEGACY_CASE_FILES) as staging:
-        save_volume(case.image, staging / "image.nii.gz", dtype=np.float32)
-        save_volume(case.brain_mask, staging / "brain_mask.nii.gz", dtype=np.uint8)
+        save_volume(case.image, staging / "image.nii.gz", dtype=np.float32, mni=True)
+        save_volume(case.brain_mask, staging / "brain_mask.nii.gz", dtype=np.uint8, mni=True)
         if case.brain_mask_native is not None:
             save_volume(case.brain_mask_native, staging / "brain_mask_native.nii.gz", dtype=np.uint8)
         write_json(staging / "transform.json", {"grid": case.grid.to_dict(), **case.transform.to_dict()})

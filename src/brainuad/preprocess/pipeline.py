@@ -222,7 +222,7 @@ def preprocess_volume(
         },
         "preprocessing": to_dict(config),
         "skull_strip_method": method,
-        "template": f"MNI ICBM152 2009c ({config.template_contrast} contrast, nilearn)",
+        "template": f"MNI ICBM152 2009a symmetric ({config.template_contrast} contrast, nilearn)",
         "template_spacing_mm": template_spacing,
         "grid": grid.to_dict(),
         "intensity_range": [low + offset, high + offset],  # in the input's own units

@@ -1,4 +1,4 @@
-"""The MNI template (from nilearn's bundled ICBM152 2009c files) and the crop grids of the presets.
+"""The MNI template (from nilearn's bundled ICBM152 2009a symmetric files) and the crop grids of the presets.
 
 Everything here comes from installed packages, so preprocessing works offline and never reads ``../shared``.
 """
@@ -107,7 +107,7 @@ def _nilearn_volume(loader_name: str) -> Volume:
 
 @functools.lru_cache(maxsize=4)
 def mni_template(contrast: str = "t1") -> Volume:
-    """The 1 mm MNI ICBM152 2009c brain template (skull removed), intensities in [0, 1].
+    """The 1 mm MNI ICBM152 2009a symmetric brain template (skull removed), intensities in [0, 1].
 
     Args:
         contrast: ``t1`` (the template itself) or ``t2`` (a T2-like contrast synthesised from the template's
