@@ -32,7 +32,7 @@ from brainuad.io.volumes import (
     save_volume,
     write_json,
 )
-from brainuad.preprocess.cases import case_names
+from brainuad.preprocess.cases import PreprocessedCase, case_names
 from brainuad.preprocess.pipeline import BatchResult, DegradedInputWarning, _remove_stale_partials, preprocess_volume
 from brainuad.preprocess.qc import check_memory, contrast_warning, strong_contrast_mismatch
 
@@ -414,6 +414,30 @@ def detect_batch(
         return result
 
 
+def check_case_for_model(
+    case: PreprocessedCase, trained: TrainedModel, path: str | Path, allow_contrast_mismatch: bool = False
+) -> None:
+    """Refuse a preprocessed scan the model cannot read: another crop grid, or a contrast far from its calibration
+    scans' (CSF / white-matter ratio); a milder mismatch is a warning, recorded in the case's warnings.
+
+    Raises:
+        InputError: Naming ``path``.
+    """
+    trained.check_case(case, path)
+    calibration = trained.calibration
+    ratio = case.record.get("qc", {}).get("csf_to_white_matter")
+    reference = calibration.csf_to_white_matter if calibration else None
+    if not allow_contrast_mismatch and strong_contrast_mismatch(ratio, reference):
+        raise InputError(
+            path,
+            contrast_warning(ratio, reference)[0].removeprefix("QC: ")
+            + "; refusing it (use a model of this contrast, or pass --allow-contrast-mismatch to run anyway)",
+        )
+    for message in contrast_warning(ratio, reference):
+        case.record["warnings"].append(message)
+        warnings.warn(f"{path}: {message}", DegradedInputWarning, stacklevel=3)
+
+
 def _detect_one(
     path: Path,
     folder: Path,
@@ -434,19 +458,8 @@ def _detect_one(
     check_memory(path)  # from the header, before reading the voxels
     volume = load_volume(path, "image", orientation=common.get("assumed_orientation"))
     case = preprocess_volume(volume, preprocess_config, name=folder.name)
-    trained.check_case(case, path)
+    check_case_for_model(case, trained, path, allow_contrast_mismatch)
     calibration = trained.calibration
-    ratio = case.record.get("qc", {}).get("csf_to_white_matter")
-    reference = calibration.csf_to_white_matter if calibration else None
-    if not allow_contrast_mismatch and strong_contrast_mismatch(ratio, reference):
-        raise InputError(
-            path,
-            contrast_warning(ratio, reference)[0].removeprefix("QC: ")
-            + "; refusing it (use a model of this contrast, or pass --allow-contrast-mismatch to run anyway)",
-        )
-    for message in contrast_warning(ratio, calibration.csf_to_white_matter if calibration else None):
-        case.record["warnings"].append(message)
-        warnings.warn(f"{path}: {message}", DegradedInputWarning, stacklevel=3)
     if calibration is not None and calibration.reference_note:
         warnings.warn(f"{path}: note: {calibration.reference_note}", DegradedInputWarning, stacklevel=3)
     detection = trained.detect(case, threshold)

@@ -1,4 +1,5 @@
-"""Figures: PNG files drawn with matplotlib's non-interactive backend (the HTML pages: :mod:`brainuad.report.html`)."""
+"""Figures: PNG files drawn on :class:`matplotlib.figure.Figure` objects, never through pyplot, so no global
+backend is set (the HTML pages: :mod:`brainuad.report.html`)."""
 
 from __future__ import annotations
 
@@ -23,20 +24,25 @@ def plot_loss_curve(history: list[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def _pyplot():
-    import matplotlib
+class _Figures:
+    """pyplot's ``subplots`` without pyplot: :class:`matplotlib.figure.Figure` objects touch no global state, so
+    brainuad never changes a notebook's backend (nor needs a display) and a figure is freed when dropped."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def subplots(*args, figsize=None, layout=None, **kwargs):
+        from matplotlib.figure import Figure
 
-    return plt
+        fig = Figure(figsize=figsize, layout=layout)
+        return fig, fig.subplots(*args, **kwargs)
+
+
+def _pyplot() -> _Figures:
+    return _Figures()
 
 
 def _save(fig, path: str | Path) -> Path:
-    plt = _pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     return Path(path)
 
 

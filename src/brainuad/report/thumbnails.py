@@ -12,12 +12,10 @@ from brainuad.io.files import atomic_path
 def plot_thumbnail(image_slice: np.ndarray, anomaly_slice: np.ndarray, path: str | Path, title: str = "") -> Path:
     """A small axial thumbnail (RAS+ arrays, x then y; neurological view, anterior up): the scan in grey, the
     anomaly map in colour where above 0."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no global backend is touched
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.8, 2.0))
+    fig = Figure(figsize=(1.8, 2.0))
+    ax = fig.subplots()
     ax.imshow(np.rot90(image_slice), cmap="gray", interpolation="nearest")
     overlay = np.ma.masked_less_equal(np.rot90(anomaly_slice), 0)
     ax.imshow(overlay, cmap="hot", alpha=0.7, interpolation="nearest")
@@ -26,5 +24,4 @@ def plot_thumbnail(image_slice: np.ndarray, anomaly_slice: np.ndarray, path: str
     fig.tight_layout(pad=0.1)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     return Path(path)
