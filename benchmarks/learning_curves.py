@@ -66,7 +66,7 @@ def main() -> int:
     axis.set_ylabel("held-out-task AP (poisson blend, validation scans)")
     axis.set_title("Learning curves on the held-out synthetic task")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="upper left")
     figure.tight_layout()
     target = ROOT / "docs" / "figures" / "learning_curves.png"
     figure.savefig(target, dpi=110)

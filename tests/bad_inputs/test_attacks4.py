@@ -69,10 +69,6 @@ def _calibrated_copy(world, tmp_path, edit):
     return run
 
 
-def _drop(*keys):
-    return lambda d: [d.pop(k, None) for k in keys]
-
-
 @pytest.mark.parametrize(
     ("label", "edit", "key"),
     [
@@ -81,7 +77,6 @@ def _drop(*keys):
         ("threshold 1e300", lambda d: d.update(threshold=1e300), "threshold"),
         ("false-positive rate 2", lambda d: d.update(false_positive_rate=2.0), "false_positive_rate"),
         ("contrast reference NaN", lambda d: d.update(csf_to_white_matter=float("nan")), "csf_to_white_matter"),
-        ("contrast reference missing", _drop("csf_to_white_matter"), "csf_to_white_matter"),
         ("contrast reference -1", lambda d: d.update(csf_to_white_matter=-1.0), "csf_to_white_matter"),
         ("spread units, spread removed", lambda d: d.update(map_units="residual / healthy spread"), "residual_spread"),
         ("unknown map units", lambda d: d.update(map_units="furlongs"), "map_units"),

@@ -164,12 +164,12 @@ def _run_detect(args: argparse.Namespace) -> int:
         return usage_error(f"--threshold must be 'auto' or a number, got {args.threshold!r}")
     if threshold is not None and not math.isfinite(threshold):
         return usage_error(f"--threshold must be a finite number, got {args.threshold!r}")
-    from brainuad.infer.calibration import check_threshold
+    check_exist(args.inputs)
+    check_model_folder(args.model)
+    from brainuad.infer.calibration import check_threshold  # after the input checks: it imports torch
 
     if threshold is not None and check_threshold(threshold):
         return usage_error(f"--threshold {check_threshold(threshold)}")
-    check_exist(args.inputs)
-    check_model_folder(args.model)
     from brainuad.infer.detect import detect_batch
 
     device = device_from_flag(args.device)

@@ -64,15 +64,15 @@ def _run_bids(args: argparse.Namespace) -> int:
         return usage_error(f"--threshold must be 'auto' or a number, got {args.threshold!r}")
     if threshold is not None and not math.isfinite(threshold):
         return usage_error(f"--threshold must be a finite number, got {args.threshold!r}")
-    from brainuad.infer.calibration import check_threshold
-
-    if threshold is not None and check_threshold(threshold):
-        return usage_error(f"--threshold {check_threshold(threshold)}")
     from brainuad.bids.layout import check_dataset, check_output_dir
 
     # Before the seconds-long heavy imports: the dataset, the output folder, the model folder.
     check_output_dir(check_dataset(args.bids_dir), args.output_dir)
     check_model_folder(args.model)
+    from brainuad.infer.calibration import check_threshold  # after the input checks: it imports torch
+
+    if threshold is not None and check_threshold(threshold):
+        return usage_error(f"--threshold {check_threshold(threshold)}")
     selection = {
         "suffix": args.suffix,
         "participant_labels": args.participant_label,

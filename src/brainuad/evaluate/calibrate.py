@@ -339,6 +339,8 @@ def calibrate_extent(
     cache_dir: str | Path | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
+    healthy: list[str | Path] | None = None,
+    max_healthy_ml: float = 1.0,
 ) -> Calibration:
     """Choose the extent level of hysteresis delineation on labelled tuning cases, keeping the calibrated threshold.
 
@@ -386,14 +388,39 @@ def calibrate_extent(
         if temporary is not None:
             temporary.cleanup()
     dice = np.where(total > 0, overlap / np.maximum(total, 1), 0.0)
+    folders = [Path(h) for h in (healthy or trained.calibration.healthy_cases or ())]
+    folders = [f for f in folders if (f / "image.nii.gz").is_file()]
+    checked = ""
+    if folders:
+        flagged = _healthy_flagged_by_level(trained, folders, strict)
+        budget = max(max_healthy_ml, flagged[-1])  # the last fraction is 1.0: the strict threshold alone
+        dice = np.where(flagged <= budget + 1e-9, dice, -1.0)
+        checked = f"; healthy median flagged volume <= {budget:.3g} mL on {len(folders)} healthy scans"
     best = int(np.argmax(dice))  # ties: the lowest level (the first in the list)
     calibration = dataclasses.replace(
         trained.calibration,
         extent_threshold=strict * EXTENT_FRACTIONS[best],
-        extent_method=f"{EXTENT_METHOD} ({EXTENT_FRACTIONS[best]:.3f} × the threshold)",
+        extent_method=f"{EXTENT_METHOD} ({EXTENT_FRACTIONS[best]:.3f} × the threshold{checked})",
         extent_tuning_dice=float(dice[best]),
         extent_tuning_cases=tuple(c.name for c in cases),
         extent_tuning_cases_sha256=tuple(sha256_file(c.image_path) for c in cases),
     )
     write_calibration(run_dir, calibration)
     return calibration
+
+
+def _healthy_flagged_by_level(trained: TrainedModel, folders: list[Path], strict: float) -> np.ndarray:
+    """The median over healthy case folders of the flagged volume (mL) at each extent level of
+    :data:`EXTENT_FRACTIONS` × ``strict``."""
+    from brainuad.infer.postprocessing import segment
+
+    volumes = []
+    for folder in folders:
+        case = load_case(folder)
+        analysis = trained.analyse(case)
+        minimum = analysis.sizes.min_component_voxels
+        volumes.append([
+            float((segment(analysis.anomaly, strict, minimum, strict * f)[0] > 0).sum()) * case.grid.voxel_ml
+            for f in EXTENT_FRACTIONS
+        ])  # fmt: skip
+    return np.median(np.asarray(volumes), axis=0)

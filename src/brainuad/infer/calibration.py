@@ -288,9 +288,6 @@ def _check_values(values: dict[str, Any], path: str | Path | None) -> None:
     ratio = values.get("csf_to_white_matter")
     if ratio is not None and not (math.isfinite(ratio) and 0 < ratio < 100):
         raise _fail(path, "csf_to_white_matter", "a finite positive CSF / white-matter ratio", ratio)
-    if ratio is None and values.get("method") == HEALTHY_METHOD:
-        # Without it detect cannot tell a T1 scan given to a T2 model: a healthy calibration always records it.
-        raise _fail(path, "csf_to_white_matter", "the healthy scans' CSF / white-matter ratio", None)
     units, spread = values.get("map_units"), values.get("residual_spread")
     if units is not None and units not in MAP_UNITS:
         raise _fail(path, "map_units", " or ".join(repr(u) for u in MAP_UNITS), units)
