@@ -158,6 +158,12 @@ def detect(
         where = image
     case = preprocess_volume(volume, trained.config.preprocessing, name="scan")
     check_case_for_model(case, trained, where, allow_contrast_mismatch)
+    if threshold is not None:
+        from brainuad.errors import ConfigError
+        from brainuad.infer.calibration import check_threshold
+
+        if check_threshold(threshold):
+            raise ConfigError(f"threshold {check_threshold(threshold)}")
     threshold, _ = trained.threshold(threshold, "given", "pass threshold=VALUE")
     detection = trained.detect(case, threshold)
     native_labels = case.to_native(detection.segmentation, order=0)

@@ -175,3 +175,22 @@ def test_train_calibrate_detect_evaluate_on_tiny_volumes(tmp_path, skull_strippe
     assert main([*args, "--quiet", "--device", "cpu"]) == 0
     voxels = json.loads((evaluation / "summary.json").read_text())["voxels"]
     assert 0 <= voxels["ap_pooled"] <= 1
+
+
+def test_training_with_whole_epochs_ends_validated_and_saved(tmp_path):
+    """steps_per_epoch 0 (one pass over the training scans an epoch) and a validation interval longer than the run:
+    every epoch runs, the last step is validated, and the best weights exist (the learned-nothing check reads them)."""
+    from brainuad.config import Config, TrainConfig
+    from brainuad.train.loop import train
+    from tiny import write_cases
+
+    data = write_cases(tmp_path / "data", 5)
+    config = Config(
+        model=ModelConfig(kind="segment", stem_channels=4, channels=(8, 8),
+                          options={"patch_size": (16, 16, 16), "val_every_steps": 100}),
+        training=TrainConfig(epochs=3, batch_size=2, device="cpu", augment="off", val_fraction=0.4),
+    )  # fmt: skip
+    train([data], tmp_path / "run", config, progress=False)
+    curve = json.loads((tmp_path / "run" / "learning_curve.json").read_text())
+    assert [p["step"] for p in curve["points"]] == [6]  # 3 training scans, batch 2: 2 steps an epoch, 3 epochs
+    assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -390,13 +390,13 @@ def calibrate_extent(
     dice = np.where(total > 0, overlap / np.maximum(total, 1), 0.0)
     folders = [Path(h) for h in (healthy or trained.calibration.healthy_cases or ())]
     folders = [f for f in folders if (f / "image.nii.gz").is_file()]
-    checked = ""
+    checked = "; not checked on healthy scans (none found)"
     if folders:
         flagged = _healthy_flagged_by_level(trained, folders, strict)
         budget = max(max_healthy_ml, flagged[-1])  # the last fraction is 1.0: the strict threshold alone
         dice = np.where(flagged <= budget + 1e-9, dice, -1.0)
         checked = f"; healthy median flagged volume <= {budget:.3g} mL on {len(folders)} healthy scans"
-    best = int(np.argmax(dice))  # ties: the lowest level (the first in the list)
+    best = len(dice) - 1 - int(np.argmax(dice[::-1]))  # ties: the highest (strictest) level
     calibration = dataclasses.replace(
         trained.calibration,
         extent_threshold=strict * EXTENT_FRACTIONS[best],

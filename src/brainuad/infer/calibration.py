@@ -43,8 +43,9 @@ class SliceReference:
 #: How a healthy calibration's threshold is fitted (``calibration.json``'s ``method``).
 HEALTHY_METHOD = "healthy voxel false-positive rate"
 #: The largest threshold a calibration can produce: anomaly maps are residuals of scans scaled to 0…1, or those
-#: divided by a healthy spread floored at a quarter of its median (z-like units); 1e4 is far above either.
-MAX_THRESHOLD = 1e4
+#: divided by a healthy spread floored at a quarter of its median (a small spread makes large units); 1e8 is far
+#: above either, and still refuses what would flag nothing (1e300).
+MAX_THRESHOLD = 1e8
 #: What a calibration's threshold is measured in (``map_units``).
 MAP_UNITS = ("residual", "residual / healthy spread")
 
@@ -283,6 +284,8 @@ def _check_values(values: dict[str, Any], path: str | Path | None) -> None:
         raise _fail(path, "extent_threshold", "a level in (0, threshold]", extent)
     for key, high in (("tuning_dice", 1.0), ("max_healthy_ml", math.inf), ("extent_tuning_dice", 1.0)):
         value = values.get(key)
+        if key.endswith("dice") and value is not None and math.isnan(value):
+            continue  # undefined (tuning cases without lesion voxels): written so by calibrate, kept as read
         if value is not None and not (math.isfinite(value) and 0 <= value <= high):
             raise _fail(path, key, f"a number in [0, {high:g}]", value)
     ratio = values.get("csf_to_white_matter")

@@ -317,6 +317,7 @@ class Segment(Method):
         ``val_every_steps`` steps keeps the best weights and stops early; the curve (AP against CPU-seconds) goes
         to ``learning_curve.json``."""
         tc, options = context.config.training, model.options
+        device = context.device
         total = tc.epochs * (tc.steps_per_epoch or max(1, math.ceil(len(context.train_ids) / tc.batch_size)))
         optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         settings = TaskSettings(max_brain_fraction=options.max_task_fraction)
@@ -328,19 +329,21 @@ class Segment(Method):
         deadline = wall0 + 60 * options.time_budget_minutes if options.time_budget_minutes else None
         curve: list[dict] = []
         history: list[dict] = []
-        best, best_step, stale, step, running = -math.inf, 0, 0, 0, []
+        best, best_step, stale, step, running, saved = -math.inf, 0, 0, 0, [], False
         stopped = "steps"
-        epochs = math.ceil(total / max(1, tc.steps_per_epoch or total))
-        for epoch in range(1, epochs + 1):
+        for epoch in range(1, tc.epochs + 1):
             for ids in context.plan(tc.seed, epoch):
                 if step >= total:
                     break
-                volumes = context.load(ids, epoch, step)
                 if classes is not None:
+                    # Randomised from the scans as they are (the classes are theirs; the randomisation brings its
+                    # own blur, bias and noise), on the CPU where its generator lives, then moved to the device.
+                    raw = context.raw(ids).float().cpu()
                     volumes = torch.stack([
-                        randomise_contrast(volumes[i, 0].float(), classes[r], generator)[None]
-                        for i, r in enumerate(ids)
-                    ]).to(volumes.dtype)  # fmt: skip
+                        randomise_contrast(raw[i, 0], classes[r], generator)[None] for i, r in enumerate(ids)
+                    ]).to(device)  # fmt: skip
+                else:
+                    volumes = context.load(ids, epoch, step)
                 patches = sample_patches(volumes.float(), options.patch_size, generator)
                 torch.manual_seed(tc.seed * 1_000_003 + step)
                 corrupted, labels = plant_tasks(patches, options.training_tasks, settings)
@@ -368,9 +371,12 @@ class Segment(Method):
                     context.log(history[-1])
                     running = []
                     context.save(model, "last.safetensors")
-                    if ap > best:
-                        best, best_step, stale = ap, step, 0
+                    improved = math.isfinite(ap) and ap > best
+                    if improved or not saved:  # the first validation always saves: a run never ends without weights
                         context.save(model, "model.safetensors")
+                        saved = True
+                    if improved:
+                        best, best_step, stale = ap, step, 0
                     else:
                         stale += 1
                     if options.patience and stale >= options.patience:
@@ -383,6 +389,8 @@ class Segment(Method):
                     break
             if step >= total or stopped != "steps":
                 break
+        if not saved:  # no validation ran (no step at all): the initial weights, said so by the curve
+            context.save(model, "model.safetensors")
         context.record("learning_curve.json", {"holdout_task": options.holdout_task, "points": curve,
                                                 "best_step": best_step, "best_heldout_ap": best,
                                                 "stopped_by": stopped})  # fmt: skip
