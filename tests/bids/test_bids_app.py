@@ -106,10 +106,10 @@ def test_rerun_skips_finished_scans(app, capsys):
 def test_three_shards_at_once_write_the_same_files_as_one_run(app, capsys):
     out = app["bids"] / "derivatives" / "sharded"
     args = [*app["args"][:2], str(out), *app["args"][3:], *TINY]
-    import torch
-
-    # The unsharded run's thread count: outputs are bit-identical for one count (README), and the count is recorded.
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    # The unsharded run's thread count (recorded in its settings; another test may have changed this process's since):
+    # outputs are bit-identical for one count (README).
+    summary = json.loads(next((app["out"] / "findings").glob("*/summary.json")).read_text())
+    env = {**os.environ, "OMP_NUM_THREADS": str(summary["settings"]["torch_threads"])}
     jobs = [
         subprocess.Popen([sys.executable, str(RUNNER), *args, "--shard", f"{k}/3"], env=env, stderr=subprocess.PIPE)
         for k in range(3)
@@ -118,11 +118,18 @@ def test_three_shards_at_once_write_the_same_files_as_one_run(app, capsys):
     assert [job.returncode for job in jobs] == [0, 0, 0], errors
     assert _hashes(out) == _hashes(app["out"])
     # A SLURM array task takes its shard from the environment: task 1 of 0-2 has nothing left to do.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(summary["settings"]["torch_threads"])  # the count the finished results were made with
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("brainuad.preprocess.pipeline.estimate_transform", fixed_registration)
         for key, value in {"ID": "1", "COUNT": "3", "MIN": "0"}.items():
             patch.setenv(f"SLURM_ARRAY_TASK_{key}", value)
-        assert main(args) == 0
+        try:
+            assert main(args) == 0
+        finally:
+            torch.set_num_threads(threads)
     captured = capsys.readouterr()
     assert "shard 1/3" in captured.err and "0 done, 2 already finished" in captured.out
 
