@@ -254,6 +254,23 @@ def _within_healthy_budget(
     return threshold, volumes
 
 
+def _labelled_evaluations(trained: TrainedModel, cases: list, cache_dir: str | Path | None, progress: bool):
+    """Each labelled case's evaluation (map, lesion, sizes), one at a time, preprocessed into ``cache_dir`` (a
+    temporary folder, removed at the end, when ``None``)."""
+    from tqdm import tqdm
+
+    from brainuad.evaluate.labelled import evaluate_case
+
+    temporary = None if cache_dir else tempfile.TemporaryDirectory(prefix="brainuad-calibrate-")
+    cache = Path(cache_dir) if cache_dir else Path(temporary.name)
+    try:
+        for case in tqdm(cases, desc="calibrate", unit="case", disable=not progress):
+            yield evaluate_case(trained, case, cache)
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+
+
 def calibrate_on_labelled(
     run_dir: str | Path,
     sources: list[str | Path],
@@ -270,10 +287,9 @@ def calibrate_on_labelled(
     Raises:
         BrainuadError: A built-in model, tuning cases without voxel labels, unusable cases.
     """
-    from tqdm import tqdm
 
     from brainuad.data.datasets import find_labelled_cases
-    from brainuad.evaluate.labelled import apply_threshold, evaluate_case, tune_threshold
+    from brainuad.evaluate.labelled import apply_threshold, tune_threshold
     from brainuad.evaluate.scores import default_slice_score
     from brainuad.io.provenance import sha256_file
     from brainuad.io.shipped import refuse_builtin
@@ -282,16 +298,7 @@ def calibrate_on_labelled(
     run_dir = Path(run_dir)
     trained = TrainedModel.load(run_dir, device)
     cases = [c for source in sources for c in find_labelled_cases(source, modality)]
-    temporary = None if cache_dir else tempfile.TemporaryDirectory(prefix="brainuad-calibrate-")
-    cache = Path(cache_dir) if cache_dir else Path(temporary.name)
-    try:
-        evaluations = [
-            evaluate_case(trained, case, cache)
-            for case in tqdm(cases, desc="calibrate", unit="case", disable=not progress)
-        ]
-    finally:
-        if temporary is not None:
-            temporary.cleanup()
+    evaluations = list(_labelled_evaluations(trained, cases, cache_dir, progress))
     sweep = tune_threshold(evaluations)
     for evaluation in evaluations:
         apply_threshold(evaluation, sweep.threshold)
@@ -352,10 +359,8 @@ def calibrate_extent(
     Raises:
         BrainuadError: A built-in model, a model with no calibration, tuning cases without voxel labels.
     """
-    from tqdm import tqdm
 
     from brainuad.data.datasets import find_labelled_cases
-    from brainuad.evaluate.labelled import evaluate_case
     from brainuad.infer.postprocessing import segment
     from brainuad.io.provenance import sha256_file
     from brainuad.io.shipped import refuse_builtin
@@ -368,25 +373,18 @@ def calibrate_extent(
                             "level is chosen below the calibrated threshold)")  # fmt: skip
     strict = trained.calibration.threshold
     cases = [c for source in sources for c in find_labelled_cases(source, modality)]
-    temporary = None if cache_dir else tempfile.TemporaryDirectory(prefix="brainuad-calibrate-")
-    cache = Path(cache_dir) if cache_dir else Path(temporary.name)
     overlap = np.zeros(len(EXTENT_FRACTIONS))
     total = np.zeros(len(EXTENT_FRACTIONS))
-    try:
-        for case in tqdm(cases, desc="calibrate", unit="case", disable=not progress):
-            evaluation = evaluate_case(trained, case, cache)
-            if not evaluation.has_voxels:
-                raise BrainuadError(f"{case.image_path}: no voxel labels; the extent level needs them")
-            lesion = evaluation.lesion > 0
-            for i, fraction in enumerate(EXTENT_FRACTIONS):
-                minimum = evaluation.sizes.min_component_voxels
-                labels, _ = segment(evaluation.anomaly, strict, minimum, strict * fraction)
-                predicted = labels > 0
-                overlap[i] += 2 * np.logical_and(predicted, lesion).sum()
-                total[i] += predicted.sum() + lesion.sum()
-    finally:
-        if temporary is not None:
-            temporary.cleanup()
+    # One case's map at a time (the levels are scored as each case comes), not every case's at once.
+    for case, evaluation in zip(cases, _labelled_evaluations(trained, cases, cache_dir, progress)):
+        if not evaluation.has_voxels:
+            raise BrainuadError(f"{case.image_path}: no voxel labels; the extent level needs them")
+        lesion = evaluation.lesion > 0
+        minimum = evaluation.sizes.min_component_voxels
+        for i, fraction in enumerate(EXTENT_FRACTIONS):
+            predicted = segment(evaluation.anomaly, strict, minimum, strict * fraction)[0] > 0
+            overlap[i] += 2 * np.logical_and(predicted, lesion).sum()
+            total[i] += predicted.sum() + lesion.sum()
     dice = np.where(total > 0, overlap / np.maximum(total, 1), 0.0)
     folders = [Path(h) for h in (healthy or trained.calibration.healthy_cases or ())]
     folders = [f for f in folders if (f / "image.nii.gz").is_file()]

@@ -384,8 +384,9 @@ def detect_batch(
             common["postprocessing"] = to_dict(config.postprocessing)
         if orientation is not None:
             common["assumed_orientation"] = orientation  # recorded only when given: older findings are still reused
-        if trained.extent(threshold) is not None:
-            common["extent"] = trained.extent(threshold)  # recorded only when used: findings without it stay valid
+        extent = trained.extent(threshold)
+        if extent is not None:
+            common["extent"] = extent  # recorded only when used: findings without it stay valid
         if trained.calibration is not None and trained.calibration.residual_spread_sha256:
             # Maps divided by a healthy spread are another map: never reuse findings made without it (or with another).
             common["residual_spread_sha256"] = trained.calibration.residual_spread_sha256
