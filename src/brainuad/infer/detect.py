@@ -128,6 +128,7 @@ def _write_figures(staging: Path, detection: Detection, native: list[int], z_mm:
         slice_labels=[f"MNI z {z_mm[u]:+.0f} mm\nnative slice {native[u]}" for u in ranked],
         threshold=detection.threshold,
         affine=detection.case.grid.affine_array,
+        extent=detection.extent,
     )
     plot_slice_scores(detection.normality, staging / "figure_slice_scores.png", detection.calibrated, z_mm)
 

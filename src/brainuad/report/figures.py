@@ -98,6 +98,7 @@ def plot_detection_rows(
     slice_labels: list[str] | None = None,
     threshold: float | None = None,
     affine=None,
+    extent: float | None = None,
 ) -> Path:
     """The paper's Figure 3 layout: one row per axial slice — input, reconstruction, heatmap, segmentation.
 
@@ -109,6 +110,7 @@ def plot_detection_rows(
         threshold: The segmentation threshold, named in the segmentation column's title and marked on the colour
             bar, whose scale extends above it (:func:`heat_scale`).
         affine: The grid's voxel → world affine, for the L/R and A/P markers (RAS+ assumed when absent).
+        extent: The hysteresis extent level the segmentation grew to (named in the title), if any.
     """
     import numpy as np
 
@@ -117,6 +119,8 @@ def plot_detection_rows(
     fig, axes = plt.subplots(len(slices), 4, figsize=(11, 2.7 * len(slices)), squeeze=False, layout="constrained")
     vmax = heat_scale(anomaly, threshold)
     segmentation_title = "segmentation" if threshold is None else f"segmentation (map > {threshold:.3g})"
+    if threshold is not None and extent is not None:
+        segmentation_title = f"segmentation (seed > {threshold:.3g}, grown > {extent:.3g})"
     titles = ("input", "reconstruction", "anomaly heatmap |x − x̂|", segmentation_title)
     heat = None
     for row, u in enumerate(slices):
