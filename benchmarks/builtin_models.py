@@ -48,7 +48,7 @@ REFERENCE_SCAN = {"t2": "stroke/T2_head.nii.gz", "t1": "brats2018/Brats18_2013_3
                   "flair": "brats2018/Brats18_2013_3_1/Brats18_2013_3_1_flair.nii.gz"}  # fmt: skip
 #: The recipe of each shipped model: ``quick`` = ``brainuad train --recipe quick`` (the ae); otherwise a recipe of
 #: benchmarks/lesions.py, the learned method that measured best on that track's tuning cases (docs/results.md).
-RECIPE = {"t2": "restore", "t1": "quick", "flair": "intensity"}
+RECIPE = {"t2": "restore", "t1": "segment-cr", "flair": "intensity"}
 
 
 def _cpu_seconds() -> float:
@@ -114,6 +114,20 @@ def prepare_t1(out: Path, prep: Path | None, split_file: Path) -> tuple[list[Pat
     return [out / "split" / "train"], [out / "split" / "cal"], data
 
 
+def _previous_tuning_dice(name: str) -> dict[str, float]:
+    """The tuning cases' best pooled Dice of the model shipped as ``builtin:NAME`` until now (its installed
+    metrics.json), named ``RECIPE (previous builtin:NAME)``; empty when none is installed or it names no such Dice."""
+    path = BUILTIN / name / "metrics.json"
+    if not path.is_file():
+        return {}
+    metrics = json.loads(path.read_text())
+    source = metrics["evaluation"]["model"]["results_protocol"].get("threshold_source", "")
+    found = re.search(r"best pooled Dice \(([0-9.]+)\) on", source)
+    if not found:
+        return {}
+    return {f"{metrics['training']['recipe']['name']} (previous builtin:{name})": float(found.group(1))}
+
+
 def train_model(name: str, out: Path, train_dirs: list[Path], epochs: int | None, device: str = "cpu") -> dict:
     """Train the shipped model's recipe into ``out/run`` on every training scan: no validation split, so the
     calibration scans stay unseen. ``quick``: benchmarks/README.md measures it on held-out real T1 individuals."""
@@ -139,7 +153,8 @@ def train_model(name: str, out: Path, train_dirs: list[Path], epochs: int | None
             p.parent.name: read_json(p)["threshold"]["source"] for p in (out / name / "eval").glob("*/summary.json")
         }
         found = {m: re.search(r"best pooled Dice \(([0-9.]+)\) on", text) for m, text in sources.items()}
-        tuning_dice = dict(sorted(((m, float(f.group(1))) for m, f in found.items() if f), key=lambda kv: -kv[1]))
+        tuning_dice = {m: float(f.group(1)) for m, f in found.items() if f} | _previous_tuning_dice(name)
+        tuning_dice = dict(sorted(tuning_dice.items(), key=lambda kv: -kv[1]))
         if (trained / "log.csv").is_file():  # a resumed run: cost.json holds the last process only; log.csv every epoch
             import csv
 
@@ -150,7 +165,8 @@ def train_model(name: str, out: Path, train_dirs: list[Path], epochs: int | None
         return {
             "tuning_dice": tuning_dice,
             "epochs": summary["epochs_done"],
-            "steps": summary["epochs_done"] * tc["steps_per_epoch"],
+            # segment runs its own loop: summary.json counts its steps (its "epoch" is the whole run)
+            "steps": summary["epochs_done"] * (1 if config["model"]["kind"] == "segment" else tc["steps_per_epoch"]),
             "batch_size": tc["batch_size"],
             **cost,
             "device": "cpu",
@@ -200,6 +216,12 @@ def _held_out_mse(run: Path, train_dirs: list[Path], cal_dirs: list[Path]) -> di
         brain = torch.from_numpy(np.stack([c.brain_mask.array for c in cases]))[:, None]
         return {"kind": "restoration", "n": len(cases), **model.self_check(x, brain)}
     mean = np.mean([load_case(f).image.array for f in find_case_folders(train_dirs)], axis=0)
+    if model.config.kind == "segment":  # its own check: a held-out task, against |x − the mean training image|
+        cases = [load_case(f) for f in find_case_folders(cal_dirs)]
+        x = torch.from_numpy(np.stack([c.image.array for c in cases]))[:, None]
+        brain = torch.from_numpy(np.stack([c.brain_mask.array for c in cases]))[:, None]
+        check = model.self_check(x, brain, mean=torch.from_numpy(mean)[None, None])
+        return {"kind": "segmentation", "n": len(cases), **check}
     model_mse, mean_mse = [], []
     for folder in find_case_folders(cal_dirs):
         case = load_case(folder)
@@ -354,9 +376,7 @@ CARD_INTRO = {
         "4 anatomies never trained on ({cal_anatomies}).",
     ),
     "t1": (
-        "T1-weighted brain MRI: 3D residual autoencoder "
-        "(brainuad's quick recipe: dense latent, mean-image skip) on the "
-        "paper-2mm grid",
+        "T1-weighted brain MRI: {method} on the paper-2mm grid",
         "- **Training data**: {n_train} real healthy IXI T1 individuals from ../shared/data (IXI data only, CC BY-SA "
         "3.0, https://brain-development.org/ixi-dataset/; IXI's London sites, adults) — split: {split}; the exact "
         "training and calibration case names are in this folder's metrics.json.\n"
@@ -432,6 +452,31 @@ def _recipe_text(name: str, training: dict) -> str:
             + ", ".join(f"{method} {dice:.3f}" for method, dice in (training.get("tuning_dice") or {}).items())
             + " best pooled Dice; docs/results.md): a learned FLAIR model that beats thresholding is not there yet."
         )
+    if rm["kind"] == "segment":
+        options = rm.get("options") or {}
+        tasks = [t for t in options.get("tasks", ()) if t != options.get("holdout_task")]
+        randomised = options.get("contrast_randomise")
+        return (
+            f"`benchmarks/builtin_models.py {name}` (recipe `{training['recipe']['name']}` of "
+            f"benchmarks/lesions.py): a GroupNorm 3D U-Net ({rm['channels']} channels, stem {rm['stem_channels']}) "
+            "predicts, per voxel, how strongly a synthetic anomaly changed it (`brainuad.models.anomalies`: tasks "
+            + ", ".join(f"`{t}`" for t in tasks)
+            + f"; `{options.get('holdout_task')}` held out). "
+            + ("Each training scan is first given a random contrast (contrast randomisation: its three tissue "
+               "classes, a Gaussian mixture, get random intensities, blur, bias field and noise). " if randomised
+               else "")
+            + f"Random {'×'.join(str(v) for v in options.get('patch_size', ()))} patches, batch "
+            f"{training['batch_size']}, BCE (positive weight 10) + soft Dice inside the brain, AdamW lr {rt['lr']} "
+            f"after {rt['warmup_steps']} warm-up steps, constant; {training['steps']} steps until its "
+            f"{options.get('time_budget_minutes', 0):g}-minute budget. {round(100 * rt['val_fraction'])} % of the "
+            "training scans are held out for validation: the held-out task's AP on them every "
+            f"{options.get('val_every_steps')} steps picks the weights (no lesion is ever seen). Whole-volume "
+            "inference; anomaly map: the predicted score (0…1). Trained on "
+            f"{training.get('device', 'cpu')} in {training['wall_seconds'] / 60:.1f} min wall, "
+            f"{training['cpu_seconds'] / 60:.1f} min CPU, {training.get('threads', 1)} thread(s) on a 2-core x86 "
+            "machine shared with other jobs. Weights stored as float16 (cast to float32 on load)."
+            + _shipped_because(training)
+        )  # fmt: skip
     if rm["kind"] == "restore":
         options = rm.get("options") or {}
         post = training["recipe"].get("postprocessing")
@@ -474,6 +519,16 @@ def _check_text(check: dict) -> str:
             "No network, so no reconstruction check: the anomaly map is the preprocessed image itself (scaled to "
             "0…1 by its own 0.5–99.5 percentiles), the baseline every learned method must beat."
         )
+    if check.get("kind") == "segmentation":
+        ap, base = check["heldout_ap"], check["heldout_ap_mean_image"]
+        return (
+            f"Held-out healthy scans (the {check['n']} calibration scans, never trained on) with an anomaly of the "
+            f"task held out of training (`{check['heldout_task']}`) planted, a fixed seed, several draws per scan: "
+            f"the model's score finds the planted voxels at AP {ap:.3f} against {base:.3f} for the distance from the "
+            "mean training image. "
+            + ("The model segments anomalies it never trained on." if ap > base else
+               "The model does **not** beat the mean image on them: its anomaly maps are not to be trusted.")
+        )  # fmt: skip
     if check.get("kind") == "restoration":
         before, after = check["planted_mse_unrestored"], check["planted_mse_restored"]
         return (
@@ -501,6 +556,7 @@ METHOD_TITLE = {
     "scans)",
     "restore": "3D U-Net that restores synthetic anomalies (brainuad's `restore`, DISYRE family)",
     "ae": "3D residual autoencoder (brainuad's quick recipe: dense latent, mean-image skip)",
+    "segment": "3D U-Net segmenting synthetic anomalies (brainuad's `segment`, self-supervised anomaly segmentation)",
 }
 
 
@@ -627,6 +683,11 @@ def readme_facts() -> str:
         if mse.get("kind") == "baseline":
             check = (f"the `{training['recipe']['name']}` baseline, no network (best on the tuning cases among the "
                      f"{name.upper()} methods measured)")  # fmt: skip
+        elif mse.get("kind") == "segmentation":
+            ap, base = mse["heldout_ap"], mse["heldout_ap_mean_image"]
+            check = (f"`segment` (self-supervised anomaly segmentation); on its {mse['n']} held-out healthy "
+                     f"calibration scans it finds a held-out synthetic task at AP {ap:.3f} against {base:.3f} for "
+                     "the mean training image" + ("" if ap > base else " — it does **not** beat it"))  # fmt: skip
         elif mse.get("kind") == "restoration":
             kept = mse["planted_mse_restored"] / mse["planted_mse_unrestored"]
             check = (f"`restore` (synthetic-anomaly restoration); on its {mse['n']} held-out healthy calibration "

@@ -10,7 +10,8 @@ Real references. T2: IXI002 (healthy, HD-BET mask) and the MNI152 T2 template. F
 (healthy_other/synthsr-FLAIR_head, skull on: brainuad's skull strip gives its mask), the six BraTS 2018 FLAIRs and MS
 patient07's FLAIR (skull-stripped; the lesion label is removed from the mask, so only normal-appearing tissue
 counts). The simulated scans are 1 mm, skull-stripped (``skull=False``), one per BrainWeb anatomy, each with its own
-random sequence (T2 TSE or FLAIR with a CSF-nulling TI, 1.5 or 3 T), pose, bias field and noise.
+random sequence (T2 TSE or FLAIR with a CSF-nulling TI and an imperfect inversion, 1.5 or 3 T), pose, bias field and
+noise.
 """
 
 from __future__ import annotations

@@ -47,11 +47,11 @@ def test_demo_folder_is_reused_cleaned_or_refused(tmp_path):
     settings = {"minutes": 1.0, "seed": 0}
     out = tmp_path / "demo"
     assert prepare_folder(out, settings) is None and (out / STAMP).is_file()
-    (out / "runs" / "ae").mkdir(parents=True)
+    (out / "runs" / "segment").mkdir(parents=True)
     (out / "report.html").write_text("old")
     (out / "my-notes.txt").write_text("mine")
     # Same settings: the earlier run's record comes back and nothing is removed (finished stages are reused).
-    assert prepare_folder(out, settings)["settings"] == settings and (out / "runs" / "ae").is_dir()
+    assert prepare_folder(out, settings)["settings"] == settings and (out / "runs" / "segment").is_dir()
     # Other settings: what the demo wrote goes, what it did not write stays.
     assert prepare_folder(out, {**settings, "minutes": 2.0}) is None
     assert not (out / "runs").exists() and not (out / "report.html").exists()

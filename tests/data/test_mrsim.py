@@ -1,5 +1,7 @@
 """MR simulation from tissue labels: contrast physics, tissue order per contrast, reproducibility, lesion masks."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -43,11 +45,25 @@ def test_signal_equations():
     t2 = mrsim.Sequence("t2", 1.5, tr=4000.0, te=100.0)
     value = mrsim.signal(np.array([800.0]), np.array([80.0]), np.array([0.8]), t2)[0]
     assert value == pytest.approx(0.8 * (1 - np.exp(-4000 / 800)) * np.exp(-100 / 80))
-    flair = mrsim.draw_sequence(np.random.default_rng(0), "flair", 1.5)
-    csf = mrsim.TISSUES_1_5T[1]
-    nulled = mrsim.signal(csf[:1], csf[1:2], csf[2:3], flair)[0]
-    grey = mrsim.TISSUES_1_5T[2]
-    assert nulled < 0.2 * mrsim.signal(grey[:1], grey[1:2], grey[2:3], flair)[0]  # FLAIR: CSF dark
+    csf, white = mrsim.TISSUES_1_5T[1], mrsim.TISSUES_1_5T[3]
+
+    def ratio(sequence):  # CSF / white matter
+        def one(t):
+            return mrsim.signal(t[:1], t[1:2], t[2:3], sequence)[0]
+
+        return one(csf) / one(white)
+
+    for seed in range(20):
+        flair = mrsim.draw_sequence(np.random.default_rng(seed), "flair", 1.5)
+        assert 0.8 <= flair.efficiency <= 0.92
+        # Imperfect inversion: CSF darker than white matter, but not nulled (real FLAIR: 0.34-0.69 of WM).
+        assert 0.1 < ratio(flair) < 1.0
+    perfect = dataclasses.replace(flair, efficiency=1.0, ti=None)
+    assert perfect.ti is None and ratio(perfect) > 1.0  # no inversion: spin echo, CSF bright
+    perfect = dataclasses.replace(flair, efficiency=1.0)
+    tr, ti, t1 = perfect.tr, perfect.ti, csf[0]
+    expected = csf[2] * abs(1 - 2 * np.exp(-ti / t1) + np.exp(-tr / t1)) * np.exp(-perfect.te / csf[1])
+    assert mrsim.signal(csf[:1], csf[1:2], csf[2:3], perfect)[0] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

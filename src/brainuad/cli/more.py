@@ -28,7 +28,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "--minutes",
         type=float,
         default=5.0,
-        help="cap on the whole run, preprocessing included; training takes what is left, at least one epoch "
+        help="cap on the whole run, preprocessing included; training takes what is left, at least one step "
         "(default: 5)",
     )
     p.add_argument("--data", default=None, metavar="DIR", help="real data: DIR/healthy/ + labelled case folders")
@@ -50,7 +50,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.data is not None:
         check_exist([args.data], "data folder")
     from brainuad.demo import REAL_DATA_COMMANDS, run_demo
-    from brainuad.train.guard import banner_text
+    from brainuad.train.guard import banner_text, passed_text
 
     device = device_from_flag(args.device)
     result = run_demo(args.out, args.minutes, args.data, args.size, args.seed, device, progress=not args.quiet)
@@ -65,6 +65,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         warning = banner_text(summary.get("reconstruction_check"))
         if warning:
             print(f"demo: {name}: {warning} (A larger --minutes buys a larger cohort and longer training.)")
+        elif passed_text(summary.get("reconstruction_check")):
+            print(f"demo: {name}: {passed_text(summary.get('reconstruction_check'))}")
     print(f"demo: report -> {result.report}")
     print("To run the same chain on real data:\n" + REAL_DATA_COMMANDS)
     return EXIT_OK

@@ -6,7 +6,10 @@ healthy training cohort, but a simulation — no flow, no susceptibility, no fin
 Signal per tissue (Bloch steady state, perfect pulses):
 
 - spin echo (T2, PD, T1): ``S = PD · (1 − e^(−TR/T1)) · e^(−TE/T2)``;
-- inversion recovery (FLAIR, magnitude): ``S = PD · |1 − 2e^(−TI/T1) + e^(−TR/T1)| · e^(−TE/T2)``.
+- inversion recovery (FLAIR, magnitude): ``S = PD · |1 − (1 + a)e^(−TI/T1) + a·e^(−TR/T1)| · e^(−TE/T2)``, with an
+  inversion efficiency ``a`` below 1 (a perfect pulse is ``a = 1``). Real FLAIR never nulls CSF fully (B1
+  inhomogeneity, inflow of uninverted CSF, partial volume in thick slices): every real FLAIR here keeps CSF at 0.34–0.69
+  of white matter (benchmarks/README.md, "FLAIR"), which ``a`` drawn in :data:`SEQUENCE_RANGES` reproduces.
 
 Relaxation times (ms) and relative proton densities per BrainWeb label:
 
@@ -48,8 +51,8 @@ from brainuad.io.volumes import Volume, to_canonical
 
 CONTRASTS = ("t2", "pd", "t1", "flair")
 #: Bumped when the same seed simulates a different scan, so that results made from older scans are not reused
-#: (the demo names it among its settings). 2: native adult brain sizes.
-SIMULATION_VERSION = 2
+#: (the demo names it among its settings). 2: native adult brain sizes. 3: FLAIR's imperfect inversion (CSF not nulled).
+SIMULATION_VERSION = 3
 LABELS = ("background", "csf", "grey", "white", "fat", "muscle", "skin", "skull", "vessels", "connective",
           "dura", "marrow")  # fmt: skip
 BRAIN_LABELS = (1, 2, 3)
@@ -89,19 +92,21 @@ SEQUENCE_RANGES = {
     "t2": {"tr": (3000.0, 6000.0), "te": (80.0, 120.0)},  # T2 turbo spin echo
     "pd": {"tr": (2000.0, 4000.0), "te": (10.0, 30.0)},
     "t1": {"tr": (400.0, 600.0), "te": (8.0, 15.0)},  # T1 spin echo
-    "flair": {"tr": (8000.0, 11000.0), "te": (90.0, 140.0), "ti": (0.97, 1.03)},
+    "flair": {"tr": (8000.0, 11000.0), "te": (90.0, 140.0), "ti": (0.97, 1.03), "efficiency": (0.80, 0.92)},
 }
 
 
 @dataclass(frozen=True)
 class Sequence:
-    """One acquisition's contrast parameters (ms); ``ti`` only for FLAIR."""
+    """One acquisition's contrast parameters (ms); ``ti`` and the inversion ``efficiency`` (1: perfect) only matter
+    for FLAIR."""
 
     contrast: str
     field_t: float
     tr: float
     te: float
     ti: float | None = None
+    efficiency: float = 1.0
 
 
 def draw_sequence(rng: np.random.Generator, contrast: str, field_t: float | None = None) -> Sequence:
@@ -111,11 +116,12 @@ def draw_sequence(rng: np.random.Generator, contrast: str, field_t: float | None
     field_t = float(field_t if field_t is not None else rng.choice([1.5, 3.0]))
     ranges = SEQUENCE_RANGES[contrast]
     tr, te = float(rng.uniform(*ranges["tr"])), float(rng.uniform(*ranges["te"]))
-    ti = None
-    if contrast == "flair":  # TI that nulls CSF (Mz = 0 at TI), times a small error
+    ti, efficiency = None, 1.0
+    if contrast == "flair":  # TI meant to null CSF (Mz = 0 at TI for a perfect pulse), times a small error
         csf_t1 = tissue_table(field_t)[1, 0]
         ti = float(csf_t1 * np.log(2.0 / (1.0 + np.exp(-tr / csf_t1))) * rng.uniform(*ranges["ti"]))
-    return Sequence(contrast, field_t, tr, te, ti)
+        efficiency = float(rng.uniform(*ranges["efficiency"]))
+    return Sequence(contrast, field_t, tr, te, ti, efficiency)
 
 
 def tissue_table(field_t: float) -> np.ndarray:
@@ -129,8 +135,11 @@ def signal(t1: np.ndarray, t2: np.ndarray, pd: np.ndarray, sequence: Sequence) -
     """Steady-state magnitude signal for relaxation times ``t1``, ``t2`` (ms) and proton density ``pd``."""
     t1, t2, pd = (np.asarray(a, dtype=np.float64) for a in (t1, t2, pd))
     recovery = np.exp(-sequence.tr / t1)
-    inversion = 0.0 if sequence.ti is None else 1.0 - 2.0 * np.exp(-sequence.ti / t1)  # spin echo: no inversion
-    longitudinal = np.abs(inversion + recovery) if sequence.ti is not None else 1.0 - recovery
+    if sequence.ti is None:  # spin echo: no inversion
+        longitudinal = 1.0 - recovery
+    else:
+        a = sequence.efficiency
+        longitudinal = np.abs(1.0 - (1.0 + a) * np.exp(-sequence.ti / t1) + a * recovery)
     return pd * longitudinal * np.exp(-sequence.te / t2)
 
 

@@ -165,6 +165,7 @@ class FitContext:
         save: ``save(model, name)`` writes ``name`` (``model.safetensors`` = the best weights, ``last.safetensors``).
         record: ``record(name, data)`` writes a JSON file into the run folder.
         progress: Show progress bars.
+        deadline: A :func:`time.monotonic` time by which training should end (``train``'s ``deadline``), or ``None``.
     """
 
     config: Any
@@ -180,6 +181,7 @@ class FitContext:
     save: Callable[[Any, str], None]
     record: Callable[[str, dict], None]
     progress: bool = True
+    deadline: float | None = None
 
 
 @dataclass

@@ -148,7 +148,10 @@ class SegmentationUNet3D(TrainingHooks, nn.Module):
     @torch.no_grad()
     def self_check(self, x: torch.Tensor, brain: torch.Tensor, mean: torch.Tensor | None = None) -> dict:
         """The held-out task planted (a fixed seed) in held-out healthy scans: the model's AP on its voxels against
-        the AP of |x − the cohort mean image| (what a model that learned nothing individual would give)."""
+        the AP of |x − the cohort mean image| (what a model that learned nothing individual would give). The task is
+        planted :data:`CHECK_REPEATS` times in each scan (each a new draw), so a verdict on a few scans rests on more
+        than one anomaly each."""
+        x, brain = x.repeat(CHECK_REPEATS, 1, 1, 1, 1), brain.repeat(CHECK_REPEATS, 1, 1, 1, 1)
         labels, corrupted = heldout_batch(x, self.options, seed=0)
         scores = torch.cat([self.score(corrupted[i : i + 1]) for i in range(len(corrupted))])
         ap = label_ap(scores, labels, brain)
@@ -158,6 +161,11 @@ class SegmentationUNet3D(TrainingHooks, nn.Module):
             result["heldout_ap_mean_image"] = baseline
             result["segments_planted_anomalies"] = (ap > baseline) if math.isfinite(ap) else None
         return result
+
+
+#: Draws of the held-out task per validation scan in the final check (the verdict; validation during training plants
+#: one per scan, to keep its cost per step low).
+CHECK_REPEATS = 4
 
 
 def heldout_batch(x: torch.Tensor, options: SegmentOptions, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,7 +334,9 @@ class Segment(Method):
         val_labels, val_inputs = heldout_batch(val, options, seed=tc.seed + 1) if val is not None else (None, None)
         classes = self._classes(context) if options.contrast_randomise else None
         cpu0, wall0 = _cpu_seconds(), time.monotonic()
-        deadline = wall0 + 60 * options.time_budget_minutes if options.time_budget_minutes else None
+        deadlines = [wall0 + 60 * options.time_budget_minutes] if options.time_budget_minutes else []
+        deadlines += [context.deadline] if context.deadline is not None else []
+        deadline = min(deadlines) if deadlines else None  # the option's budget or the caller's, whichever ends first
         curve: list[dict] = []
         history: list[dict] = []
         best, best_step, stale, step, running, saved = -math.inf, 0, 0, 0, [], False
@@ -365,8 +375,10 @@ class Segment(Method):
                            "train_loss": float(np.mean(running))}  # fmt: skip
                     curve.append(row)
                     context.record("learning_curve.json", {"holdout_task": options.holdout_task, "points": curve})
+                    # "seconds": since the previous row (summary.json's train_seconds sums them).
+                    since = row["wall_seconds"] - (curve[-2]["wall_seconds"] if len(curve) > 1 else 0.0)
                     history.append({"epoch": step, "train_loss": row["train_loss"], "val_loss": 1 - ap,
-                                    "seconds": row["wall_seconds"], "volumes_per_s": step * tc.batch_size /
+                                    "seconds": round(since, 1), "volumes_per_s": step * tc.batch_size /
                                     max(row["wall_seconds"], 1e-6), "lr": lr})  # fmt: skip
                     context.log(history[-1])
                     running = []

@@ -152,6 +152,32 @@ def banner_text(check: dict | None) -> str | None:
     )
 
 
+def passed_text(check: dict | None) -> str | None:
+    """The run's check, worded for a report or the console when the model passed it, else ``None``."""
+    if not isinstance(check, dict) or check.get("beats_mean_image") is not True:
+        return None
+    if check.get("segments_planted_anomalies") is True:
+        return (
+            "This model passed its learned-something check: on held-out healthy scans with an anomaly of a task it "
+            f"never trained on ({check.get('heldout_task')}) planted, its score finds the planted voxels better (AP "
+            f"{check['heldout_ap']:.3f}) than the distance from the cohort mean image does (AP "
+            f"{check['heldout_ap_mean_image']:.3f})."
+        )
+    if check.get("restores_planted_anomalies") is True:
+        return (
+            "This model passed its learned-something check: on held-out healthy scans with planted anomalies, the "
+            f"error it leaves inside them ({check['planted_mse_restored']:.4g}) is below leaving them unrestored "
+            f"({check['planted_mse_unrestored']:.4g})."
+        )
+    if isinstance(check.get("model_mse"), float) and isinstance(check.get("mean_image_mse"), float):
+        return (
+            "This model passed its learned-something check: its reconstruction error inside the brain on held-out "
+            f"healthy scans ({check['model_mse']:.4g}) is below the cohort mean image's "
+            f"({check['mean_image_mse']:.4g})."
+        )
+    return None
+
+
 def report_warning(check: dict | None) -> str | None:
     """The same verdict, worded for a findings or demo report (with the check's numbers), else ``None``."""
     if not isinstance(check, dict) or check.get("beats_mean_image") is not False:

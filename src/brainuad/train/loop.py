@@ -112,7 +112,7 @@ def train(
         return _finish_without_learning(run)
     if not run.method.resumable and (resume or run.world > 1):
         raise BrainuadError(f"{run.method.name} training runs on one device and cannot be resumed; start a new run")
-    outcome = run.method.fit(run.model, _fit_context(run, progress))
+    outcome = run.method.fit(run.model, _fit_context(run, progress, deadline))
     if outcome is not None:  # the method ran its own loop
         state = {"epoch": outcome.epochs, "best_val_loss": outcome.best_val_loss, "best_epoch": outcome.best_epoch}
         return _finish(run, state, outcome.history, in_sync=None)
@@ -158,7 +158,7 @@ def _finish(
     return TrainResult(run.run_dir, state["epoch"], state["best_val_loss"], state["best_epoch"], history)
 
 
-def _fit_context(run: Run, progress: bool) -> FitContext:
+def _fit_context(run: Run, progress: bool, deadline: float | None = None) -> FitContext:
     """What a method with its own loop (:meth:`brainuad.models.base.Method.fit`) may use of the run: the batches as
     the default loop draws them, validation, the log and the run folder's files."""
     tc, device, cache, run_dir = run.tc, run.device, run.cache, run.run_dir
@@ -178,6 +178,7 @@ def _fit_context(run: Run, progress: bool) -> FitContext:
         save=lambda model, name: save_weights(model, run_dir / name),
         record=lambda name, data: write_json(run_dir / name, data),
         progress=progress,
+        deadline=deadline,
     )
 
 
