@@ -155,7 +155,8 @@ def train_model(name: str, out: Path, train_dirs: list[Path], epochs: int | None
         found = {m: re.search(r"best pooled Dice \(([0-9.]+)\) on", text) for m, text in sources.items()}
         tuning_dice = {m: float(f.group(1)) for m, f in found.items() if f} | _previous_tuning_dice(name)
         tuning_dice = dict(sorted(tuning_dice.items(), key=lambda kv: -kv[1]))
-        if (trained / "log.csv").is_file():  # a resumed run: cost.json holds the last process only; log.csv every epoch
+        resumable = config["model"]["kind"] != "segment"  # segment's own loop never resumes: cost.json is whole
+        if resumable and (trained / "log.csv").is_file():  # resumed: cost.json holds the last process; log.csv all
             import csv
 
             with open(trained / "log.csv") as handle:
