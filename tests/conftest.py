@@ -35,6 +35,21 @@ def ellipsoid(
     return sum((g / r) ** 2 for g, r in zip(grid, radii_fraction)) <= 1.0
 
 
+@pytest.fixture(scope="session", autouse=True)
+def brainuad_cache_dir(tmp_path_factory):
+    """brainuad's cache folder (training volume caches) in a temporary folder, never the user's ~/.cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("brainuad-cache")
+    previous = os.environ.get("BRAINUAD_CACHE_DIR")
+    os.environ["BRAINUAD_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("BRAINUAD_CACHE_DIR", None)
+    else:
+        os.environ["BRAINUAD_CACHE_DIR"] = previous
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a network connection fails (shipped models must work offline)."""

@@ -101,7 +101,7 @@ def test_train_warns_and_calibrate_carries_the_banner_when_the_model_learned_not
     check = json.loads((run / "summary.json").read_text())["reconstruction_check"]
     assert check["beats_mean_image"] is False and check["val_cases"] == 1
     assert "learned nothing" in capsys.readouterr().err
-    validation = json.loads((run / "split.json").read_text())["val"]
+    validation = [str(run / p) for p in json.loads((run / "split.json").read_text())["val"]]  # relative to the run
     assert main(["calibrate", "--model", str(run), "--healthy", *validation, "--device", "cpu"]) == 0
     assert "learned nothing" in capsys.readouterr().err
 
@@ -110,7 +110,7 @@ def test_calibrating_on_training_scans_is_refused_unless_allowed(tmp_path, capsy
     data = write_cases(tmp_path / "data", 4)
     run = tmp_path / "run"
     assert main(["train", "--data", str(data), "--out", str(run), "--model", "normative", "--quiet"]) == 0
-    trained = json.loads((run / "split.json").read_text())["train"]
+    trained = [str(run / p) for p in json.loads((run / "split.json").read_text())["train"]]
     assert main(["calibrate", "--model", str(run), "--healthy", str(data), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "training split" in err and all(name.split("/")[-1] in err for name in trained)
@@ -159,7 +159,7 @@ def test_normative_model_fits_the_cohort_and_scores_z(tmp_path):
 
     model, config = load_model(run)
     assert config.model.kind == "normative" and config.model.input_shape == SHAPE
-    train_ids = json.loads((run / "split.json").read_text())["train"]
+    train_ids = [run / p for p in json.loads((run / "split.json").read_text())["train"]]
     from brainuad.io.volumes import load_volume
 
     cohort = np.stack([load_volume(f"{p}/image.nii.gz").array for p in train_ids])

@@ -7,6 +7,9 @@ For a scan ``sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz`` the output folder gets,
 - the same three with ``space-MNI152NLin2009aSym_res-N`` (the model's MNI crop grid at N mm);
 - a JSON sidecar beside each (``Sources``, the model, its weights hash, the threshold and where it came from).
 
+No absolute path is written: scans are ``bids:raw:`` URIs, ``DatasetLinks.raw`` is the raw dataset relative to the
+derivative dataset, and the model is ``builtin:NAME@VERSION+SHA`` or its run folder relative to the dataset.
+
 Each scan's whole findings folder (``brainuad detect``'s: report, slice scores, summary) lies in
 ``findings/<scan name>/``, listed in ``.bidsignore``. ``dataset_description.json`` says ``DatasetType: derivative``
 and ``GeneratedBy`` brainuad (version and git hash). A re-run skips scans finished with the same inputs and settings
@@ -24,9 +27,10 @@ from brainuad import __version__
 from brainuad.bids.layout import Scan, check_dataset, check_output_dir, read_filter_file, select_scans
 from brainuad.errors import BrainuadError, ConfigError, OutputError
 from brainuad.io.files import atomic_path, read_json, write_json
+from brainuad.io.portable import relative_path, resolve_relative
 from brainuad.io.provenance import git_hash
 from brainuad.io.shards import Shard
-from brainuad.io.shipped import is_builtin, resolve_model_dir
+from brainuad.io.shipped import PREFIX, is_builtin, resolve_model_dir
 from brainuad.preprocess.templates import Grid
 
 #: The template brainuad registers to: nilearn's bundled ICBM152 2009a nonlinear symmetric T1 template
@@ -80,7 +84,7 @@ def default_suffix(model: str | Path) -> str:
     found = set()
     try:
         for case in read_json(run / "split.json").get("train", []):
-            source = read_json(Path(case) / "record.json").get("input") or {}
+            source = read_json(resolve_relative(case, run) / "record.json").get("input") or {}
             name = Path(str(source.get("path", "") if isinstance(source, dict) else source)).name
             match = re.search(r"_(T1w|T2w|FLAIR)\.nii|-(T1|T2)\.nii", name)
             if match:
@@ -117,7 +121,9 @@ def write_dataset_description(out: Path, bids_dir: Path) -> None:
         makers = [g.get("Name") for g in generated if isinstance(g, dict)] if isinstance(generated, list) else []
         if "brainuad" not in makers:
             raise OutputError(out, "holds another dataset (its dataset_description.json is not brainuad's)")
-    raw = bids_dir.resolve().as_uri()
+    # The raw dataset relative to this one (a relative URI, as the BIDS spec allows for DatasetLinks): no absolute
+    # path of this machine, and it holds as long as both move together (derivatives/brainuad inside the dataset).
+    raw = relative_path(bids_dir.resolve(), out.resolve())
     description = {
         "Name": "brainuad anomaly detection",
         "BIDSVersion": "1.10.0",
@@ -125,7 +131,7 @@ def write_dataset_description(out: Path, bids_dir: Path) -> None:
         "GeneratedBy": [
             {"Name": "brainuad", "Version": __version__, "Description": f"git {git_hash() or 'unknown'}"}
         ],
-        "SourceDatasets": [{"URL": raw}],
+        "SourceDatasets": [{"URL": "bids:raw:"}],
         "DatasetLinks": {"raw": raw},
     }
     write_json(path, description)
@@ -145,6 +151,15 @@ def _link(source: Path, target: Path) -> None:
             shutil.copyfile(source, tmp)
 
 
+def _model_name(model: dict, findings: Path, out: Path) -> str:
+    """The model as a sidecar names it: ``builtin:NAME@VERSION+SHA``, or the run folder relative to the derivative
+    dataset's root (the findings summary names it relative to the findings folder)."""
+    name = str(model.get("name") or model.get("run_dir"))  # run_dir: findings of an older brainuad
+    if name.startswith(PREFIX) or Path(name).is_absolute():
+        return name
+    return Path(os.path.normpath(os.path.join(relative_path(findings, out), name))).as_posix()
+
+
 def export_scan(scan: Scan, findings: Path, out: Path, bids_dir: Path) -> list[Path]:
     """Write one scan's derivatives (NIfTI files and sidecars) from its findings folder; returns the files.
 
@@ -157,7 +172,7 @@ def export_scan(scan: Scan, findings: Path, out: Path, bids_dir: Path) -> list[P
     source = f"bids:raw:{Path(os.path.relpath(os.path.abspath(scan.path), os.path.abspath(bids_dir))).as_posix()}"
     common = {
         "Sources": [source],
-        "Model": summary["model"]["run_dir"],
+        "Model": _model_name(summary["model"], findings, out),
         "ModelWeightsSHA256": summary["model"]["weights_sha256"],
         "Threshold": summary["threshold"],
         "ThresholdSource": summary["threshold_source"],

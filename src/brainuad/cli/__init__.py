@@ -16,6 +16,7 @@ from brainuad.cli.apply import _add_calibrate, _add_detect, _add_evaluate
 from brainuad.cli.bids import _add_bids
 from brainuad.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from brainuad.cli.data import _add_download, _add_preprocess
+from brainuad.cli.export import _add_export
 from brainuad.cli.more import _add_demo, _add_models
 from brainuad.cli.train import _add_ablate, _add_train
 
@@ -42,6 +43,7 @@ def build_parser(methods: bool = True) -> argparse.ArgumentParser:
     _add_ablate(sub, methods)
     _add_demo(sub)
     _add_models(sub)
+    _add_export(sub)
     return parser
 
 

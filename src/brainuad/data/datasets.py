@@ -16,8 +16,10 @@ Layouts understood:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,12 +214,19 @@ class VolumeCache:
     An epoch then reads from the page cache instead of decompressing and validating NIfTI files; cohorts larger than
     memory still work (the OS pages volumes in and out).
 
+    The cache lives outside the run folder (a run folder is shared; the scans must not travel with it), in
+    ``<cache root>/training/<key>/`` (:func:`brainuad.io.portable.cache_root`), where the key is a hash of the
+    cases' image contents in order: different data never share a cache, and the same data (a resumed run) find
+    theirs. Concurrent runs are safe: the cache is built under an exclusive lock, used under a shared one, and
+    :meth:`remove` deletes it only when no other run uses it.
+
     Args:
         case_folders: Preprocessed cases; all must share one crop grid.
-        cache_file: ``.npy`` file to create (or reuse, when it matches the cases).
+        cache_file: ``.npy`` file to create (or reuse, when it matches the cases); default: in the cache root.
     """
 
-    def __init__(self, case_folders: list[Path], cache_file: str | Path):
+    def __init__(self, case_folders: list[Path], cache_file: str | Path | None = None):
+        import hashlib
         import json
 
         import numpy as np
@@ -228,33 +237,61 @@ class VolumeCache:
         self.case_folders = [Path(p) for p in case_folders]
         if not self.case_folders:
             raise InputError(None, "no cases to cache")
-        cache_file = Path(cache_file)
-        index_file = cache_file.with_suffix(".json")
         key = [sha256_file(p / "image.nii.gz") for p in self.case_folders]
-        first = load_volume(self.case_folders[0] / "image.nii.gz")
-        shape = (len(self.case_folders), *first.shape)
-        if cache_file.exists() and index_file.exists() and json.loads(index_file.read_text()).get("key") == key:
-            self.array = np.load(cache_file, mmap_mode="r")
-            return
+        if cache_file is None:
+            from brainuad.io.portable import cache_root
+
+            digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+            cache_file = cache_root() / "training" / digest / "volumes.npy"
+        cache_file = Path(cache_file)
+        self.path = cache_file
+        index_file = cache_file.with_suffix(".json")
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(cache_file.stem + ".partial.npy")
-        _check_free_space(cache_file.parent, int(np.prod(shape)) * 2)
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        _reserve(tmp)
-        for i, folder in enumerate(self.case_folders):
-            volume = first if i == 0 else load_volume(folder / "image.nii.gz")
-            if volume.shape != first.shape:
-                raise InputError(
-                    folder / "image.nii.gz",
-                    f"shape {volume.shape} differs from {first.shape} of {self.case_folders[0].name}; preprocess all "
-                    "scans with the same preset",
-                )
-            array[i] = volume.array.astype(np.float16)
-        array.flush()
-        del array
-        tmp.replace(cache_file)
-        index_file.write_text(json.dumps({"key": key, "cases": [str(p) for p in self.case_folders]}))
-        self.array = np.load(cache_file, mmap_mode="r")
+        self._lock = _CacheLock(cache_file.parent)
+        with self._lock.exclusive():  # one builder at a time; the others wait, then reuse its cache
+            if cache_file.exists() and index_file.exists() and json.loads(index_file.read_text()).get("key") == key:
+                self.array = np.load(cache_file, mmap_mode="r")
+                return
+            first = load_volume(self.case_folders[0] / "image.nii.gz")
+            shape = (len(self.case_folders), *first.shape)
+            tmp = cache_file.with_name(f"{cache_file.stem}.partial-{os.getpid()}.npy")
+            _check_free_space(cache_file.parent, int(np.prod(shape)) * 2)
+            try:
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+                _reserve(tmp)
+                for i, folder in enumerate(self.case_folders):
+                    volume = first if i == 0 else load_volume(folder / "image.nii.gz")
+                    if volume.shape != first.shape:
+                        raise InputError(
+                            folder / "image.nii.gz",
+                            f"shape {volume.shape} differs from {first.shape} of {self.case_folders[0].name}; "
+                            "preprocess all scans with the same preset",
+                        )
+                    array[i] = volume.array.astype(np.float16)
+                array.flush()
+                del array
+                index_file.unlink(missing_ok=True)
+                tmp.replace(cache_file)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            # Case names only: the cache is keyed by content, and no path of the data is needed to reuse it.
+            partial = index_file.with_name(f"{index_file.stem}.partial-{os.getpid()}.json")
+            partial.write_text(json.dumps({"key": key, "cases": [p.name for p in self.case_folders]}))
+            partial.replace(index_file)
+            self.array = np.load(cache_file, mmap_mode="r")
+
+    def remove(self) -> bool:
+        """Delete the cache (the training scans' copy), unless another run is using it now; ``True`` if deleted.
+
+        Called when training has finished: a resumed run builds it again. The memory-mapped array stays readable
+        in this process until it is dropped.
+        """
+        return self._lock.remove_if_unused(self.path, self.path.with_suffix(".json"))
+
+    def release(self) -> None:
+        """Stop using the cache without removing it (a DDP rank before rank 0 removes it)."""
+        self._lock.release()
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
@@ -262,6 +299,82 @@ class VolumeCache:
     @property
     def volume_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.array.shape[1:])  # type: ignore[return-value]
+
+
+class _CacheLock:
+    """Two ``flock`` files in the cache folder: ``.build.lock``, exclusive while one process checks, builds or
+    removes the cache (others wait, then reuse it); ``.use.lock``, shared while a run uses it, so that a remover
+    (which tries it exclusively, without waiting) leaves a cache another run still reads.
+
+    A lock file removed (with its cache) while another process was opening it is detected (its inode is no longer
+    the file's) and the lock taken again on the new file.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.use: int | None = None
+
+    def _lock(self, name: str, mode: int) -> int:
+        import fcntl
+
+        while True:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self.folder / name
+            handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            with contextlib.suppress(OSError):  # no locks on this file system (some network mounts): go unlocked
+                fcntl.flock(handle, mode)
+            try:
+                if os.stat(path).st_ino == os.fstat(handle).st_ino:
+                    return handle
+            except FileNotFoundError:
+                pass
+            os.close(handle)
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Build (or check) the cache alone in the block; the cache is then in use until :meth:`release`."""
+        import fcntl
+
+        build = self._lock(".build.lock", fcntl.LOCK_EX)
+        try:
+            yield
+            if self.use is None:
+                self.use = self._lock(".use.lock", fcntl.LOCK_SH)
+        finally:
+            os.close(build)
+
+    def remove_if_unused(self, *files: Path) -> bool:
+        """Delete ``files`` and the lock files when no other user holds the cache; always stop using it."""
+        import fcntl
+
+        if self.use is None:
+            return False
+        build = self._lock(".build.lock", fcntl.LOCK_EX)
+        try:
+            try:
+                fcntl.flock(self.use, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False  # another run uses it: that one removes the cache when it finishes
+            for path in files:
+                path.unlink(missing_ok=True)
+            for name in (".use.lock", ".build.lock"):
+                (self.folder / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()
+            return True
+        finally:
+            self.release()
+            os.close(build)
+
+    def release(self) -> None:
+        """Stop using the cache (another run may then remove it)."""
+        if self.use is not None:
+            os.close(self.use)
+            self.use = None
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.release()
 
 
 def _check_free_space(folder: Path, needed: int) -> None:

@@ -17,6 +17,7 @@ from brainuad.infer.calibration import HEALTHY_METHOD, MAP_UNITS, Calibration, S
 from brainuad.infer.inference import MIN_HEALTHY_REFERENCE_SCANS, scan_score
 from brainuad.infer.postprocessing import healthy_spread, slice_errors
 from brainuad.infer.trained import TrainedModel
+from brainuad.io.portable import relative_path, resolve_relative
 from brainuad.io.volumes import read_json
 from brainuad.preprocess.cases import load_case
 
@@ -38,7 +39,9 @@ def training_overlap(run_dir: str | Path, folders: list[Path]) -> list[str]:
     split_path = Path(run_dir) / "split.json"
     if not split_path.is_file():
         return []
-    trained = [Path(p) for p in read_json(split_path).get("train", [])]
+    from brainuad.train.runfolder import split_folders
+
+    trained = split_folders(read_json(split_path), "train", run_dir)
     trained_paths = {p.resolve() for p in trained}
     trained_digests = {d for d in map(_input_digest, trained) if d}
     return [
@@ -109,7 +112,9 @@ def calibrate(
     if healthy is None:
         if split is None or not split.get("val"):
             raise InputError(split_path, "no validation split recorded: pass the healthy scans to calibrate on")
-        healthy, origin = list(split["val"]), "the run's validation split"
+        from brainuad.train.runfolder import split_folders
+
+        healthy, origin = list(split_folders(split, "val", run_dir)), "the run's validation split"
     else:
         origin = "the healthy scans given"
     folders = find_case_folders(list(healthy))
@@ -187,7 +192,7 @@ def calibrate(
         false_positive_rate=false_positive_rate,
         threshold=threshold,
         calibrated_on=f"{len(folders)} healthy scans ({origin}; {held_out} held out from training)",
-        healthy_cases=tuple(str(f) for f in folders),
+        healthy_cases=tuple(relative_path(f, run_dir) for f in folders),  # relative: no path of this machine
         held_out_healthy_scans=held_out,
         notes=tuple(notes),
         slice_errors=reference if references else None,
@@ -309,7 +314,7 @@ def calibrate_on_labelled(
         "slice_score": slice_score,
         "slice_score_tuning_ap": choice.get("tuning_ap"),
         "tuning_dice": sweep.dice,
-        "tuning_cases": tuple(str(c.image_path.resolve()) for c in cases),
+        "tuning_cases": tuple(relative_path(c.image_path, run_dir) for c in cases),
         "tuning_cases_sha256": tuple(sha256_file(c.image_path) for c in cases),
         "postprocessing": evaluations[0].sizes,
         # An extent level chosen below the earlier threshold means nothing at this one: chosen again or not at all.
@@ -386,7 +391,9 @@ def calibrate_extent(
             overlap[i] += 2 * np.logical_and(predicted, lesion).sum()
             total[i] += predicted.sum() + lesion.sum()
     dice = np.where(total > 0, overlap / np.maximum(total, 1), 0.0)
-    folders = [Path(h) for h in (healthy or trained.calibration.healthy_cases or ())]
+    folders = [Path(h) for h in healthy] if healthy else [
+        resolve_relative(h, run_dir) for h in trained.calibration.healthy_cases or ()
+    ]
     folders = [f for f in folders if (f / "image.nii.gz").is_file()]
     checked = "; not checked on healthy scans (none found)"
     if folders:

@@ -343,6 +343,7 @@ def evaluate(
             temporary.cleanup()
 
     warning = trained.banner
+    final_dir = out_dir
     summary = summarise(evaluations, threshold, source, seed, slice_score, choice, healthy)
     summary["froc"] = froc.summarise(froc_tuning, froc_reported, threshold)
     summary["threshold"]["extent"] = extent
@@ -351,9 +352,10 @@ def evaluate(
             "reconstruction_check": trained.reconstruction_check,
             "warning": warning,
             "model": {
-                "run_dir": str(run_dir),
+                "name": trained.name(final_dir),  # builtin:NAME@VERSION+SHA, or the run relative to this folder
                 "kind": config.model.kind,
                 "weights_sha256": trained.weights_sha256,
+                "calibration_sha256": trained.calibration_sha256,
             },
             "reported_cases": [c.name for c in cases],
             "tuning_cases": [c.name for c in tune],
@@ -364,7 +366,6 @@ def evaluate(
     )
     # The whole folder is built aside and swapped into place: no file of an earlier run (per_lesion.csv) stays
     # beside the new ones, and a full disk leaves the earlier folder (or none), never one that only looks finished.
-    final_dir = out_dir
     with atomic_folder(final_dir, EVALUATION_OUTPUTS) as out_dir:
         write_json(out_dir / "summary.json", summary)
         healthy_scores = calibration.healthy_scores if calibration is not None else ()
@@ -447,6 +448,7 @@ def refuse_overlap(
     """Refuse reported cases that were used to choose the threshold — given as ``--tune-cases`` or recorded as the
     calibration's labelled tuning cases — matched by path and by content (SHA-256 of the image file), so a renamed
     copy of a tuning case is caught too."""
+    from brainuad.io.portable import resolve_relative
     from brainuad.io.provenance import sha256_file
 
     tuning: dict[str, str] = {}  # path or hash → how the tuning case is named
@@ -456,7 +458,7 @@ def refuse_overlap(
     if calibration is not None and calibration.tuning_cases:
         where = f"{run_dir / CALIBRATION_FILE} tuning case"
         for path in calibration.tuning_cases:
-            tuning[str(Path(path).resolve())] = f"{where} {path}"
+            tuning[str(resolve_relative(path, run_dir).resolve())] = f"{where} {path}"
         for digest, path in zip(calibration.tuning_cases_sha256 or (), calibration.tuning_cases):
             tuning[digest] = f"{where} {path}"
     if calibration is not None and calibration.extent_tuning_cases_sha256:

@@ -315,7 +315,11 @@ def held_out_healthy(trained: TrainedModel, sources: Sequence[str | Path], cache
     split_path = trained.run_dir / "split.json"
     split = read_json(split_path) if split_path.is_file() else {}
     calibrated_on = (trained.calibration.healthy_cases or ()) if trained.calibration else ()
-    seen = [*split.get("train", []), *split.get("val", []), *calibrated_on]
+    from brainuad.io.portable import resolve_relative
+    from brainuad.train.runfolder import split_folders
+
+    seen = [*split_folders(split, "train", trained.run_dir), *split_folders(split, "val", trained.run_dir)]
+    seen += [resolve_relative(p, trained.run_dir) for p in calibrated_on]
     used = {h for h in (_input_hash(Path(f)) for f in seen) if h}
     folders = healthy_case_folders(sources, trained.config, cache)
     overlap = sorted(f.name for f in folders if _input_hash(f) in used)

@@ -144,7 +144,7 @@ class Calibration:
     @property
     def simulated_reference(self) -> bool:
         """Whether every healthy reference scan was simulated (``sim-*`` cases, e.g. ``builtin:t2``'s)."""
-        return bool(self.healthy_cases) and all(str(c).startswith("sim-") for c in self.healthy_cases or ())
+        return bool(self.healthy_cases) and all(Path(str(c)).name.startswith("sim-") for c in self.healthy_cases or ())
 
     @property
     def reference_note(self) -> str | None:

@@ -263,7 +263,7 @@ def write_detection(
         _write_slice_table(staging / "slice_scores.csv", detection, native_slices, z_mm)
         _write_figures(staging, detection, native_slices, z_mm)
         summary = {
-            "input": case.record.get("input"),
+            "input": _portable_input(case.record.get("input"), folder),
             "scan_score": detection.scan_score,
             "scan_score_definition": "99.9th percentile of the post-processed anomaly map inside the brain",
             "scan_score_percentile_vs_healthy": detection.scan_percentile,
@@ -278,7 +278,12 @@ def write_detection(
             # One record per component (postprocessing.describe_lesions), largest first.
             "lesions": lesions,
             "most_abnormal_mni_slices": [int(u) for u in np.argsort(detection.normality)[:5]],
-            "model": {"run_dir": str(trained.run_dir), "weights_sha256": trained.weights_sha256},
+            # Named without an absolute path: builtin:NAME@VERSION+SHA, or the run folder relative to this folder.
+            "model": {
+                "name": trained.name(folder),
+                "weights_sha256": trained.weights_sha256,
+                "calibration_sha256": trained.calibration_sha256,
+            },
             "preprocessing": {
                 k: case.record.get(k) for k in ("preprocessing", "skull_strip_method", "qc", "grid", "warnings")
             },
@@ -288,6 +293,16 @@ def write_detection(
         write_json(staging / "summary.json", summary)
         _write_report(staging, folder.name, summary, trained.report_warning)
     return folder
+
+
+def _portable_input(record: dict | None, folder: Path) -> dict | None:
+    """The scan's input record with its path relative to the findings ``folder`` (no absolute path of this machine;
+    the content hash, which tells a re-run whether the scan changed, is kept)."""
+    if not isinstance(record, dict) or not record.get("path"):
+        return record
+    from brainuad.io.portable import relative_path
+
+    return {**record, "path": relative_path(record["path"], folder)}
 
 
 def _extent_source(trained: TrainedModel) -> str:

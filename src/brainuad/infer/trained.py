@@ -19,7 +19,7 @@ from torch import nn
 
 from brainuad.config import Config
 from brainuad.errors import BrainuadError, InputError
-from brainuad.infer.calibration import Calibration, read_calibration, read_residual_spread
+from brainuad.infer.calibration import CALIBRATION_FILE, Calibration, read_calibration, read_residual_spread
 from brainuad.infer.inference import Analysis, Detection, analyse_case, segment_analysis
 from brainuad.preprocess.cases import PreprocessedCase
 
@@ -79,6 +79,34 @@ class TrainedModel:
         from brainuad.io.provenance import sha256_file
 
         return sha256_file(self.run_dir / WEIGHTS_FILE)
+
+    @functools.cached_property
+    def calibration_sha256(self) -> str | None:
+        """SHA-256 of ``calibration.json`` (``None`` when the model was never calibrated)."""
+        from brainuad.io.provenance import sha256_file
+
+        path = self.run_dir / CALIBRATION_FILE
+        return sha256_file(path) if path.is_file() else None
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """The model's identity hash: SHA-256 over its weights' and its calibration's hashes (one model, one
+        operating point)."""
+        import hashlib
+
+        return hashlib.sha256(f"{self.weights_sha256}:{self.calibration_sha256 or ''}".encode()).hexdigest()
+
+    def name(self, base: str | Path) -> str:
+        """How records name the model, with no absolute path: ``builtin:NAME@VERSION+SHA`` for a shipped model (SHA:
+        the first 12 digits of :attr:`identity`), else the run folder relative to the folder ``base`` that holds
+        the record."""
+        if self.builtin:
+            from brainuad import __version__
+
+            return f"builtin:{self.run_dir.name}@{__version__}+{self.identity[:12]}"
+        from brainuad.io.portable import relative_path
+
+        return relative_path(self.run_dir, base)
 
     @functools.cached_property
     def reconstruction_check(self) -> dict | None:

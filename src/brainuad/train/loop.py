@@ -9,7 +9,11 @@ A run folder describes itself::
                          the latest checkpoint, for --resume (every ``checkpoint_minutes`` of wall time, and at the end)
     log.csv              one row per epoch;  loss_curve.png;  tensorboard/ (when tensorboard is installed)
     provenance.json      library versions, git hash, platform;  summary.json at the end
-    cache/               the training volumes as one memory-mapped float16 array
+
+The training volumes are cached as one memory-mapped float16 array outside the run folder (in brainuad's cache
+folder, ``$BRAINUAD_CACHE_DIR`` or ``~/.cache/brainuad``: :class:`brainuad.data.datasets.VolumeCache`), removed when
+training finishes and kept when it is interrupted, for ``--resume``. ``split.json`` names the case folders relative
+to the run folder: no file of a run folder holds an absolute path.
 
 Determinism: the shuffling and every augmentation draw are seeded from (seed, epoch, step, index), and checkpoints
 are taken at epoch ends, so on CPU an interrupted run resumed with ``--resume`` ends with the same weights bit for bit
@@ -154,7 +158,12 @@ def _finish(
             write_json(run.run_dir / "summary.json", {**summary, "stopped_at_time_budget": True})
     if run.world > 1:
         torch.distributed.barrier()
+        run.cache.release()  # rank 0 then removes it, unused
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if run.rank == 0:
+        # Training finished: the copy of the scans goes (a resumed run builds it again; an interrupted one keeps it).
+        run.cache.remove()
     return TrainResult(run.run_dir, state["epoch"], state["best_val_loss"], state["best_epoch"], history)
 
 

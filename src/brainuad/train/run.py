@@ -25,6 +25,7 @@ from brainuad.train.device import distributed, resolve_device
 from brainuad.train.runfolder import (
     absolute_split,
     lock_run_folder,
+    portable_split,
     prepare_run,
 )
 
@@ -98,14 +99,14 @@ def start_run(
     if rank == 0 and not resume:
         # Written before the cache: a run that fails while caching (disk full) can be resumed.
         save_config(config, run_dir / "config.json")
-        write_json(run_dir / "split.json", split)
+        write_json(run_dir / "split.json", portable_split(split, run_dir))
         write_json(
             run_dir / "provenance.json",
             {**provenance(), "augmentation": augmenter.description if augmenter else "off", "world_size": world},
         )
         if world > 1:
             torch.distributed.barrier()  # the other ranks read config.json and split.json now
-    cache = open_cache(cases, run_dir / "cache" / "volumes.npy", rank, world)
+    cache = open_cache(cases, rank, world)
     position = {p: i for i, p in enumerate(cases)}
     device = resolve_device(tc.device)
     if world > 1 and device.type == "cuda":
@@ -122,9 +123,10 @@ def start_run(
     )  # fmt: skip
 
 
-def open_cache(cases: list[str], path: Path, rank: int, world: int) -> VolumeCache:
-    """The volume cache, written by rank 0 and then opened by the others."""
-    cache = VolumeCache([Path(p) for p in cases], path) if rank == 0 else None
+def open_cache(cases: list[str], rank: int, world: int) -> VolumeCache:
+    """The volume cache (outside the run folder, keyed by the cases' contents: :class:`VolumeCache`), written by
+    rank 0 and then opened by the others."""
+    cache = VolumeCache([Path(p) for p in cases]) if rank == 0 else None
     if world > 1:
         torch.distributed.barrier()
-    return cache or VolumeCache([Path(p) for p in cases], path)
+    return cache or VolumeCache([Path(p) for p in cases])

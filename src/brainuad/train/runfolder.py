@@ -35,14 +35,48 @@ def resume_differences(saved: Config, given: Config) -> list[str]:
     ]
 
 
+#: ``split.json``'s ``paths`` when its case folders are written relative to the run folder (older runs: absolute, or
+#: relative to the working directory the run was started in).
+RELATIVE_TO_RUN = "relative to the run folder"
+
+
+def portable_split(split: dict, run_dir: Path) -> dict:
+    """The split as ``split.json`` holds it: case folders relative to the run folder (no absolute path of this
+    machine; a run folder moved together with its data still resumes)."""
+    from brainuad.io.portable import relative_path
+
+    fixed = {**split, "paths": RELATIVE_TO_RUN}
+    for part in ("train", "val"):
+        fixed[part] = [relative_path(p, run_dir) for p in split.get(part, [])]
+    return fixed
+
+
+def split_folders(split: dict, part: str, run_dir: str | Path) -> list[Path]:
+    """The case folders of one part (``train``, ``val``) of a run's ``split.json``, as paths from here (entries of
+    any version: relative to the run folder, absolute, or as written)."""
+    from brainuad.io.portable import resolve_relative
+
+    relative = split.get("paths") == RELATIVE_TO_RUN
+    return [resolve_relative(e, run_dir) if relative else Path(e) for e in split.get(part, [])]
+
+
 def absolute_split(split: dict, run_dir: Path) -> dict:
-    """The split with absolute case paths; older runs stored them relative to the working directory of the run."""
+    """The split with absolute case paths (in memory only: ``split.json`` holds them relative to the run folder);
+    older runs stored them absolute, or relative to the working directory of the run."""
     fixed = dict(split)
     for part in ("train", "val"):
         paths = []
         for entry in split.get(part, []):
             path = Path(entry)
-            if not path.is_absolute():
+            if split.get("paths") == RELATIVE_TO_RUN and not path.is_absolute():
+                path = run_dir / path
+                if not path.is_dir():
+                    raise InputError(
+                        run_dir / "split.json",
+                        f"case folder {entry} (relative to the run folder) is not found: the run folder was moved "
+                        "without its training data — move it back beside them to resume",
+                    )
+            elif not path.is_absolute():
                 found = [c for c in (path, run_dir / path) if c.is_dir()]
                 if not found:
                     raise InputError(
@@ -53,6 +87,7 @@ def absolute_split(split: dict, run_dir: Path) -> dict:
                 path = found[0]
             paths.append(str(path.resolve()))
         fixed[part] = paths
+    fixed.pop("paths", None)
     return fixed
 
 
