@@ -8,7 +8,7 @@ templates are the training set (with augmentation); IXI002, a real individual, i
 T1 scans instead: two more real individuals (IXI012, IXI015 — heads, skull-stripped by preprocessing) train with the
 two T1 templates, and IXI002's T1 is held out. The crop is the paper's field of view at 2 mm (``paper-2mm``,
 80×96×48) and the network has the paper's structure with fewer channels.
-``--synthetic N`` adds N synthetic healthy T2 scans (``brainuad.data.synthetic``) to the training set; ``--model
+``--synthetic N`` adds N synthetic healthy T2 scans (``brainuad.data.synthetic``) to the training set; ``--method
 spatial-ae`` trains the paper's spatial-latent variant (5×6×3 latent grid at 2 mm) instead of the dense one.
 Reported: the held-out scan's mean squared error inside the brain for (a) the model's reconstruction, (b) the mean
 training image — a model that learned nothing beyond the average brain does no better than (b) — and (c) the single
@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--latent", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--synthetic", type=int, default=0, help="add N synthetic healthy T2 scans to the training set")
-    parser.add_argument("--model", choices=["ae", "spatial-ae"], default="ae")
+    parser.add_argument("--method", choices=["ae", "spatial-ae"], default="ae", help="what to train (train --method)")
     parser.add_argument("--spatial-channels", type=int, default=16, help="channels of the spatial latent (spatial-ae)")
     parser.add_argument("--contrast", choices=sorted(SCANS), default="t2", help="which real healthy scans to use")
     parser.add_argument("--figure", type=Path, help="where to write the held-out panel (default OUT/held_out.png)")
@@ -177,7 +177,7 @@ def main() -> None:
                 args.latent,
                 args.threads,
                 args.synthetic,
-                args.model,
+                args.method,
                 args.spatial_channels,
                 args.figure,
                 args.contrast,

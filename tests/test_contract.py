@@ -91,9 +91,9 @@ def test_a_method_added_through_the_contract_trains_calibrates_and_detects(examp
     assert "example-gain" in capsys.readouterr().out
     common = ["--data", str(data), "--out", str(run), "--device", "cpu", "--quiet"]
     # A setting of another model is refused, naming the flag; the example's own flag is taken.
-    assert main(["train", "--model", "example-gain", "--kl-weight", "2", *common]) == 2
+    assert main(["train", "--method", "example-gain", "--kl-weight", "2", *common]) == 2
     assert "--kl-weight: not a setting of the 'example-gain' model" in capsys.readouterr().err
-    train = ["train", "--model", "example-gain", "--init-gain", "0.8", "--epochs", "3", "--lr", "0.05", *common]
+    train = ["train", "--method", "example-gain", "--init-gain", "0.8", "--epochs", "3", "--lr", "0.05", *common]
     assert main([*train, "--batch-size", "2", "--val-fraction", "0.5"]) == 0
     saved = json.loads((run / "config.json").read_text())
     assert saved["version"] == CONFIG_VERSION

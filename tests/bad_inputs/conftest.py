@@ -20,7 +20,7 @@ def world(skull_stripped_scan, tmp_path_factory):
         == 0
     )
     run = root / "model"
-    assert main(["train", "--data", str(root / "prep"), "--out", str(run), "--model", "intensity", "--quiet"]) == 0
+    assert main(["train", "--data", str(root / "prep"), "--out", str(run), "--method", "intensity", "--quiet"]) == 0
     assert main(["calibrate", "--model", str(run), "--healthy", str(root / "prep"), "--device", "cpu"]) == 0
     lesion = (data > np.percentile(data, 99)).astype(np.uint8)
     cases = {}

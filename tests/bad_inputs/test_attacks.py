@@ -42,7 +42,7 @@ def _detect(inputs, run, out, *extra) -> int:
 def tiny_ae(world, tmp_path_factory):
     """A tiny trained autoencoder (real weights to corrupt), one epoch on the world's case."""
     run = tmp_path_factory.mktemp("ae") / "run"
-    args = ["train", "--data", str(world["prep"]), "--out", str(run), "--model", "ae", "--latent", "4"]
+    args = ["train", "--data", str(world["prep"]), "--out", str(run), "--method", "ae", "--latent", "4"]
     args += ["--channels", "2", "2", "2", "2", "--stem-channels", "2", "--epochs", "1", "--batch-size", "1"]
     assert main([*args, "--augment", "off", "--device", "cpu", "--quiet"]) == 0
     return run
@@ -92,7 +92,7 @@ def test_concurrent_train_into_one_folder_is_locked(world, tmp_path, capsys):
     run.mkdir()
     with open(run / ".train.lock", "a+") as other:  # another train process holds the run folder
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        code = main(["train", "--data", str(world["prep"]), "--out", str(run), "--model", "intensity", "--quiet"])
+        code = main(["train", "--data", str(world["prep"]), "--out", str(run), "--method", "intensity", "--quiet"])
     assert code == 1
     assert "another 'brainuad train' is using this run folder" in capsys.readouterr().err
     assert not (run / "config.json").exists() and not (run / "log.csv").exists()
@@ -103,7 +103,7 @@ def test_train_on_a_full_disk_is_an_error_and_resumable(world, tmp_path, capsys,
     run = tmp_path / "run"
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1024**2))
-    args = ["train", "--data", str(world["prep"]), "--out", str(run), "--model", "intensity", "--quiet"]
+    args = ["train", "--data", str(world["prep"]), "--out", str(run), "--method", "intensity", "--quiet"]
     assert main(args) == 1
     assert "not enough disk space for the training cache" in capsys.readouterr().err
     assert (run / "config.json").is_file() and not (run / "cache" / "volumes.npy").exists()
@@ -274,7 +274,7 @@ def test_broken_weights(world, tiny_ae, tmp_path, capsys):
 
 def test_diverging_training_stops(world, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["train", "--data", str(world["prep"]), "--out", str(run), "--model", "ae", "--latent", "4", "--lr", "1e12"]
+    args = ["train", "--data", str(world["prep"]), "--out", str(run), "--method", "ae", "--latent", "4", "--lr", "1e12"]
     args += ["--channels", "2", "2", "2", "2", "--stem-channels", "2", "--epochs", "3", "--batch-size", "1"]
     assert main([*args, "--steps-per-epoch", "2", "--augment", "off", "--device", "cpu", "--quiet"]) == 1
     assert "training diverged at epoch" in capsys.readouterr().err
@@ -352,7 +352,7 @@ def test_calibrating_on_another_grid(world, tmp_path, capsys):
 def test_resume_from_another_working_directory(world, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(world["prep"].parent)
     run = tmp_path / "run"
-    assert main(["train", "--data", "prep", "--out", str(run), "--model", "intensity", "--quiet"]) == 0
+    assert main(["train", "--data", "prep", "--out", str(run), "--method", "intensity", "--quiet"]) == 0
     assert not Path(json.loads((run / "split.json").read_text())["train"][0]).is_absolute()  # relative to the run
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--data", str(world["prep"]), "--out", str(run), "--resume", "--quiet"]) == 0
@@ -479,7 +479,7 @@ def test_no_network(world, tmp_path):
     tiny += ["--epochs", "1", "--batch-size", "1", "--augment", "off", "--device", "cpu"]
     verbs = [
         ("preprocess", ["preprocess", str(world["good"]), "--out", str(tmp_path / "prep"), "--preset", "paper-2mm"]),
-        ("train", ["train", "--data", str(tmp_path / "prep"), "--out", run, "--model", "intensity", quiet]),
+        ("train", ["train", "--data", str(tmp_path / "prep"), "--out", run, "--method", "intensity", quiet]),
         ("calibrate", ["calibrate", "--model", run, "--healthy", str(tmp_path / "prep"), "--device", "cpu"]),
         ("detect", ["detect", str(world["good"]), "--model", run, "--out", str(tmp_path / "d"), "--device", "cpu"]),
         ("evaluate", ["evaluate", "--model", run, "--cases", str(case.parent), "--out", str(tmp_path / "e")]),

@@ -32,7 +32,7 @@ def app(tmp_path_factory):
         scan = bids / "sub-01" / "anat" / "sub-01_run-1_T2w.nii.gz"
         prep = ["preprocess", str(scan), "--out", str(root / "prep"), "--preset", "paper-2mm"]
         assert main([*prep, "--skull-strip", "none", "--template-contrast", "t2", "--quiet"]) == 0
-        train = ["train", "--model", "intensity", "--data", str(root / "prep"), "--out", str(root / "run")]
+        train = ["train", "--method", "intensity", "--data", str(root / "prep"), "--out", str(root / "run")]
         assert main([*train, *TINY]) == 0
         out = bids / "derivatives" / "brainuad"
         args = ["bids", str(bids), str(out), "participant", "--model", str(root / "run"), "--threshold", "0.6"]
@@ -175,7 +175,7 @@ def test_bad_input_is_refused_and_nothing_is_written_in_bids_dir(tmp_path, capsy
 
 def test_train_on_a_bids_dataset_chooses_scans_by_suffix_and_participants_tsv(app, tmp_path):
     run = tmp_path / "bidsrun"
-    args = ["train", "--data", str(app["bids"]), "--out", str(run), "--model", "intensity", "--suffix", "T2w"]
+    args = ["train", "--data", str(app["bids"]), "--out", str(run), "--method", "intensity", "--suffix", "T2w"]
     args += ["--participants-filter", "group=control", "--preset", "paper-2mm", "--skull-strip", "none", *TINY]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("brainuad.preprocess.pipeline.estimate_transform", fixed_registration)

@@ -26,7 +26,7 @@ def test_flags_default_to_the_recipe_and_override_it():
     assert quick.model == quick_recipe().model and quick.training.lr == 0.01
     assert quick.training.epochs == quick_recipe().training.epochs and quick.postprocessing.median_mm == 3.0
     # Another model than the recipe's family starts from the default network, with its own settings.
-    vae = _config_from_args(_train_args("--recipe", "quick", "--model", "vae", "--kl-weight", "0.1"))
+    vae = _config_from_args(_train_args("--recipe", "quick", "--method", "vae", "--kl-weight", "0.1"))
     assert vae.model.kind == "vae" and vae.model.options.kl_weight == 0.1 and not vae.model.mean_skip
     # Booleans get both spellings; choices come from the Literal types.
     assert _config_from_args(_train_args("--no-bf16", "--loss-mask")).training.bf16 is False
@@ -36,11 +36,25 @@ def test_flags_default_to_the_recipe_and_override_it():
 
 def test_a_setting_of_another_model_and_bad_values_are_refused():
     with pytest.raises(ConfigError, match="--kl-weight: not a setting of the 'dae' model"):
-        _config_from_args(_train_args("--model", "dae", "--kl-weight", "2"))
+        _config_from_args(_train_args("--method", "dae", "--kl-weight", "2"))
     with pytest.raises(ConfigError, match=r"training\.lr must be > 0"):
         _config_from_args(_train_args("--lr", "0"))
     with pytest.raises(ConfigError, match="must be >= 0"):
         _config_from_args(_train_args("--median-mm", "-1"))
+
+
+def test_train_chooses_its_method_with_method_and_refuses_model_naming_method(capsys):
+    # One meaning per flag (issue 36): --model names a trained model (calibrate, detect, evaluate, bids).
+    assert _config_from_args(_train_args("--method", "intensity")).model.kind == "intensity"
+    assert _config_from_args(_train_args("--method", "vae", "--kl-weight", "0.1")).model.options.kl_weight == 0.1
+    from brainuad.cli import main
+
+    for verb in (["train", "--data", "d", "--out", "o"], ["ablate", "--data", "d", "--cases", "c", "--out", "o"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*verb, "--model", "intensity"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"brainuad {verb[0]}: error:" in err and "--method intensity" in err and "Traceback" not in err
 
 
 def test_resume_checks_a_models_settings_against_the_saved_model(tmp_path):
@@ -51,7 +65,7 @@ def test_resume_checks_a_models_settings_against_the_saved_model(tmp_path):
     saved = replace(Config(), model=ModelConfig(kind="vae", options={"kl_weight": 0.5}))
     save_config(saved, tmp_path / "config.json")
     args = build_parser().parse_args(["train", "--data", "d", "--out", str(tmp_path), "--resume", "--kl-weight", "0.5"])
-    assert _resume_config(args) == saved  # --model not typed: the run's model, whose setting this is
+    assert _resume_config(args) == saved  # --method not typed: the run's model, whose setting this is
     args = build_parser().parse_args(["train", "--data", "d", "--out", str(tmp_path / "none"), "--resume"])
     assert _resume_config(args) is None  # nothing saved: train() says there is nothing to resume
 

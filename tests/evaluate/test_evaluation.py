@@ -35,7 +35,7 @@ def setup(skull_stripped_scan, tmp_path_factory):
         == 0
     )
     run = root / "intensity"
-    assert main(["train", "--data", str(root / "prep"), "--out", str(run), "--model", "intensity", "--quiet"]) == 0
+    assert main(["train", "--data", str(root / "prep"), "--out", str(run), "--method", "intensity", "--quiet"]) == 0
     _plant_lesion(skull_stripped_scan, (40, 55, 45), 6, root / "tune", "tune01")
     _plant_lesion(skull_stripped_scan, (30, 45, 40), 5, root / "cases", "case01")
     _plant_lesion(skull_stripped_scan, (50, 60, 35), 7, root / "cases", "case02")
@@ -294,7 +294,7 @@ def test_normative_model_train_calibrate_detect_evaluate(setup, skull_stripped_s
         (copy / "record.json").write_text(json.dumps({**record, "input": {**record["input"], "sha256": f"h{i}"}}))
     run = tmp_path / "normative"
     args = ["train", "--data", str(tmp_path / "healthy"), "--val-data", str(tmp_path / "val"), "--out", str(run)]
-    assert main([*args, "--model", "normative", "--quiet"]) == 0
+    assert main([*args, "--method", "normative", "--quiet"]) == 0
     split = json.loads((run / "split.json").read_text())
     assert len(split["train"]) == 3 and [p.split("/")[-1] for p in split["val"]] == ["h3"]
     assert main(["calibrate", "--model", str(run), "--healthy", str(tmp_path / "val"), "--device", "cpu"]) == 0
@@ -323,7 +323,7 @@ def test_restore_model_trains_calibrates_detects_and_evaluates(setup, skull_stri
     run = tmp_path / "restore"
     args = ["train", "--data", str(tmp_path / "healthy"), "--val-data", str(tmp_path / "val"), "--out", str(run)]
     tiny = ["--channels", "4", "8", "--stem-channels", "4", "--epochs", "2", "--batch-size", "2", "--device", "cpu"]
-    assert main([*args, "--model", "restore", *tiny, "--quiet"]) == 0
+    assert main([*args, "--method", "restore", *tiny, "--quiet"]) == 0
     check = json.loads((run / "summary.json").read_text())["reconstruction_check"]
     assert check["restores_planted_anomalies"] in (True, False)
     assert check["planted_mse_unrestored"] > 0

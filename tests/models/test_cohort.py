@@ -109,7 +109,7 @@ def test_train_warns_and_calibrate_carries_the_banner_when_the_model_learned_not
 def test_calibrating_on_training_scans_is_refused_unless_allowed(tmp_path, capsys):
     data = write_cases(tmp_path / "data", 4)
     run = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--out", str(run), "--model", "normative", "--quiet"]) == 0
+    assert main(["train", "--data", str(data), "--out", str(run), "--method", "normative", "--quiet"]) == 0
     trained = [str(run / p) for p in json.loads((run / "split.json").read_text())["train"]]
     assert main(["calibrate", "--model", str(run), "--healthy", str(data), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
@@ -139,7 +139,7 @@ def test_one_cohort_must_share_modality_and_crop_grid(tmp_path, capsys):
     _restamp(data / "case0", input={"path": "/raw/IXI100-HH-1-T1.nii.gz"})
     _restamp(data / "case1", input={"path": "/raw/IXI101-HH-1-T2.nii.gz"})
     run = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--out", str(run), "--model", "normative", "--quiet"]) == 1
+    assert main(["train", "--data", str(data), "--out", str(run), "--method", "normative", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "modality" in err and "case0" in err and "case1" in err
     assert not run.exists()  # refused before any work
@@ -153,7 +153,7 @@ def test_one_cohort_must_share_modality_and_crop_grid(tmp_path, capsys):
 def test_normative_model_fits_the_cohort_and_scores_z(tmp_path):
     data = write_cases(tmp_path / "data", 5)
     run = tmp_path / "run"
-    args = ["train", "--data", str(data), "--out", str(run), "--model", "normative", "--normative-score", "z"]
+    args = ["train", "--data", str(data), "--out", str(run), "--method", "normative", "--normative-score", "z"]
     assert main([*args, "--quiet"]) == 0
     from brainuad.train.checkpoints import load_model
 

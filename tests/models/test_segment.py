@@ -148,7 +148,7 @@ def _plant_lesion(scan_path, centre, radius, out_dir, name):
 
 
 def _tiny_cli():
-    return ["--model", "segment", "--stem-channels", "4", "--channels", "8", "8", "--patch-size", "32", "32", "16",
+    return ["--method", "segment", "--stem-channels", "4", "--channels", "8", "8", "--patch-size", "32", "32", "16",
             "--val-every-steps", "4", "--epochs", "1", "--steps-per-epoch", "8", "--batch-size", "2", "--device",
             "cpu", "--quiet"]  # fmt: skip
 

@@ -205,7 +205,7 @@ def test_baseline_models_train_and_resume_bit_identically(tmp_path, kind):
 
 def test_intensity_baseline_needs_no_training(tmp_path):
     data = write_cases(tmp_path / "data", 2)
-    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--model", "intensity", "--quiet"]) == 0
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--method", "intensity", "--quiet"]) == 0
     model, config = load_model(tmp_path / "run")
     assert config.model.kind == "intensity" and not list(model.parameters())
     assert (tmp_path / "run/split.json").is_file() and not (tmp_path / "run/log.csv").exists()

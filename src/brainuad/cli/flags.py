@@ -1,6 +1,6 @@
 """Command-line flags made from the config dataclasses: one declaration of each setting, default and choice.
 
-Each field of a config section becomes ``--field-name`` (a few are renamed, e.g. ``model.kind`` → ``--model``); its
+Each field of a config section becomes ``--field-name`` (a few are renamed, e.g. ``model.kind`` → ``--method``); its
 help is the "Attributes:" entry of the dataclass's docstring, its choices its ``Literal`` type, its default the
 dataclass's (shown in the help). Every flag parses to ``None`` when not given, so a recipe or a saved run supplies
 the rest and ``train --resume`` knows which settings were typed.
@@ -16,7 +16,7 @@ import typing
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 #: Flags named differently from their field.
-RENAMED = {("model", "kind"): "--model"}
+RENAMED = {("model", "kind"): "--method"}
 
 
 def field_help(cls: type) -> dict[str, str]:

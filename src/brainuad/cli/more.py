@@ -80,7 +80,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
         "With NAME, print that model's whole card.",
     )
     p.add_argument("name", nargs="?", default=None, help="print this model's card")
-    p.add_argument("--methods", action="store_true", help="list the methods 'brainuad train --model' can train")
+    p.add_argument("--methods", action="store_true", help="list the methods 'brainuad train --method' can train")
     p.set_defaults(func=_run_models)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 
@@ -12,6 +13,8 @@ from brainuad.cli.common import (
     EXIT_OK,
     usage_error,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _add_model_and_training_options(p: argparse.ArgumentParser, methods: bool = True) -> None:
@@ -28,7 +31,11 @@ def _add_model_and_training_options(p: argparse.ArgumentParser, methods: bool = 
         "individuals (benchmarks/README.md): mean-image skip, brain-only loss, cosine learning rate, a network on "
         "the volume pooled ×2. Flags given explicitly override the recipe",
     )
-    add_flags(p.add_argument_group("model"), ModelConfig, "model", skip=("input_shape", "options"))
+    model = p.add_argument_group("model")
+    add_flags(model, ModelConfig, "model", skip=("input_shape", "options"))
+    # --model names a trained model everywhere else (calibrate, detect, evaluate, bids): here it is refused, naming
+    # the flag that chooses what to train, rather than silently meaning something else.
+    model.add_argument("--model", action=_RefuseModelFlag, help=argparse.SUPPRESS)
     add_flags(p.add_argument_group("training"), TrainConfig, "training")
     post = p.add_argument_group("post-processing (stored with the run; calibrate, detect and evaluate apply it)")
     add_flags(post, PostprocessConfig, "postprocessing")
@@ -38,22 +45,33 @@ def _add_model_and_training_options(p: argparse.ArgumentParser, methods: bool = 
 
         kind = next(a for a in p._actions if a.dest == "model.kind")
         kind.choices = [m.name for m in registered()]
-        kind.help = (
-            "the model: " + "; ".join(f"{m.name} = {m.summary}" for m in registered()) + f" (default: {DEFAULT_KIND})"
-        )
-        group = p.add_argument_group("settings of one model (apply to that --model only)")
+        summaries = "; ".join(f"{m.name} = {m.summary}" for m in registered())
+        kind.help = f"the method to train: {summaries} (default: {DEFAULT_KIND})"
+        group = p.add_argument_group("settings of one method (apply to that --method only)")
         seen: set[str] = set()
         taken = set(p._option_string_actions)
         for method in registered():
             names = {f.name for f in dataclasses.fields(method.Options)}
             clash = sorted(n for n in names - seen if "--" + n.replace("_", "-") in taken)
             for name in clash:  # a plug-in's setting named like a core flag: no flag, rather than no train verb
-                print(
-                    f"brainuad: model {method.name!r}: setting {name!r} has no flag (the name is taken)",
-                    file=sys.stderr,
-                )
+                log.warning("model %r: setting %r has no flag (the name is taken)", method.name, name)
             add_flags(group, method.Options, "options", skip=(*seen, *clash), label=f"{method.name}: ")
             seen |= names
+
+
+class _RefuseModelFlag(argparse.Action):
+    """``train/ablate --model KIND``: a usage error (exit 2) that names ``--method``, the flag that chooses the kind."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        kwargs.pop("nargs", None)
+        super().__init__(option_strings, "refused_model_flag", nargs="?", default=None, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kind = f" {values}" if values else " KIND"
+        parser.error(
+            f"--model names a trained model folder (calibrate, detect, evaluate); to choose what to train, use "
+            f"--method{kind} (brainuad models --methods lists them)"
+        )
 
 
 def _config_from_args(args: argparse.Namespace):

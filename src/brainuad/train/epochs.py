@@ -4,6 +4,8 @@ checkpoint, the time budget)."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ from brainuad.train.runfolder import (
     warn_if_long,
 )
 from brainuad.train.step import TrainStep, learning_rate, reconstruction_loss
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,7 +63,6 @@ class Loop:
 
 def start_loop(run: Run, resume: bool, progress: bool, deadline: float | None) -> Loop:
     """The optimiser (restored with ``resume``), the step, the checkpointer, the log and the progress bar."""
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     tc, device, model = run.tc, run.device, run.model
@@ -82,13 +85,17 @@ def start_loop(run: Run, resume: bool, progress: bool, deadline: float | None) -
     train_step = TrainStep(model, step_model, optimizer, tc, device)
     history = resume_log(run.run_dir / "log.csv", state["epoch"], rewrite=run.rank == 0) if resume else []
     steps = len(plan_batches(run.train_ids, tc.batch_size, tc.seed, 1, run.rank, run.world, tc.steps_per_epoch))
+    log.debug(
+        "gradient loop: %d training scans, %d steps per epoch of batch %d, lr %g, on %s (rank %d of %d)%s",
+        len(run.train_ids), steps, tc.batch_size, tc.lr, device, run.rank, run.world, ", resumed" if resume else "",
+    )  # fmt: skip
     # One bar per epoch (steps, loss, the epoch's ETA); the epoch count and last losses in its description.
     bar = tqdm(total=steps, desc="train", unit="step", disable=not progress or run.rank)
     return Loop(
         optimizer=optimizer,
         train_step=train_step,
         checkpointer=Checkpointer(run.run_dir, model, optimizer, tc.checkpoint_minutes, enabled=run.rank == 0),
-        writer=SummaryWriter(str(run.run_dir / "tensorboard")) if run.rank == 0 else None,
+        writer=tensorboard_writer(run.run_dir / "tensorboard") if run.rank == 0 else None,
         bar=bar,
         state=state,
         history=history,
@@ -98,6 +105,30 @@ def start_loop(run: Run, resume: bool, progress: bool, deadline: float | None) -
         # pays for the compilation.
         pace_epoch=state["epoch"] + 1 + int(train_step.compiled),
     )
+
+
+def tensorboard_writer(folder) -> Any:
+    """A TensorBoard ``SummaryWriter`` on ``folder``, or ``None`` when tensorboard is not installed (an optional
+    extra: ``pip install "brainuad[tensorboard]"``; log.csv and loss_curve.png hold the same curves)."""
+    writer_class = _summary_writer_class()
+    return writer_class(str(folder)) if writer_class is not None else None
+
+
+@functools.lru_cache(maxsize=1)
+def _summary_writer_class() -> Any:
+    """torch's ``SummaryWriter``, imported on first use; ``None`` (said once, by the logger) without tensorboard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.info(
+            'tensorboard is not installed: no TensorBoard events (pip install "brainuad[tensorboard]"); '
+            "log.csv and loss_curve.png hold the curves"
+        )
+        return None
+    except Exception as exc:  # an installed tensorboard that does not load (e.g. a protobuf it does not support)
+        log.warning("tensorboard could not be loaded, no TensorBoard events: %s", exc)
+        return None
+    return SummaryWriter
 
 
 def train_epoch(run: Run, loop: Loop, epoch: int) -> tuple[float, int]:
