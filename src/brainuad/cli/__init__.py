@@ -8,19 +8,22 @@ One module per group of verbs (:mod:`~brainuad.cli.data`, :mod:`~brainuad.cli.tr
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from brainuad import __version__
 from brainuad.cli.apply import _add_calibrate, _add_detect, _add_evaluate
 from brainuad.cli.bids import _add_bids
-from brainuad.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from brainuad.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, logging_to_stderr, verbosity_from_argv
 from brainuad.cli.data import _add_download, _add_preprocess
 from brainuad.cli.export import _add_export
 from brainuad.cli.more import _add_demo, _add_models
 from brainuad.cli.train import _add_ablate, _add_train
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+
+log = logging.getLogger(__name__)
 
 
 def build_parser(methods: bool = True) -> argparse.ArgumentParser:
@@ -32,6 +35,17 @@ def build_parser(methods: bool = True) -> argparse.ArgumentParser:
         "medical device.",
     )
     parser.add_argument("--version", action="version", version=f"brainuad {__version__}")
+    # Before the verb (brainuad -v train …): after it, --quiet is the verb's own (no progress bar).
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-v", "--verbose", dest="verbosity", action="store_const", const="debug", default=None,
+        help="debug messages too (give it before the verb: brainuad -v train ...)",
+    )  # fmt: skip
+    loudness.add_argument(
+        "-q", "--quiet", dest="verbosity", action="store_const", const="quiet",
+        help="warnings and errors only, and no progress bars (before the verb; a verb's own --quiet only hides "
+        "its progress bar)",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_preprocess(sub)
     _add_download(sub)
@@ -48,14 +62,28 @@ def build_parser(methods: bool = True) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``brainuad`` console script; returns the exit code."""
-    from brainuad.errors import BrainuadError
-
+    """Entry point of the ``brainuad`` console script; returns the exit code. Log records of the ``brainuad``
+    logger go to stderr while it runs (``-v``: debug too; ``-q``: warnings only); the library itself configures none."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((word for word in argv if not word.startswith("-")), None)
+    with logging_to_stderr(verbosity_from_argv(argv), command):
+        return _main(argv, command)
+
+
+def _main(argv: list[str], command: str | None) -> int:
+    from brainuad.errors import BrainuadError
+
     parser = build_parser(methods=command in ("train", "ablate"))
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.verbosity == "quiet" and hasattr(args, "quiet"):
+        args.quiet = True  # the global -q silences the verb's progress bars too
+    if log.isEnabledFor(logging.DEBUG):
+        import platform
+
+        from brainuad.io.provenance import git_hash
+
+        log.debug("brainuad %s (git %s), Python %s: %s", __version__, git_hash(), platform.python_version(), argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

@@ -1,13 +1,19 @@
-"""What every verb shares: exit codes, early input checks (before torch is imported), usage errors."""
+"""What every verb shares: exit codes, early input checks (before torch is imported), usage errors, and the one place
+where brainuad's log messages are given a destination (:func:`logging_to_stderr`)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: The package's logger: modules log through ``logging.getLogger(__name__)``, its children.
+LOGGER = "brainuad"
+log = logging.getLogger(__name__)
 MODEL_HELP = "a trained model folder, or builtin:NAME for a model shipped with brainuad (see 'brainuad models')"
 
 
@@ -97,5 +103,59 @@ def shard_from_flag(text: str | None):
 
     shard = parse_shard(text)
     if shard is not None:
-        print(f"shard {shard} (of the scans sorted by output name)", file=sys.stderr)
+        log.info("shard %s (of the scans sorted by output name)", shard)
     return shard
+
+
+def verbosity_from_argv(argv: Sequence[str]) -> int:
+    """The log level the global ``-v/--verbose`` and ``-q/--quiet`` (typed before the verb) ask for: DEBUG, INFO
+    (neither) or WARNING. Read before the parser is built, so the messages of building it obey them too."""
+    level = logging.INFO
+    for word in argv:
+        if not word.startswith("-"):
+            break  # the verb: its own --quiet (no progress bar) is not the global one
+        if word in ("-v", "--verbose"):
+            level = logging.DEBUG
+        elif word in ("-q", "--quiet"):
+            level = logging.WARNING
+    return level
+
+
+class _VerbFormatter(logging.Formatter):
+    """``brainuad VERB: message`` for information, ``brainuad VERB: warning: message`` (debug, error) otherwise —
+    the wording of the CLI's Python warnings and errors."""
+
+    def __init__(self, verb: str | None):
+        super().__init__()
+        self.prefix = f"brainuad {verb}" if verb else "brainuad"
+
+    def format(self, record: logging.LogRecord) -> str:
+        kind = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        text = f"{self.prefix}: {kind}{record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+@contextlib.contextmanager
+def logging_to_stderr(level: int, verb: str | None) -> Iterator[None]:
+    """For the duration of one command: the ``brainuad`` logger (every module's ``logging.getLogger(__name__)``)
+    writes records of ``level`` and above to stderr, worded like the CLI's other messages.
+
+    Only the command line configures logging; the library never does (a program that imports brainuad decides
+    where its records go, with ``logging.getLogger("brainuad")``). Everything is restored afterwards, so ``main()``
+    called in-process (tests, notebooks) leaves the caller's logging as it found it, root logger included.
+    """
+    logger = logging.getLogger(LOGGER)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_VerbFormatter(verb))
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False  # not twice when the caller's root logger has a handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
