@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from brainuad.config import Config, ModelConfig, PreprocessConfig, replace, segment_recipe
+from brainuad.config import Config, ModelConfig, PreprocessConfig, replace
 from brainuad.errors import BrainuadError, OutputError
 
 if TYPE_CHECKING:
     from brainuad.infer.calibration import Calibration
 
-#: Cohort sizes (healthy, tuning, test) per demo size (the network is :func:`brainuad.config.segment_recipe`'s at
+#: Cohort sizes (healthy, tuning, test) per demo size (the network is
+#: :func:`brainuad.models.segment.segment_recipe`'s at
 #: every size; the time budget ends its training).
 SIZES = {
     "tiny": (2, 1, 1),
@@ -279,6 +280,8 @@ def run_demo(
     # Self-supervised anomaly segmentation (issue #33): it predicts where synthetic anomalies were planted, so it
     # learns something a healthy mean image cannot give within the demo's minutes of training on a CPU (the quick
     # recipe's autoencoder did not: "learned nothing beyond the healthy mean image"). The time budget ends training.
+    from brainuad.models.segment import segment_recipe
+
     recipe = segment_recipe()
     config = Config(
         preprocessing=preprocess, model=recipe.model,
