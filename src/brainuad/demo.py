@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from brainuad.config import Config, ModelConfig, PreprocessConfig, replace
+from brainuad.config import Config, ModelConfig, PreprocessConfig, TrainConfig, replace
 from brainuad.errors import BrainuadError, OutputError
 
 if TYPE_CHECKING:
     from brainuad.infer.calibration import Calibration
 
 #: Cohort sizes (healthy, tuning, test) per demo size (the network is
-#: :func:`brainuad.models.segment.segment_recipe`'s at
+#: :func:`segment_recipe`'s at
 #: every size; the time budget ends its training).
 SIZES = {
     "tiny": (2, 1, 1),
@@ -280,8 +280,6 @@ def run_demo(
     # Self-supervised anomaly segmentation (issue #33): it predicts where synthetic anomalies were planted, so it
     # learns something a healthy mean image cannot give within the demo's minutes of training on a CPU (the quick
     # recipe's autoencoder did not: "learned nothing beyond the healthy mean image"). The time budget ends training.
-    from brainuad.models.segment import segment_recipe
-
     recipe = segment_recipe()
     config = Config(
         preprocessing=preprocess, model=recipe.model,
@@ -307,6 +305,24 @@ def run_demo(
     seconds = time.monotonic() - start
     _log(f"done in {seconds / 60:.1f} minutes (budget {minutes:g}): open {report}", progress)
     return DemoResult(report, summaries, seconds, source)
+
+
+def segment_recipe() -> Config:
+    """The demo's learned model: self-supervised anomaly segmentation (``segment``), a GroupNorm U-Net (stem 8,
+    channels 16-32-64) on random 48³ patches of batch 4, AdamW at a constant 1e-3 after 20 warm-up steps, the
+    held-out task validated every 20 steps on 20 % of the scans. The demo's time budget, not the step count, ends it
+    (benchmarks/lesions.py's ``segment`` is the same network and training, with a 55-minute budget)."""
+    learned, _ = model_names()
+    return Config(
+        model=ModelConfig(
+            kind=learned, stem_channels=8, channels=(16, 32, 64),
+            options={"patch_size": (48, 48, 48), "val_every_steps": 20},
+        ),
+        training=TrainConfig(
+            epochs=1, steps_per_epoch=100_000, batch_size=4, lr=1e-3, lr_schedule="constant", warmup_steps=20,
+            augment="off", val_fraction=0.2,
+        ),
+    )  # fmt: skip
 
 
 def model_names() -> tuple[str, str]:

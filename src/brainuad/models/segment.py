@@ -427,27 +427,4 @@ class Segment(Method):
         return label_ap(scores, labels, inputs > 0)
 
 
-def segment_recipe():
-    """The self-supervised anomaly segmentation recipe (the demo's learned model): a GroupNorm U-Net (stem 8, channels
-    16-32-64) on random 48³ patches of batch 4, AdamW at a constant 1e-3 after 20 warm-up steps, the held-out task
-    validated every 20 steps on 20 % of the scans. A time budget, not the step count, ends it (benchmarks/lesions.py's
-    ``segment`` is the same network and training, with a 55-minute budget).
-
-    Returns:
-        A :class:`brainuad.config.Config` (preprocessing at its defaults).
-    """
-    from brainuad.config import Config, TrainConfig
-
-    return Config(
-        model=ModelConfig(
-            kind=Segment.name, stem_channels=8, channels=(16, 32, 64),
-            options=SegmentOptions(patch_size=(48, 48, 48), val_every_steps=20),
-        ),
-        training=TrainConfig(
-            epochs=1, steps_per_epoch=100_000, batch_size=4, lr=1e-3, lr_schedule="constant", warmup_steps=20,
-            augment="off", val_fraction=0.2,
-        ),
-    )  # fmt: skip
-
-
 METHODS = [Segment()]
