@@ -82,3 +82,14 @@ def test_the_library_configures_no_logging():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0", str(logging.WARNING), "[]", "0"]
+
+
+@pytest.mark.parametrize(("flag", "shown", "hidden"), [("--verb", "debug: a debug line", None), ("--qui", None, "info")])
+def test_abbreviated_global_flags_take_effect(chatty_verb, capsys, flag, shown, hidden):
+    # argparse accepts --verb for --verbose: the level must follow what was parsed, not only the words typed.
+    assert main([flag, "models"]) == 0
+    err = capsys.readouterr().err
+    if shown:
+        assert shown in err
+    if hidden:
+        assert "an info line" not in err and "a warning line" in err

@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from brainuad import __version__
 from brainuad.cli.apply import _add_calibrate, _add_detect, _add_evaluate
 from brainuad.cli.bids import _add_bids
-from brainuad.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, logging_to_stderr, verbosity_from_argv
+from brainuad.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    LOGGER,
+    logging_to_stderr,
+    verbosity_from_argv,
+)
 from brainuad.cli.data import _add_download, _add_preprocess
 from brainuad.cli.export import _add_export
 from brainuad.cli.more import _add_demo, _add_models
@@ -76,6 +83,9 @@ def _main(argv: list[str], command: str | None) -> int:
     parser = build_parser(methods=command in ("train", "ablate"))
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.verbosity is not None:
+        # As parsed (argparse also accepts abbreviations, --verb, which the reading before parsing does not know).
+        logging.getLogger(LOGGER).setLevel(logging.DEBUG if args.verbosity == "debug" else logging.WARNING)
     if args.verbosity == "quiet" and hasattr(args, "quiet"):
         args.quiet = True  # the global -q silences the verb's progress bars too
     if log.isEnabledFor(logging.DEBUG):
