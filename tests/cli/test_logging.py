@@ -84,7 +84,9 @@ def test_the_library_configures_no_logging():
     assert out.stdout.split() == ["0", str(logging.WARNING), "[]", "0"]
 
 
-@pytest.mark.parametrize(("flag", "shown", "hidden"), [("--verb", "debug: a debug line", None), ("--qui", None, "info")])
+@pytest.mark.parametrize(
+    ("flag", "shown", "hidden"), [("--verb", "debug: a debug line", None), ("--qui", None, "info")]
+)
 def test_abbreviated_global_flags_take_effect(chatty_verb, capsys, flag, shown, hidden):
     # argparse accepts --verb for --verbose: the level must follow what was parsed, not only the words typed.
     assert main([flag, "models"]) == 0
