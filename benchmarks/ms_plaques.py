@@ -5,6 +5,7 @@ keep (the 20 mm³ smallest component; the 5 mm median filter, a 3³-voxel window
 
 Usage (from the repository root; needs patient07 preprocessed in an evaluation cache, e.g. by benchmarks/lesions.py):
     python benchmarks/ms_plaques.py [--cache benchmarks/out/lesions/cache/t2/cases/patient07]
+    python benchmarks/ms_plaques.py --cache benchmarks/out/resolution/cache/flair/1mm/cases/patient07   # at 1 mm
 
 Writes nothing; prints the table of docs/results.md. No model is involved: it is the ceiling any 2 mm model has.
 """
@@ -53,7 +54,7 @@ def main() -> int:
     kept = components_ml(filtered, pre.grid.voxel_ml)
     rows = {
         "consensus mask, native 1 mm": components_ml(native.array > 0, native.voxel_volume_ml),
-        "resampled to the 2 mm crop": on_crop,
+        f"resampled to the {pre.grid.spacing_mm:g} mm crop": on_crop,
         f"on the crop, >= the smallest component ({min_ml * 1000:.0f} mm³; the counted reference lesions)": on_crop[
             on_crop >= min_ml
         ],
