@@ -155,3 +155,206 @@ def test_a_builtin_model_is_named_by_name_version_and_identity():
     name = trained.name("/anywhere")
     assert name == f"builtin:t2@{__version__}+{trained.identity[:12]}"
     assert trained.calibration_sha256 and trained.identity != trained.weights_sha256
+
+
+# --- review fixes: symlinked and moved run folders, the cache's life, export into ".", older sidecars ------------
+
+
+def _cases_with_inputs(folder: Path, n: int = 3, seed: int = 0) -> Path:
+    """Tiny case folders whose record.json names the sha256 of the raw scan they came from (as preprocess writes)."""
+    write_cases(folder, n, seed=seed)
+    for case in sorted(folder.iterdir()):
+        record = json.loads((case / "record.json").read_text())
+        record["input"] = {"path": f"{case.name}.nii.gz", "sha256": f"{seed:02d}{case.name:0>62}"}
+        (case / "record.json").write_text(json.dumps(record))
+    return folder
+
+
+def _tiny_train(data: Path, run: Path, *extra: str) -> int:
+    return main(["train", "--data", str(data), "--out", str(run), *TINY, "--seed", "0", *extra])
+
+
+def test_a_run_folder_reached_through_a_symlink_resumes_and_refuses_its_training_scans(tmp_path, capsys):
+    prep = _cases_with_inputs(tmp_path / "prep")
+    deep = tmp_path / "scratch" / "project" / "user"  # deeper than the link: a ".." climbs elsewhere
+    deep.mkdir(parents=True)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "runs").symlink_to(deep)  # runs -> /scratch/...
+    run = tmp_path / "home" / "runs" / "ae"
+    assert _tiny_train(prep, run) == 0, capsys.readouterr().err
+    split = json.loads((run / "split.json").read_text())
+    assert all((run / e).is_dir() for e in split["train"] + split["val"])  # entries hold through the link
+    assert _tiny_train(prep, run, "--resume", "--epochs", "2") == 0, capsys.readouterr().err
+    assert all(len(h) == 64 for h in split["input_sha256"]["train"])
+    capsys.readouterr()
+    assert main(["calibrate", "--model", str(run), "--healthy", str(prep), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "were in the model's training split" in err and "Traceback" not in err
+    assert main(["calibrate", "--model", str(run), "--device", "cpu"]) == 0, capsys.readouterr().err
+
+
+def test_a_run_folder_moved_without_its_data_still_refuses_its_training_scans(tmp_path, capsys):
+    prep = _cases_with_inputs(tmp_path / "prep")
+    run = tmp_path / "runs" / "ae"
+    assert _tiny_train(prep, run) == 0, capsys.readouterr().err
+    moved = Path(shutil.copytree(run, tmp_path / "far" / "away" / "model"))
+    split = json.loads((moved / "split.json").read_text())
+    assert not any((moved / e).is_dir() for e in split["train"])  # the relative entries are broken now
+    capsys.readouterr()
+    assert main(["calibrate", "--model", str(moved), "--healthy", str(prep), "--device", "cpu"]) == 1
+    assert "were in the model's training split" in capsys.readouterr().err  # recognised by the input hashes
+    assert main(["calibrate", "--model", str(moved), "--device", "cpu"]) == 1  # its validation split: not here
+    err = capsys.readouterr().err
+    assert "not found from here" in err and "Traceback" not in err
+    # An older split (no hashes) that no longer resolves: the check cannot be made, and the calibration says so.
+    del split["input_sha256"]
+    (moved / "split.json").write_text(json.dumps(split))
+    with pytest.warns(UserWarning, match="could not be checked"):
+        assert main(["calibrate", "--model", str(moved), "--healthy", str(prep), "--device", "cpu"]) == 0
+    notes = json.loads((moved / "calibration.json").read_text())["notes"]
+    assert any("could not be checked" in n for n in notes)
+
+
+def test_the_held_out_healthy_check_recognises_training_scans_of_a_moved_run(tmp_path, capsys):
+    from brainuad.errors import BrainuadError
+    from brainuad.evaluate.scores import held_out_healthy
+    from brainuad.infer.trained import TrainedModel
+
+    prep = _cases_with_inputs(tmp_path / "prep")
+    run = tmp_path / "runs" / "ae"
+    assert _tiny_train(prep, run) == 0, capsys.readouterr().err
+    moved = Path(shutil.copytree(run, tmp_path / "far" / "away" / "model"))
+    trained = TrainedModel.load(moved, "cpu", calibration=False)
+    with pytest.raises(BrainuadError, match="trained, validated or calibrated on"):
+        held_out_healthy(trained, [prep], tmp_path / "cache")
+    split = json.loads((moved / "split.json").read_text())
+    del split["input_sha256"]
+    (moved / "split.json").write_text(json.dumps(split))
+    with pytest.warns(UserWarning, match="could not be checked"):
+        held_out_healthy(trained, [prep], tmp_path / "cache")
+
+
+def test_relative_path_follows_symlinks_on_both_sides(tmp_path):
+    from brainuad.io.portable import relative_path, resolve_relative
+
+    (tmp_path / "scratch" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "data" / "case").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "scratch" / "a")
+    base = tmp_path / "link" / "b"
+    entry = relative_path(tmp_path / "data" / "case", base)
+    assert (base / entry).resolve() == (tmp_path / "data" / "case").resolve()
+    assert resolve_relative(entry, base).is_dir()
+
+
+def test_a_released_cache_is_still_removed(tmp_path):
+    from brainuad.data.datasets import VolumeCache
+
+    cases = sorted(write_cases(tmp_path / "c", 2, seed=3).iterdir())
+    cache = VolumeCache(cases)
+    cache.release()  # a DDP rank before the removal
+    assert cache.remove() and not cache.path.exists() and not cache.path.parent.exists()
+    assert not cache.remove()  # removed already (by another rank): nothing to do, nothing recreated
+    assert not cache.path.parent.exists()
+    # Released by one user while another still uses it: kept until the last one removes it.
+    first, second = VolumeCache(cases), VolumeCache(cases)
+    first.release()
+    assert not first.remove() and first.path.is_file()
+    assert second.remove() and not second.path.parent.exists()
+
+
+def test_a_killed_cache_build_leaves_no_partial_file_behind(tmp_path):
+    from brainuad.data.datasets import VolumeCache
+
+    cases = sorted(write_cases(tmp_path / "c", 2, seed=4).iterdir())
+    cache = VolumeCache(cases)
+    folder = cache.path.parent
+    assert cache.remove()
+    folder.mkdir(parents=True)
+    stale = [folder / "volumes.partial-999999.npy", folder / "volumes.partial-999999.json"]
+    for path in stale:
+        path.write_bytes(b"killed mid-build")
+    again = VolumeCache(cases)
+    assert not any(p.exists() for p in stale) and again.path.is_file()
+    assert again.remove()
+
+
+def test_cache_lock_files_open_read_only(tmp_path):
+    from brainuad.data.datasets import _CacheLock
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    for name in (".build.lock", ".use.lock"):
+        (folder / name).touch()
+        (folder / name).chmod(0o444)  # another user's lock file
+    lock = _CacheLock(folder)
+    with lock.exclusive():
+        pass
+    assert lock.use is not None
+    lock.release()
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "read_only", "proc"])
+def test_train_with_an_unusable_cache_folder_is_a_clear_error(tmp_path, capsys, monkeypatch, where):
+    prep = write_cases(tmp_path / "prep", 2)
+    if where == "under_a_file":
+        (tmp_path / "afile").write_text("x")
+        cache = tmp_path / "afile" / "cache"
+    elif where == "read_only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        cache = tmp_path / "ro"
+        cache.mkdir(mode=0o555)
+    else:
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no /proc")
+        cache = Path("/proc/nope")
+    monkeypatch.setenv("BRAINUAD_CACHE_DIR", str(cache))
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert _tiny_train(prep, run) == 1
+    err = capsys.readouterr().err
+    assert "cannot write the training cache" in err and "BRAINUAD_CACHE_DIR" in err and "Traceback" not in err
+    assert not run.exists()  # refused before the run folder is made
+
+
+def test_export_into_the_empty_current_folder(outputs, tmp_path, monkeypatch, capsys):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["export", str(outputs["run"]), "."]) == 0, capsys.readouterr().err
+    assert {"model.safetensors", "config.json", "calibration.json", "MODEL_CARD.md"} <= {
+        p.name for p in here.iterdir()
+    }
+    assert Path.cwd() == here and not [p for p in here.iterdir() if p.is_dir()]  # filled in place, no staging left
+    assert main(["export", str(outputs["run"]), "."]) == 1  # not empty now
+    assert "not empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "said"),
+    [
+        ("config.json", [1, 2], "config.json: not a model config"),
+        ("config.json", {"model": "ae"}, "config.json: 'model' must be a JSON object"),
+        ("calibration.json", {"threshold": 0.1, "notes": 5}, "calibration.json: 'notes' must be a list"),
+        ("calibration.json", {"threshold": 0.1, "healthy_cases": "a"}, "'healthy_cases' must be a list"),
+        ("calibration.json", {"threshold": 0.1, "residual_spread": 3}, "names 3"),
+    ],
+)
+def test_export_of_a_malformed_run_names_the_file(outputs, tmp_path, capsys, name, content, said):
+    run = Path(shutil.copytree(outputs["run"], tmp_path / "run"))
+    (run / "MODEL_CARD.md").unlink(missing_ok=True)
+    (run / name).write_text(json.dumps(content))
+    capsys.readouterr()
+    assert main(["export", str(run), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_sidecars_name_an_older_absolute_run_folder_relatively(tmp_path):
+    from brainuad.bids.participant import _model_name
+
+    out = tmp_path / "ds" / "derivatives" / "brainuad"
+    findings = out / ".findings" / "sub-01"
+    name = _model_name({"run_dir": str(tmp_path / "runs" / "ae")}, findings, out)
+    assert not Path(name).is_absolute() and (out / name).resolve() == (tmp_path / "runs" / "ae").resolve()
+    assert _model_name({"name": "builtin:t1@1+abc"}, findings, out) == "builtin:t1@1+abc"

@@ -99,14 +99,17 @@ def test_concurrent_train_into_one_folder_is_locked(world, tmp_path, capsys):
     OUTCOMES[("concurrent_train", "train")] = "locked"
 
 
-def test_train_on_a_full_disk_is_an_error_and_resumable(world, tmp_path, capsys, monkeypatch):
+def test_train_on_a_full_disk_is_an_error_and_resumable(world, tmp_path, capsys, monkeypatch, brainuad_cache_dir):
     run = tmp_path / "run"
+    caches_before = set(brainuad_cache_dir.rglob("*.npy"))
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1024**2))
     args = ["train", "--data", str(world["prep"]), "--out", str(run), "--method", "intensity", "--quiet"]
     assert main(args) == 1
     assert "not enough disk space for the training cache" in capsys.readouterr().err
-    assert (run / "config.json").is_file() and not (run / "cache" / "volumes.npy").exists()
+    # The training cache lives in BRAINUAD_CACHE_DIR (never in the run): no cache, whole or partial, was written.
+    assert (run / "config.json").is_file() and not (run / "cache").exists()
+    assert set(brainuad_cache_dir.rglob("*.npy")) == caches_before
     monkeypatch.setattr(shutil, "disk_usage", real)
     assert main([*args, "--resume"]) == 0, capsys.readouterr().err
     OUTCOMES[("disk_full_cache", "train")] = "clear error"

@@ -155,8 +155,10 @@ def _model_name(model: dict, findings: Path, out: Path) -> str:
     """The model as a sidecar names it: ``builtin:NAME@VERSION+SHA``, or the run folder relative to the derivative
     dataset's root (the findings summary names it relative to the findings folder)."""
     name = str(model.get("name") or model.get("run_dir"))  # run_dir: findings of an older brainuad
-    if name.startswith(PREFIX) or Path(name).is_absolute():
+    if name.startswith(PREFIX):
         return name
+    if Path(name).is_absolute():  # an older brainuad's absolute run folder: no path of this machine in a sidecar
+        return relative_path(name, out)
     return Path(os.path.normpath(os.path.join(relative_path(findings, out), name))).as_posix()
 
 

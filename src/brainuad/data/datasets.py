@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from brainuad.errors import BrainuadError, InputError
+from brainuad.errors import BrainuadError, InputError, OutputError
 from brainuad.io.files import walk
 from brainuad.io.volumes import is_nifti_path, strip_nifti_suffix
 from brainuad.preprocess.cases import is_case_folder
@@ -246,12 +246,18 @@ class VolumeCache:
         cache_file = Path(cache_file)
         self.path = cache_file
         index_file = cache_file.with_suffix(".json")
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _unusable_cache(cache_file.parent, exc) from exc
         self._lock = _CacheLock(cache_file.parent)
         with self._lock.exclusive():  # one builder at a time; the others wait, then reuse its cache
             if cache_file.exists() and index_file.exists() and json.loads(index_file.read_text()).get("key") == key:
                 self.array = np.load(cache_file, mmap_mode="r")
                 return
+            # Left by a build that was killed (no other build runs: this one holds the build lock).
+            for stale in cache_file.parent.glob("*.partial-*"):
+                stale.unlink(missing_ok=True)
             first = load_volume(self.case_folders[0] / "image.nii.gz")
             shape = (len(self.case_folders), *first.shape)
             tmp = cache_file.with_name(f"{cache_file.stem}.partial-{os.getpid()}.npy")
@@ -285,7 +291,8 @@ class VolumeCache:
         """Delete the cache (the training scans' copy), unless another run is using it now; ``True`` if deleted.
 
         Called when training has finished: a resumed run builds it again. The memory-mapped array stays readable
-        in this process until it is dropped.
+        in this process until it is dropped. A cache this process already released (a DDP rank) is removed too when
+        nobody uses it: every rank may call this after all have released it, and one of them removes it.
         """
         return self._lock.remove_if_unused(self.path, self.path.with_suffix(".json"))
 
@@ -318,9 +325,13 @@ class _CacheLock:
         import fcntl
 
         while True:
-            self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / name
-            handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                # Read-only is enough for flock (another user's 0644 lock file opens too).
+                handle = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+            except OSError as exc:
+                raise _unusable_cache(self.folder, exc) from exc
             with contextlib.suppress(OSError):  # no locks on this file system (some network mounts): go unlocked
                 fcntl.flock(handle, mode)
             try:
@@ -347,10 +358,12 @@ class _CacheLock:
         """Delete ``files`` and the lock files when no other user holds the cache; always stop using it."""
         import fcntl
 
-        if self.use is None:
-            return False
+        if self.use is None and not self.folder.is_dir():
+            return False  # removed already (by another DDP rank)
         build = self._lock(".build.lock", fcntl.LOCK_EX)
         try:
+            if self.use is None:  # released before (a DDP rank): take it again to see whether another run uses it
+                self.use = self._lock(".use.lock", fcntl.LOCK_SH)
             try:
                 fcntl.flock(self.use, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -375,6 +388,34 @@ class _CacheLock:
     def __del__(self):
         with contextlib.suppress(Exception):
             self.release()
+
+
+def check_cache_folder() -> Path:
+    """The training caches' folder (``<cache root>/training``, :func:`brainuad.io.portable.cache_root`), created;
+    checked before a run writes anything, so that an unusable one fails the run before it starts.
+
+    Raises:
+        OutputError: The folder cannot be created or written (``BRAINUAD_CACHE_DIR`` names a read-only folder).
+    """
+    import errno
+
+    from brainuad.io.portable import cache_root
+
+    folder = cache_root() / "training"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unusable_cache(folder, exc) from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise _unusable_cache(folder, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
+    return folder
+
+
+def _unusable_cache(folder: Path, exc: OSError) -> OutputError:
+    return OutputError(
+        folder,
+        f"cannot write the training cache ({exc.strerror or exc}); set BRAINUAD_CACHE_DIR to a writable folder",
+    )
 
 
 def _check_free_space(folder: Path, needed: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,29 +25,23 @@ from brainuad.preprocess.cases import load_case
 LABELLED_METHOD = "best pooled Dice on labelled tuning cases"
 
 
-def _input_digest(folder: Path) -> str | None:
-    """The sha256 of the raw scan a preprocessed case came from (``record.json``), if recorded."""
-    try:
-        digest = (read_json(Path(folder) / "record.json").get("input") or {}).get("sha256")
-    except (OSError, ValueError, AttributeError, BrainuadError):
-        return None
-    return digest if isinstance(digest, str) else None
-
-
 def training_overlap(run_dir: str | Path, folders: list[Path]) -> list[str]:
     """Names of ``folders`` that are in the run's training split: the same folder, or a case preprocessed from the
-    same raw scan (by its recorded sha256)."""
+    same raw scan (by its input sha256: recorded in ``split.json``, or read from the training case folders)."""
+    return _training_check(run_dir, folders)[0]
+
+
+def _training_check(run_dir: str | Path, folders: list[Path]) -> tuple[list[str], list[str]]:
+    """:func:`training_overlap`, and the training split's entries that could not be checked (neither found from
+    here nor recorded with their input sha256: a run folder moved without its data, from an older version)."""
     split_path = Path(run_dir) / "split.json"
     if not split_path.is_file():
-        return []
-    from brainuad.train.runfolder import split_folders
+        return [], []
+    from brainuad.train.runfolder import input_digest, split_identities
 
-    trained = split_folders(read_json(split_path), "train", run_dir)
-    trained_paths = {p.resolve() for p in trained}
-    trained_digests = {d for d in map(_input_digest, trained) if d}
-    return [
-        f.name for f in folders if Path(f).resolve() in trained_paths or (_input_digest(f) or "") in trained_digests
-    ]
+    trained_paths, trained_digests, unchecked = split_identities(read_json(split_path), "train", run_dir)
+    overlap = [f.name for f in folders if Path(f).resolve() in trained_paths or input_digest(f) in trained_digests]
+    return overlap, unchecked
 
 
 #: The default flagged-volume budget on healthy calibration scans (mL, median over scans).
@@ -115,6 +110,14 @@ def calibrate(
         from brainuad.train.runfolder import split_folders
 
         healthy, origin = list(split_folders(split, "val", run_dir)), "the run's validation split"
+        missing = [str(p) for p in healthy if not p.is_dir()]
+        if missing:
+            raise InputError(
+                split_path,
+                f"{len(missing)} validation case folder(s) are not found from here (e.g. {missing[0]}): the run "
+                "folder was moved without its data — move it back beside them, or pass the healthy scans "
+                "to calibrate on",
+            )
     else:
         origin = "the healthy scans given"
     folders = find_case_folders(list(healthy))
@@ -128,7 +131,15 @@ def calibrate(
     from brainuad.models.base import get_method
 
     shaped_by_training = get_method(config.model.kind).uses_training_data
-    in_training = training_overlap(run_dir, folders) if shaped_by_training else []
+    in_training, unchecked = _training_check(run_dir, folders) if shaped_by_training else ([], [])
+    if unchecked:
+        # Not passed over in silence: these training scans could be among the calibration scans.
+        unchecked_note = (
+            f"{len(unchecked)} of the run's training scans could not be checked against the calibration scans "
+            f"(not found from here, e.g. {unchecked[0]}, and no input sha256 in split.json: the run folder was "
+            "moved without its data?): the calibration scans may include training scans"
+        )
+        warnings.warn(unchecked_note, stacklevel=2)
     if in_training and not (allow_training_scans or (origin == "the run's validation split" and no_held_out)):
         shown = ", ".join(in_training[:5]) + (f" (+{len(in_training) - 5} more)" if len(in_training) > 5 else "")
         raise BrainuadError(
@@ -167,7 +178,7 @@ def calibrate(
         raise InputError(None, "healthy scans lie on different crop grids; preprocess them with one preset")
     pooled = np.concatenate(values)
     stack = np.stack(errors)
-    notes = []
+    notes = [unchecked_note] if unchecked else []
     if in_training:
         notes.append(
             f"{len(in_training)} of the {len(folders)} calibration scans were used in training "

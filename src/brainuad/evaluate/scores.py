@@ -271,13 +271,9 @@ def lesion_summary(rows: Sequence[dict], cases: int, min_reference_ml: float) ->
 
 
 def _input_hash(folder: Path) -> str | None:
-    from brainuad.io.volumes import read_json
+    from brainuad.train.runfolder import input_digest
 
-    record = Path(folder) / "record.json"
-    try:
-        return read_json(record)["input"]["sha256"] if record.is_file() else None
-    except (KeyError, TypeError):
-        return None
+    return input_digest(folder)
 
 
 def healthy_case_folders(sources: Sequence[str | Path], config, cache: Path) -> list[Path]:
@@ -316,11 +312,24 @@ def held_out_healthy(trained: TrainedModel, sources: Sequence[str | Path], cache
     split = read_json(split_path) if split_path.is_file() else {}
     calibrated_on = (trained.calibration.healthy_cases or ()) if trained.calibration else ()
     from brainuad.io.portable import resolve_relative
-    from brainuad.train.runfolder import split_folders
+    from brainuad.train.runfolder import split_identities
 
-    seen = [*split_folders(split, "train", trained.run_dir), *split_folders(split, "val", trained.run_dir)]
-    seen += [resolve_relative(p, trained.run_dir) for p in calibrated_on]
-    used = {h for h in (_input_hash(Path(f)) for f in seen) if h}
+    used: set[str] = set()
+    unchecked: list[str] = []
+    for part in ("train", "val"):
+        _, digests, missing = split_identities(split, part, trained.run_dir)
+        used |= digests
+        unchecked += missing
+    used |= {h for h in (_input_hash(resolve_relative(p, trained.run_dir)) for p in calibrated_on) if h}
+    if unchecked:
+        import warnings
+
+        warnings.warn(
+            f"{len(unchecked)} of the scans the model was trained or validated on could not be checked against the "
+            f"healthy scans (not found from here, e.g. {unchecked[0]}, and no input sha256 in split.json: the run "
+            "folder was moved without its data?): the healthy scans may include them",
+            stacklevel=2,
+        )
     folders = healthy_case_folders(sources, trained.config, cache)
     overlap = sorted(f.name for f in folders if _input_hash(f) in used)
     if overlap:

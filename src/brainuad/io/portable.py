@@ -18,15 +18,19 @@ CACHE_ENV = "BRAINUAD_CACHE_DIR"
 
 def relative_path(path: str | Path, base: str | Path) -> str:
     """``path`` written relative to the folder ``base`` (POSIX separators): portable for as long as both move
-    together, and never an absolute path of this machine."""
-    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(base))).as_posix()
+    together, and never an absolute path of this machine.
+
+    Both sides are resolved (symlinks followed): a folder reached through a link (``runs -> /scratch/runs``) would
+    otherwise get an entry whose ``..`` climbs out of the link's target, not out of the link."""
+    return Path(os.path.relpath(os.path.realpath(path), os.path.realpath(base))).as_posix()
 
 
 def resolve_relative(entry: str | Path, base: str | Path) -> Path:
     """The path a JSON record's ``entry`` names: relative entries are relative to the folder ``base`` (the record's
-    folder); absolute ones (written by older versions) are returned as they are."""
+    folder, resolved as :func:`relative_path` wrote them); absolute ones (written by older versions) are returned as
+    they are."""
     path = Path(entry)
-    return path if path.is_absolute() else Path(base) / path
+    return path if path.is_absolute() else Path(os.path.realpath(base)) / path
 
 
 def cache_root() -> Path:

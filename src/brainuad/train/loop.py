@@ -158,12 +158,11 @@ def _finish(
             write_json(run.run_dir / "summary.json", {**summary, "stopped_at_time_budget": True})
     if run.world > 1:
         torch.distributed.barrier()
-        run.cache.release()  # rank 0 then removes it, unused
+        run.cache.release()  # every rank stops using it; then each tries to remove it, and one does
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    if run.rank == 0:
-        # Training finished: the copy of the scans goes (a resumed run builds it again; an interrupted one keeps it).
-        run.cache.remove()
+    # Training finished: the copy of the scans goes (a resumed run builds it again; an interrupted one keeps it).
+    run.cache.remove()
     return TrainResult(run.run_dir, state["epoch"], state["best_val_loss"], state["best_epoch"], history)
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from brainuad.config import Config, PreprocessConfig, TrainConfig, from_dict, replace
 from brainuad.data.augmentation import Augmenter
-from brainuad.data.datasets import VolumeCache, check_one_cohort, find_case_folders
+from brainuad.data.datasets import VolumeCache, check_cache_folder, check_one_cohort, find_case_folders
 from brainuad.io.provenance import provenance
 from brainuad.io.volumes import ensure_writable_folder, read_grid, read_json, write_json
 from brainuad.models import build_model
@@ -75,6 +75,7 @@ def start_run(
     val_folders = find_case_folders(list(val_data)) if val_data else []
     check_one_cohort(case_folders + val_folders, "--data" + (" and --val-data" if val_folders else ""))
     if rank == 0:
+        check_cache_folder()  # an unusable cache folder fails the run before its folder is made
         ensure_writable_folder(run_dir)
         lock_run_folder(run_dir)  # held until the process ends
         config, split = prepare_run(case_folders, run_dir, config, resume, given, val_folders)

@@ -40,14 +40,33 @@ def resume_differences(saved: Config, given: Config) -> list[str]:
 RELATIVE_TO_RUN = "relative to the run folder"
 
 
+#: ``split.json``'s record of each case's input (the sha256 of the raw scan it was preprocessed from), per part, in
+#: the order of the part's entries: the run's training scans are still recognised when its paths no longer resolve.
+INPUT_HASHES = "input_sha256"
+
+
+def input_digest(folder: str | Path) -> str | None:
+    """The sha256 of the raw scan a preprocessed case folder came from (its ``record.json``: ``input.sha256``), or
+    ``None`` when the folder or that field is missing or malformed."""
+    from brainuad.io.volumes import read_json
+
+    try:
+        digest = (read_json(Path(folder) / "record.json").get("input") or {}).get("sha256")
+    except (OSError, ValueError, AttributeError, TypeError, BrainuadError):
+        return None
+    return digest if isinstance(digest, str) and digest else None
+
+
 def portable_split(split: dict, run_dir: Path) -> dict:
     """The split as ``split.json`` holds it: case folders relative to the run folder (no absolute path of this
-    machine; a run folder moved together with its data still resumes)."""
+    machine; a run folder moved together with its data still resumes), and each case's input sha256 (a run folder
+    moved without its data still knows which scans it was trained on)."""
     from brainuad.io.portable import relative_path
 
     fixed = {**split, "paths": RELATIVE_TO_RUN}
     for part in ("train", "val"):
         fixed[part] = [relative_path(p, run_dir) for p in split.get(part, [])]
+    fixed[INPUT_HASHES] = {part: [input_digest(p) for p in split.get(part, [])] for part in ("train", "val")}
     return fixed
 
 
@@ -60,16 +79,44 @@ def split_folders(split: dict, part: str, run_dir: str | Path) -> list[Path]:
     return [resolve_relative(e, run_dir) if relative else Path(e) for e in split.get(part, [])]
 
 
+def split_identities(split: dict, part: str, run_dir: str | Path) -> tuple[set[Path], set[str], list[str]]:
+    """What identifies the scans of one part of a run's ``split.json``: their case folders found from here
+    (resolved), their input sha256s (recorded in the split, or read from the folders found), and the entries that
+    are neither found nor hashed (a run folder moved without its data, from an older version): scans no check can
+    recognise, which the caller must report rather than pass over."""
+    entries = split.get(part, []) if isinstance(split.get(part), list) else []
+    recorded = split.get(INPUT_HASHES)
+    hashes = recorded.get(part) if isinstance(recorded, dict) else None
+    if not isinstance(hashes, list) or len(hashes) != len(entries):
+        hashes = [None] * len(entries)
+    paths: set[Path] = set()
+    digests: set[str] = set()
+    unchecked: list[str] = []
+    for entry, folder, digest in zip(entries, split_folders({**split, part: entries}, part, run_dir), hashes):
+        found = folder.is_dir()
+        if found:
+            paths.add(folder.resolve())
+        digest = digest if isinstance(digest, str) and digest else (input_digest(folder) if found else None)
+        if digest:
+            digests.add(digest)
+        elif not found:
+            unchecked.append(str(entry))
+    return paths, digests, unchecked
+
+
 def absolute_split(split: dict, run_dir: Path) -> dict:
     """The split with absolute case paths (in memory only: ``split.json`` holds them relative to the run folder);
     older runs stored them absolute, or relative to the working directory of the run."""
+    import os
+
+    real_run = Path(os.path.realpath(run_dir))  # entries are relative to the run folder's real place (symlinks)
     fixed = dict(split)
     for part in ("train", "val"):
         paths = []
         for entry in split.get(part, []):
             path = Path(entry)
             if split.get("paths") == RELATIVE_TO_RUN and not path.is_absolute():
-                path = run_dir / path
+                path = real_run / path
                 if not path.is_dir():
                     raise InputError(
                         run_dir / "split.json",
@@ -88,6 +135,7 @@ def absolute_split(split: dict, run_dir: Path) -> dict:
             paths.append(str(path.resolve()))
         fixed[part] = paths
     fixed.pop("paths", None)
+    fixed.pop(INPUT_HASHES, None)
     return fixed
 
 
