@@ -244,6 +244,10 @@ def test_relative_path_follows_symlinks_on_both_sides(tmp_path):
     entry = relative_path(tmp_path / "data" / "case", base)
     assert (base / entry).resolve() == (tmp_path / "data" / "case").resolve()
     assert resolve_relative(entry, base).is_dir()
+    (tmp_path / "annex").write_text("scan")
+    (tmp_path / "data" / "sub-01_T2w.nii.gz").symlink_to(tmp_path / "annex")  # a DataLad file: a link
+    entry = relative_path(tmp_path / "data" / "sub-01_T2w.nii.gz", base)
+    assert entry.endswith("/data/sub-01_T2w.nii.gz") and (base / entry).read_text() == "scan"
 
 
 def test_a_released_cache_is_still_removed(tmp_path):

@@ -21,8 +21,12 @@ def relative_path(path: str | Path, base: str | Path) -> str:
     together, and never an absolute path of this machine.
 
     Both sides are resolved (symlinks followed): a folder reached through a link (``runs -> /scratch/runs``) would
-    otherwise get an entry whose ``..`` climbs out of the link's target, not out of the link."""
-    return Path(os.path.relpath(os.path.realpath(path), os.path.realpath(base))).as_posix()
+    otherwise get an entry whose ``..`` climbs out of the link's target, not out of the link. ``path``'s own last
+    component is kept as named (a scan that is a link, as in a DataLad dataset, keeps its name, not its annex
+    object's), which the file system follows the same way from anywhere."""
+    path = os.path.abspath(path)
+    real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+    return Path(os.path.relpath(real, os.path.realpath(base))).as_posix()
 
 
 def resolve_relative(entry: str | Path, base: str | Path) -> Path:
