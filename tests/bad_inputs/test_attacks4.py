@@ -218,3 +218,42 @@ def test_outputs_across_thread_counts_are_recorded_and_never_reused(world, tmp_p
     finally:
         torch.set_num_threads(threads)
     OUTCOMES[("another thread count", "detect")] = "recomputed"
+
+
+# ---- class 6: names brainuad derives from long file names fit the file system ----
+def test_a_scan_with_a_long_file_name_is_detected_under_a_short_name(world, tmp_path, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    long_name = "s" * 240 + ".nii.gz"  # 247 characters: legal, but no room for brainuad's suffixes
+    shutil.copy(world["good"], scans / long_name)
+    out = tmp_path / "out"
+    args = ["detect", str(scans / long_name), "--model", str(world["run"]), "--out", str(out)]
+    assert main([*args, "--device", "cpu", "--quiet"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    assert len(folder.name) <= 100 and folder.name.startswith("s" * 20) and (folder / "summary.json").is_file()
+    OUTCOMES[("a 247-character file name", "detect")] = "works"
+
+
+def test_a_slurm_task_id_without_its_count_is_refused():
+    from brainuad.errors import ConfigError
+    from brainuad.io.shards import parse_shard
+
+    # Every array task would otherwise process every scan into the same folder.
+    with pytest.raises(ConfigError, match="SLURM_ARRAY_TASK_COUNT"):
+        parse_shard(None, {"SLURM_ARRAY_TASK_ID": "3"})
+    assert parse_shard(None, {}) is None
+
+
+def test_an_output_folder_name_too_long_for_its_staging_folder_is_refused_before_compute(world, tmp_path, capsys):
+    _, label = world["cases"][next(iter(world["cases"]))]
+    case = tmp_path / "cases" / "case01"
+    case.mkdir(parents=True)
+    shutil.copy(world["good"], case / "case01_t2.nii.gz")
+    shutil.copy(label, case / "case01_seg.nii.gz")
+    out = tmp_path / ("o" * 245)  # legal, but ".NAME.partial-XXXXXXXX" is not
+    args = ["evaluate", "--model", str(world["run"]), "--cases", str(tmp_path / "cases"), "--out", str(out)]
+    assert main([*args, "--device", "cpu", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "longer than 200 bytes" in err and "Traceback" not in err and not out.exists()
+    OUTCOMES[("a 245-character output folder", "evaluate")] = "refused"

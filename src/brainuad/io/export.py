@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from brainuad.errors import InputError, OutputError
-from brainuad.io.files import OWNER_MARKER, atomic_folder, read_json, safe_name, write_json
+from brainuad.io.files import OWNER_MARKER, atomic_folder, is_safe_name, read_json, write_json
 from brainuad.io.shipped import resolve_model_dir
 
 #: Files a run folder must hold to be exported.
@@ -41,7 +41,7 @@ def export_model(run: str | Path, out: str | Path) -> Path:
 
     source = resolve_model_dir(run)
     out = Path(os.path.abspath(out))  # "." is named by its own name (the current folder, empty)
-    if out.name != safe_name(out.name) or out == Path(out.anchor):
+    if not is_safe_name(out.name) or out == Path(out.anchor):
         raise OutputError(out, "unsafe output folder name (it could point outside its parent folder)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(out, "already exists and is not empty; export writes a new folder — choose another OUT")

@@ -20,13 +20,36 @@ import numpy as np
 from brainuad.errors import InputError, OutputError
 
 
+def _clean_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name).lstrip(".")
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether ``name`` is a folder name that stays inside its parent (what :func:`safe_name` keeps as it is, any
+    length)."""
+    return name not in ("", ".", "..") and name == _clean_name(name)
+
+
+#: Longest output folder name a user may choose: ``.NAME.partial-XXXXXXXX`` must fit the usual 255-byte limit.
+MAX_USER_NAME = 200
+#: Longest folder name :func:`safe_name` gives: room left for the suffixes brainuad adds (``.partial-…``, ``.lock``)
+#: within the usual 255-byte limit of a file name.
+MAX_NAME = 100
+
+
 def safe_name(name: str) -> str:
-    """A folder name that stays inside its parent: letters, digits and ``._+-`` only, no leading dots.
+    """A folder name that stays inside its parent: letters, digits and ``._+-`` only, no leading dots, at most
+    :data:`MAX_NAME` characters.
 
     Output folders are named after input files and CSV entries; a name like ``..`` or ``a/../../b`` must never
-    reach the file system as a path.
+    reach the file system as a path, and a long one must leave room for brainuad's suffixes (a longer name keeps its
+    start and gets a tag of the whole name, so two long names stay apart).
     """
-    cleaned = re.sub(r"[^A-Za-z0-9._+-]", "_", name).lstrip(".")
+    cleaned = _clean_name(name)
+    if len(cleaned) > MAX_NAME:
+        import hashlib
+
+        cleaned = cleaned[: MAX_NAME - 13] + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
     return cleaned or "scan"
 
 
@@ -143,8 +166,10 @@ def atomic_folder(folder: str | Path, legacy: tuple[str, ...] = ()) -> Iterator[
     ``folder`` is replaced only when brainuad wrote it (see :func:`check_replaceable`).
     """
     folder = Path(folder)
-    if folder.name in ("", ".", "..") or folder.name != safe_name(folder.name):
+    if not is_safe_name(folder.name):
         raise OutputError(folder, "unsafe output folder name (it could point outside its parent folder)")
+    if len(folder.name.encode()) > MAX_USER_NAME:
+        raise OutputError(folder, f"output folder name longer than {MAX_USER_NAME} bytes; choose a shorter one")
     check_replaceable(folder, legacy)
     ensure_writable_folder(folder.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))

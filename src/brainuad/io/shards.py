@@ -44,7 +44,8 @@ def parse_shard(text: str | None, environ: Mapping[str, str] | None = None) -> S
     """``--shard K/N`` as a :class:`Shard`; without it, the SLURM array task's shard when one is set, else ``None``.
 
     Raises:
-        ConfigError: ``text`` is not ``K/N`` with ``0 <= K < N``, or the SLURM variables are not numbers.
+        ConfigError: ``text`` is not ``K/N`` with ``0 <= K < N``, the SLURM variables are not numbers, or the task
+            ID is set without the task count.
     """
     if text is not None:
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
@@ -52,8 +53,14 @@ def parse_shard(text: str | None, environ: Mapping[str, str] | None = None) -> S
             raise ConfigError(f"--shard must be K/N with 0 <= K < N (e.g. 0/4), got {text!r}")
         return Shard(int(match.group(1)), int(match.group(2)))
     environ = os.environ if environ is None else environ
-    if "SLURM_ARRAY_TASK_ID" not in environ or "SLURM_ARRAY_TASK_COUNT" not in environ:
+    if "SLURM_ARRAY_TASK_ID" not in environ:
         return None
+    if "SLURM_ARRAY_TASK_COUNT" not in environ:
+        # Ignoring the task would make every task of the array process every scan into the same folder.
+        raise ConfigError(
+            "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not (an older SLURM?): pass --shard K/N, or "
+            "unset SLURM_ARRAY_TASK_ID to process every scan in this task"
+        )
     try:
         task = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
         return Shard(task, int(environ["SLURM_ARRAY_TASK_COUNT"]))
