@@ -108,6 +108,21 @@ def derivative_names(scan: Scan, resolution_mm: int) -> dict[str, str]:
     return names
 
 
+#: The derivative dataset's README (identical from every shard and run of one version).
+DERIVATIVES_README = """# brainuad derivatives
+
+Unsupervised anomaly detection of the raw dataset's anatomical scans by brainuad {version} (a research tool, not a
+medical device: findings are anomalies with respect to healthy brains, not diagnoses).
+
+Per scan: the anomaly map (`desc-anomaly_map`) and the segmentation of findings (`desc-lesions_mask`), in the scan's
+own space and in the MNI crop space (`space-`, `res-` entities), and the model's healthy reconstruction
+(`desc-reconstruction`), each with a JSON sidecar naming the model (a built-in model as `builtin:NAME@VERSION+SHA`,
+or a run folder relative to this dataset), its weights' hash, the threshold and the raw file (`bids:raw:` URIs).
+`findings/` holds each scan's full report (listed in `.bidsignore`); `group/` the group level's table and triage
+page.
+"""
+
+
 def write_dataset_description(out: Path, bids_dir: Path) -> None:
     """The derivative dataset's ``dataset_description.json`` and ``.bidsignore`` (identical from every shard).
 
@@ -137,6 +152,8 @@ def write_dataset_description(out: Path, bids_dir: Path) -> None:
     write_json(path, description)
     with atomic_path(out / ".bidsignore") as tmp:
         tmp.write_text(BIDSIGNORE)
+    with atomic_path(out / "README.md") as tmp:  # the validator asks every dataset for one (README_FILE_MISSING)
+        tmp.write_text(DERIVATIVES_README.format(version=__version__), encoding="utf-8")
 
 
 def _link(source: Path, target: Path) -> None:
