@@ -114,6 +114,12 @@ def prepare_t1(out: Path, prep: Path | None, split_file: Path) -> tuple[list[Pat
     return [out / "split" / "train"], [out / "split" / "cal"], data
 
 
+def _tuning_dice(threshold_source: str) -> float | None:
+    """The tuning cases' best pooled Dice an evaluation's threshold source states, or ``None``."""
+    found = re.search(r"best pooled Dice \(([0-9.]+)\) on", threshold_source)
+    return float(found.group(1)) if found else None
+
+
 def _previous_tuning_dice(name: str) -> dict[str, float]:
     """The tuning cases' best pooled Dice of the model shipped as ``builtin:NAME`` until now (its installed
     metrics.json), named ``RECIPE (previous builtin:NAME)``; empty when none is installed or it names no such Dice."""
@@ -121,11 +127,8 @@ def _previous_tuning_dice(name: str) -> dict[str, float]:
     if not path.is_file():
         return {}
     metrics = json.loads(path.read_text())
-    source = metrics["evaluation"]["model"]["results_protocol"].get("threshold_source", "")
-    found = re.search(r"best pooled Dice \(([0-9.]+)\) on", source)
-    if not found:
-        return {}
-    return {f"{metrics['training']['recipe']['name']} (previous builtin:{name})": float(found.group(1))}
+    dice = _tuning_dice(metrics["evaluation"]["model"]["results_protocol"].get("threshold_source", ""))
+    return {} if dice is None else {f"{metrics['training']['recipe']['name']} (previous builtin:{name})": dice}
 
 
 def train_model(name: str, out: Path, train_dirs: list[Path], epochs: int | None, device: str = "cpu") -> dict:
@@ -152,8 +155,8 @@ def train_model(name: str, out: Path, train_dirs: list[Path], epochs: int | None
         sources = {
             p.parent.name: read_json(p)["threshold"]["source"] for p in (out / name / "eval").glob("*/summary.json")
         }
-        found = {m: re.search(r"best pooled Dice \(([0-9.]+)\) on", text) for m, text in sources.items()}
-        tuning_dice = {m: float(f.group(1)) for m, f in found.items() if f} | _previous_tuning_dice(name)
+        found = {m: _tuning_dice(text) for m, text in sources.items()}
+        tuning_dice = {m: dice for m, dice in found.items() if dice is not None} | _previous_tuning_dice(name)
         tuning_dice = dict(sorted(tuning_dice.items(), key=lambda kv: -kv[1]))
         resumable = config["model"]["kind"] != "segment"  # segment's own loop never resumes: cost.json is whole
         if resumable and (trained / "log.csv").is_file():  # resumed: cost.json holds the last process; log.csv all
